@@ -1,0 +1,1 @@
+"""Built-in connector kinds, one package each; they register through entry points (pyproject.toml)."""

@@ -1,0 +1,237 @@
+"""What a connector declares about itself, and the registry that finds connectors.
+
+A connector kind lives in its own package under ``connectors/`` and exposes one
+:class:`ConnectorKind`: its name, its options model (a subclass of :class:`SystemOptions`) and
+the operations a flow may name on it (``read:``, ``write:``, ``call:``, or being the system of an
+event trigger). Built-in and third-party connectors register the same way, through the
+``seamline.connectors`` entry-point group; the engine never imports a connector by name.
+
+A :class:`Registry` is a plain object: tests build an empty one and register what they need.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from functools import cache
+from importlib.metadata import entry_points
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+__all__ = [
+    "ApiKeyAuth",
+    "BasicAuth",
+    "BearerAuth",
+    "ConnectorKind",
+    "Duration",
+    "Limits",
+    "OAuth1Auth",
+    "OAuth2ClientCredentials",
+    "Rate",
+    "Registry",
+    "SessionAuth",
+    "SystemOptions",
+    "Url",
+    "closest",
+    "default_registry",
+    "parse_duration",
+]
+
+ENTRY_POINT_GROUP = "seamline.connectors"
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_DURATION_FACTORS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|m|h)\s*$")
+_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://\S+$")
+
+
+def parse_duration(text: str) -> float:
+    """'500ms' -> 0.5, '10s' -> 10.0, '5m' -> 300.0; ValueError with a usable message otherwise."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(
+            f"'{text}' is not a duration; write a number and a unit, e.g. 500ms, 10s, 5m, 1h, 1d"
+        )
+    return float(match.group(1)) * _DURATION_FACTORS[match.group(2)]
+
+
+def _check_duration(text: str) -> str:
+    parse_duration(text)
+    return text
+
+
+def _check_rate(text: str) -> str:
+    if not _RATE.match(text):
+        raise ValueError(f"'{text}' is not a rate; write requests per unit of time, e.g. 5/s, 300/m, 10000/h")
+    return text
+
+
+def _check_url(text: str) -> str:
+    if "{{" in text or _URL.match(text):
+        return text
+    raise ValueError(
+        f"'{text}' is not a URL; write it with its scheme (https://erp.example.com) "
+        "or as a template such as '{{ env.ERP_URL }}'"
+    )
+
+
+Duration = Annotated[
+    str,
+    AfterValidator(_check_duration),
+    Field(description="A duration: a number and a unit (ms, s, m, h, d).", examples=["500ms", "10s", "5m"]),
+]
+Rate = Annotated[
+    str,
+    AfterValidator(_check_rate),
+    Field(description="Requests per unit of time.", examples=["5/s", "300/m"]),
+]
+Url = Annotated[
+    str,
+    AfterValidator(_check_url),
+    Field(description="A URL with its scheme, or a template such as '{{ env.ERP_URL }}'."),
+]
+
+
+Capability = Literal["read", "write", "call", "event"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Limits(_Strict):
+    """What the other system can really take; the runtime shapes traffic to stay inside it."""
+
+    rate: Rate | None = Field(None, description="Most requests per unit of time.", examples=["5/s"])
+    concurrency: int | None = Field(None, ge=1, le=1024, description="Most requests in flight at once.")
+    timeout: Duration | None = Field(None, description="Longest wait for one answer.", examples=["10s"])
+
+
+class BearerAuth(_Strict):
+    token: str = Field(description="The token; write it as '{{ secret.NAME }}'.")
+
+
+class BasicAuth(_Strict):
+    username: str
+    password: str = Field(description="Write it as '{{ secret.NAME }}'.")
+
+
+class ApiKeyAuth(_Strict):
+    header: str = Field("X-API-Key", description="Header that carries the key.")
+    key: str = Field(description="Write it as '{{ secret.NAME }}'.")
+
+
+class OAuth2ClientCredentials(_Strict):
+    token_url: Url
+    client_id: str
+    client_secret: str = Field(description="Write it as '{{ secret.NAME }}'.")
+    scope: str | None = None
+
+
+class OAuth1Auth(_Strict):
+    """OAuth 1.0a with HMAC-SHA256, as a Magento integration issues it."""
+
+    consumer_key: str
+    consumer_secret: str
+    access_token: str
+    access_token_secret: str
+
+
+class SessionAuth(_Strict):
+    """Log in with a user and password, then send the session (Tryton JSON-RPC)."""
+
+    login: str
+    password: str
+
+
+class SystemOptions(_Strict):
+    """Options every system has; a connector's options model subclasses this."""
+
+    connector: str = Field(description="The connector kind that talks to this system.")
+    description: str | None = Field(None, description="Free text for people reading the spec.")
+    limits: Limits | None = Field(None, description="Rate, concurrency and timeout budgets for this system.")
+
+    def declared_operations(self, capability: Capability) -> frozenset[str] | None:
+        """Operations this system's own options declare (a generic HTTP system's endpoints).
+
+        None means the connector kind's fixed lists apply; connectors whose operations are named
+        by the spec itself override this.
+        """
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectorKind:
+    """One connector kind, as it declares itself.
+
+    ``reads``, ``writes`` and ``calls`` are the entity or operation names a flow may use in
+    ``source.read``, ``target.write`` and ``source.call``; ``events`` says the system can feed an
+    event trigger (a queue). ``runnable`` is False while only the options are declared: specs
+    using the kind validate, and ``validate`` says the kind cannot run yet.
+    """
+
+    name: str
+    options: type[SystemOptions]
+    description: str
+    reads: frozenset[str] = frozenset()
+    writes: frozenset[str] = frozenset()
+    calls: frozenset[str] = frozenset()
+    events: bool = False
+    runnable: bool = False
+
+    def operations(self, capability: Capability, options: SystemOptions | None = None) -> frozenset[str]:
+        declared = options.declared_operations(capability) if options is not None else None
+        if declared is not None:
+            return declared
+        return {"read": self.reads, "write": self.writes, "call": self.calls}.get(capability, frozenset())
+
+
+@dataclass(slots=True)
+class Registry:
+    """Connector kinds by name. ``Registry()`` is empty; :func:`default_registry` holds the installed ones."""
+
+    _kinds: dict[str, ConnectorKind] = field(default_factory=dict)
+
+    def register(self, kind: ConnectorKind) -> None:
+        if kind.name in self._kinds and self._kinds[kind.name] is not kind:
+            raise ValueError(f"connector kind '{kind.name}' is registered twice")
+        self._kinds[kind.name] = kind
+
+    def get(self, name: str) -> ConnectorKind | None:
+        return self._kinds.get(name)
+
+    def names(self) -> list[str]:
+        return sorted(self._kinds)
+
+    def __iter__(self) -> Iterator[ConnectorKind]:
+        return iter(self._kinds[name] for name in self.names())
+
+    def __len__(self) -> int:
+        return len(self._kinds)
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    @classmethod
+    def from_entry_points(cls) -> Registry:
+        registry = cls()
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            kind = ep.load()
+            if not isinstance(kind, ConnectorKind):
+                raise TypeError(f"entry point {ep.name!r} ({ep.value}) is not a ConnectorKind")
+            registry.register(kind)
+        return registry
+
+
+@cache
+def default_registry() -> Registry:
+    return Registry.from_entry_points()
+
+
+def closest(word: str, options: Iterable[str]) -> str | None:
+    """The nearest valid name to a misspelt one, if any is near enough."""
+    matches = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return matches[0] if matches else None

@@ -1,0 +1,627 @@
+"""Validate a client spec: every problem collected, each with its place.
+
+The checks, in the order they run (each later check runs on what the earlier ones accepted, so
+one mistake is reported once, where it was made):
+
+1. YAML, with positions and the YAML traps (:mod:`engine.spec.yamlsource`);
+2. ``extends:`` resolved into one merged spec (:mod:`engine.spec.overlay`);
+3. the spec's shape (:class:`~engine.spec.model.SpecDocument`), and each system's options by its
+   connector's own model;
+4. references: systems a flow names exist and support the operation; transform and lookup
+   files exist and parse; request and webhook paths are unique;
+5. JSONata compiled, errors located inside the ``.jsonata`` file or the YAML block;
+6. templates parsed in Jinja's sandbox; env vars and secrets present (warnings unless strict).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from engine.connector import ConnectorKind, Registry, SystemOptions, closest, default_registry
+from engine.errors import Diagnostic, Severity, TransformError, UsageError
+from engine.spec.errors_translate import translate_validation_error
+from engine.spec.model import LookupTable, Source, SpecDocument, Target, Trigger
+from engine.spec.overlay import MergedSpec, resolve_spec
+from engine.spec.templates import analyse_template, find_template_strings, secret_available
+from engine.spec.yamlsource import JsonPath, Mark, format_path
+from engine.transform import JSONATA_BUILTINS, ExpressionSource, called_functions, compile_expression
+
+__all__ = ["SPEC_FILENAME", "SpecReport", "discover_specs", "validate_spec"]
+
+SPEC_FILENAME = "seamline.yaml"
+SECRET_KEYS = frozenset(
+    {"password", "client_secret", "consumer_secret", "access_token", "access_token_secret", "token", "key"}
+)
+_URL_CREDENTIALS = re.compile(r"^[a-z][a-z0-9+.-]*://[^/@\s:]+:[^/@\s]+@", re.I)
+_LOOKUP_CALL = re.compile(r"""\$lookup\(\s*(["'])([^"']*)\1""")
+_LOOKUPS_VAR = re.compile(r"""\$lookups\.(?:(["'`])([^"'`]+)\1|([A-Za-z_][A-Za-z0-9_]*))""")
+_CONSTANTS_VAR = re.compile(r"""\$constants\.(?:(["'`])([^"'`]+)\1|([A-Za-z_][A-Za-z0-9_]*))""")
+
+
+@dataclass(slots=True)
+class SpecReport:
+    """What validating one client spec found."""
+
+    file: str
+    merged: MergedSpec
+    document: SpecDocument | None = None
+    systems: dict[str, SystemOptions] = field(default_factory=dict)
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not any(d.severity is Severity.ERROR for d in self.diagnostics)
+
+    def counts(self) -> dict[str, int]:
+        out = {s.value: 0 for s in Severity}
+        for d in self.diagnostics:
+            out[d.severity.value] += 1
+        return out
+
+
+def discover_specs(paths: Iterable[Path]) -> list[Path]:
+    """Client spec files under ``paths``: a file is taken as is; a folder is searched for seamline.yaml.
+
+    Folders whose name starts with '_' (``specs/_base``) hold bases, validated through the
+    clients that extend them.
+    """
+    found: list[Path] = []
+    for path in paths:
+        if path.is_file():
+            found.append(path)
+        elif path.is_dir():
+            direct = path / SPEC_FILENAME
+            if direct.is_file():
+                found.append(direct)
+                continue
+            for candidate in sorted(path.rglob(SPEC_FILENAME)):
+                rel = candidate.relative_to(path)
+                if not any(part.startswith(("_", ".")) for part in rel.parts[:-1]):
+                    found.append(candidate)
+            if not any(p.is_relative_to(path) for p in found):
+                raise UsageError(
+                    f"no {SPEC_FILENAME} found under '{path}'; give a spec file or a client folder"
+                )
+        else:
+            raise UsageError(f"'{path}' does not exist")
+    return found
+
+
+def validate_spec(
+    path: Path,
+    *,
+    registry: Registry | None = None,
+    strict: bool = False,
+    environ: Mapping[str, str] | None = None,
+) -> SpecReport:
+    checker = _Checker(
+        resolve_spec(path, str(path)),
+        registry or default_registry(),
+        strict,
+        os.environ if environ is None else environ,
+    )
+    return checker.run()
+
+
+class _Checker:
+    def __init__(
+        self, merged: MergedSpec, registry: Registry, strict: bool, environ: Mapping[str, str]
+    ) -> None:
+        self.report = SpecReport(file=merged.file, merged=merged)
+        self.merged = merged
+        self.registry = registry
+        self.strict = strict
+        self.environ = environ
+        self.diags = self.report.diagnostics
+        self.lookup_names: set[str] = set()
+
+    # -- plumbing ------------------------------------------------------------------------------
+    def add(
+        self,
+        severity: Severity,
+        message: str,
+        path: JsonPath,
+        *,
+        code: str,
+        hint: str = "",
+        mark: Mark | None = None,
+    ) -> None:
+        mark = mark or self.merged.mark(path)
+        self.diags.append(
+            Diagnostic(
+                severity,
+                message,
+                mark.file,
+                mark.line,
+                mark.column,
+                path=format_path(path),
+                code=code,
+                hint=hint,
+            )
+        )
+
+    def error(
+        self, message: str, path: JsonPath, *, code: str, hint: str = "", mark: Mark | None = None
+    ) -> None:
+        self.add(Severity.ERROR, message, path, code=code, hint=hint, mark=mark)
+
+    def spec_dir(self, path: JsonPath) -> Path:
+        """Relative file references resolve against the file that wrote them (a base or the client)."""
+        return Path(self.merged.origin(path)).parent
+
+    # -- the checks ----------------------------------------------------------------------------
+    def run(self) -> SpecReport:
+        self.diags.extend(self.merged.diagnostics)
+        if not self.merged.ok or not isinstance(self.merged.data, dict):
+            return self.report
+        data: dict[str, Any] = self.merged.data
+        try:
+            self.report.document = SpecDocument.model_validate(data)
+        except ValidationError as exc:
+            self.diags.extend(translate_validation_error(exc, self.merged, SpecDocument))
+        systems = data.get("systems")
+        if isinstance(systems, dict):
+            for name, entry in systems.items():
+                self.check_system(name, entry)
+        lookups = data.get("lookups")
+        if isinstance(lookups, dict):
+            for name, entry in lookups.items():
+                self.check_lookup(name, entry)
+        flows = data.get("flows")
+        if isinstance(flows, dict):
+            self.check_flows(flows)
+        self.check_templates(data)
+        self.note_not_runnable()
+        self.diags.sort(key=Diagnostic.sort_key)
+        return self.report
+
+    def check_system(self, name: str, entry: Any) -> None:
+        path: JsonPath = ("systems", name)
+        if not isinstance(entry, dict):
+            return  # the shape check already said so
+        connector = entry.get("connector")
+        if connector is None:
+            self.error(
+                f"system '{name}' has no connector; say which kind it is",
+                path,
+                code="missing",
+                mark=self.merged.key_mark(path),
+                hint="connectors: " + ", ".join(self.registry.names()),
+            )
+            return
+        kind = self.registry.get(str(connector))
+        if kind is None:
+            guess = closest(str(connector), self.registry.names())
+            message = f"unknown connector '{connector}'"
+            if guess:
+                message += f" — did you mean '{guess}'?"
+            self.error(
+                message,
+                (*path, "connector"),
+                code="unknown-connector",
+                hint="connectors: " + ", ".join(self.registry.names()),
+            )
+            return
+        self.check_secret_literals(entry, path)
+        try:
+            options = kind.options.model_validate(entry)
+        except ValidationError as exc:
+            self.diags.extend(translate_validation_error(exc, self.merged, kind.options, prefix=path))
+            return
+        self.report.systems[name] = options
+
+    def note_not_runnable(self) -> None:
+        pending = {
+            name: options.connector
+            for name, options in self.report.systems.items()
+            if not getattr(self.registry.get(options.connector), "runnable", True)
+        }
+        if pending:
+            listed = ", ".join(f"{name} ({kind})" for name, kind in pending.items())
+            self.add(
+                Severity.NOTE,
+                f"declared but not yet runnable in this version: {listed}; their options are checked",
+                (),
+                code="not-runnable",
+                mark=Mark(self.merged.file, 1, 1),
+            )
+
+    def check_secret_literals(self, entry: Any, path: JsonPath) -> None:
+        if isinstance(entry, dict):
+            for key, value in entry.items():
+                child = (*path, key)
+                if isinstance(value, str) and key in SECRET_KEYS and "auth" in path and "{{" not in value:
+                    self.error(
+                        f"'{key}' is written literally in the spec; secrets must not be committed",
+                        child,
+                        code="literal-secret",
+                        hint=f"write  {key}: '{{{{ secret.NAME }}}}'  and provide NAME as an environment "
+                        "variable or a file in $SEAMLINE_SECRETS_DIR",
+                    )
+                elif isinstance(value, str) and key == "url" and _URL_CREDENTIALS.match(value):
+                    self.error(
+                        "the URL carries a user and password written in the spec",
+                        child,
+                        code="literal-secret",
+                        hint="move the whole URL to a secret: url: '{{ secret.AMQP_URL }}'",
+                    )
+                else:
+                    self.check_secret_literals(value, child)
+
+    def check_lookup(self, name: str, entry: Any) -> None:
+        path: JsonPath = ("lookups", name)
+        self.lookup_names.add(name)
+        if isinstance(entry, str):
+            entry = {"file": entry}
+            file_path: JsonPath = path
+        else:
+            file_path = (*path, "file")
+        if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
+            return
+        try:
+            table = LookupTable.model_validate(entry)
+        except ValidationError:
+            return  # reported by the shape check
+        assert table.file is not None
+        location = self.spec_dir(file_path) / table.file
+        if not location.is_file():
+            self.error(
+                f"lookup file '{table.file}' not found (looked for {location})",
+                file_path,
+                code="missing-file",
+                hint="lookup paths are relative to the spec file that names them",
+            )
+            return
+        problem = _check_table_file(location, table)
+        if problem:
+            line, message = problem
+            if line:
+                self.diags.append(
+                    Diagnostic(
+                        Severity.ERROR, message, str(location), line, 1, path=format_path(path), code="lookup"
+                    )
+                )
+            else:
+                self.error(f"lookup '{name}': {message}", file_path, code="lookup")
+
+    def check_flows(self, flows: dict[str, Any]) -> None:
+        served: dict[str, JsonPath] = {}
+        systems = self.merged.data.get("systems") if isinstance(self.merged.data, dict) else None
+        declared = set(systems) if isinstance(systems, dict) else set()
+        for name, raw in flows.items():
+            path: JsonPath = ("flows", name)
+            if not isinstance(raw, dict):
+                continue
+            # Each part is checked on its own, so a typo in one part does not hide a broken
+            # reference or expression in another; the shape check already reported the typo.
+            self.check_flow_parts(path, raw, declared)
+            trigger = _valid(Trigger, raw.get("trigger"))
+            if trigger is None:
+                continue
+            for route_path, route in _served_paths(trigger, path):
+                if route in served:
+                    first = self.merged.mark(served[route])
+                    self.error(
+                        f"path '{route}' is already served by flow '{served[route][1]}' "
+                        f"(line {first.line}); each request or webhook path must be unique",
+                        route_path,
+                        code="duplicate-path",
+                    )
+                else:
+                    served[route] = route_path
+
+    def check_flow_parts(self, path: JsonPath, raw: dict[str, Any], declared: set[str]) -> None:
+        source = _valid(Source, raw.get("source"))
+        if source is not None:
+            kind, options = self.system_ref(source.system, declared, (*path, "source", "system"))
+            capability, op = ("read", source.read) if source.read else ("call", source.call)
+            if kind is not None and op is not None:
+                self.check_operation(
+                    kind, options, capability, op, (*path, "source", capability), source.system
+                )
+        trigger = _valid(Trigger, raw.get("trigger"))
+        if trigger is not None and trigger.event is not None and trigger.event.system is not None:
+            event_path = (*path, "trigger", "event", "system")
+            kind, _ = self.system_ref(trigger.event.system, declared, event_path)
+            if kind is not None and not kind.events:
+                self.error(
+                    f"system '{trigger.event.system}' ({kind.name}) cannot feed an event trigger; "
+                    "use a queue system (amqp) or a webhook path",
+                    event_path,
+                    code="capability",
+                )
+        for tpath, raw_target in _raw_targets(path, raw):
+            target = _valid(Target, raw_target)
+            if target is None:
+                continue
+            kind, options = self.system_ref(target.system, declared, (*tpath, "system"))
+            if kind is not None:
+                self.check_operation(kind, options, "write", target.write, (*tpath, "write"), target.system)
+            if target.transform is not None:
+                self.check_transform(target.transform, (*tpath, "transform"))
+        transform = raw.get("transform")
+        if isinstance(transform, str):
+            self.check_transform(transform, (*path, "transform"))
+
+    def system_ref(
+        self, system: str, declared: set[str], path: JsonPath
+    ) -> tuple[ConnectorKind | None, SystemOptions | None]:
+        if system not in declared:
+            guess = closest(system, declared)
+            message = f"system '{system}' is not declared under systems:"
+            if guess:
+                message += f" — did you mean '{guess}'?"
+            self.error(
+                message,
+                path,
+                code="unknown-system",
+                hint=("declared systems: " + ", ".join(sorted(declared))) if declared else "",
+            )
+            return None, None
+        options = self.report.systems.get(system)
+        return (self.registry.get(options.connector) if options else None), options
+
+    def check_operation(
+        self,
+        kind: ConnectorKind,
+        options: SystemOptions | None,
+        capability: str,
+        op: str,
+        path: JsonPath,
+        system: str,
+    ) -> None:
+        valid = kind.operations(capability, options)  # type: ignore[arg-type]
+        if capability == "write" and kind.name == "amqp":
+            return  # an AMQP target names its routing key; any is valid
+        if op in valid:
+            return
+        verb = {"read": "read", "write": "write", "call": "call"}[capability]
+        if not valid:
+            self.error(
+                f"system '{system}' ({kind.name}) has nothing to {verb}",
+                path,
+                code="capability",
+                hint=_capability_hint(kind, capability),
+            )
+            return
+        guess = closest(op, valid)
+        message = f"system '{system}' ({kind.name}) cannot {verb} '{op}'"
+        if guess:
+            message += f" — did you mean '{guess}'?"
+        self.error(message, path, code="capability", hint=f"it can {verb}: " + ", ".join(sorted(valid)))
+
+    def check_transform(self, value: str, path: JsonPath) -> None:
+        source = self.expression_source(value, path)
+        if source is None:
+            return
+        try:
+            compile_expression(source)
+        except TransformError as exc:
+            self.diags.append(
+                Diagnostic(
+                    Severity.ERROR,
+                    exc.message,
+                    exc.file,
+                    exc.line,
+                    exc.column,
+                    path=format_path(path),
+                    code="jsonata",
+                )
+            )
+            return
+        self.check_names_used(source, path)
+        for fname, offset in called_functions(source.text):
+            if fname not in JSONATA_BUILTINS:
+                line, col = source.position(offset)
+                guess = closest(fname, JSONATA_BUILTINS)
+                self.diags.append(
+                    Diagnostic(
+                        Severity.ERROR,
+                        f"${fname}() is not a JSONata function"
+                        + (f" — did you mean ${guess}()?" if guess else ""),
+                        source.file,
+                        line,
+                        col,
+                        path=format_path(path),
+                        code="unknown-function",
+                        hint="functions: https://docs.jsonata.org/string-functions; define your own with "
+                        "$name := function($x) { ... }",
+                    )
+                )
+
+    def check_names_used(self, source: ExpressionSource, path: JsonPath) -> None:
+        """Code tables and constants an expression names must be declared in the spec."""
+        data = self.merged.data if isinstance(self.merged.data, dict) else {}
+        constants = data.get("constants") if isinstance(data.get("constants"), dict) else {}
+        kinds = (
+            ("lookups", self.lookup_names, _LOOKUP_CALL, "$lookup reads table"),
+            ("lookups", self.lookup_names, _LOOKUPS_VAR, "$lookups reads table"),
+            ("constants", set(constants), _CONSTANTS_VAR, "$constants reads"),
+        )
+        for section, declared, pattern, what in kinds:
+            for match in pattern.finditer(source.text):
+                name = next(g for g in match.groups()[1:] if g is not None)
+                if name in declared:
+                    continue
+                start = match.start(match.lastindex or 0)
+                line, col = source.position(start)
+                guess = closest(name, declared)
+                self.diags.append(
+                    Diagnostic(
+                        Severity.ERROR,
+                        f"{what} '{name}', which is not declared under {section}:"
+                        + (f" — did you mean '{guess}'?" if guess else ""),
+                        source.file,
+                        line,
+                        col,
+                        path=format_path(path),
+                        code=f"unknown-{section}",
+                        hint=(f"declared {section}: " + ", ".join(sorted(declared))) if declared else "",
+                    )
+                )
+
+    def expression_source(self, value: str, path: JsonPath) -> ExpressionSource | None:
+        stripped = value.strip()
+        if stripped.endswith(".jsonata") and "\n" not in stripped:
+            location = self.spec_dir(path) / stripped
+            if not location.is_file():
+                self.error(
+                    f"transform file '{stripped}' not found (looked for {location})",
+                    path,
+                    code="missing-file",
+                    hint="transform paths are relative to the spec file that names them",
+                )
+                return None
+            try:
+                text = location.read_text(encoding="utf-8-sig")
+            except (OSError, UnicodeDecodeError) as exc:
+                self.error(f"cannot read transform file '{stripped}': {exc}", path, code="missing-file")
+                return None
+            return ExpressionSource(text, str(location))
+        info = self.merged.scalars.get(path)
+        mark = self.merged.mark(path)
+        if info is not None and info.style in ("|", ">"):
+            lines = self.merged.texts.get(mark.file, "").splitlines()
+            first_content = mark.line  # the line after the '|' indicator (1-based index == 0-based next)
+            indent = 0
+            while first_content < len(lines) and not lines[first_content].strip():
+                first_content += 1
+            if first_content < len(lines):
+                indent = len(lines[first_content]) - len(lines[first_content].lstrip(" "))
+            leading_blank = len(value) - len(value.lstrip("\n"))
+            return ExpressionSource(value, mark.file, first_content + 1 - leading_blank, indent + 1, "block")
+        quote = 1 if info is not None and info.style in ("'", '"') else 0
+        return ExpressionSource(value, mark.file, mark.line, mark.column + quote, "inline")
+
+    def check_templates(self, data: dict[str, Any]) -> None:
+        missing: dict[tuple[str, str], list[tuple[JsonPath, Mark]]] = {}
+        for path, text in find_template_strings(data):
+            mark = self._template_mark(path, text)
+            refs, problems = analyse_template(text)
+            for problem in problems:
+                self.error(problem.message, path, code="template", hint=problem.hint, mark=mark)
+            for ref in refs:
+                present = (
+                    ref.name in self.environ
+                    if ref.root == "env"
+                    else secret_available(ref.name, self.environ)
+                )
+                if not present:
+                    missing.setdefault((ref.root, ref.name), []).append((path, mark))
+                if ref.root == "env" and path and path[-1] in SECRET_KEYS and "auth" in path:
+                    self.add(
+                        Severity.WARNING,
+                        f"'{path[-1]}' reads env.{ref.name}; use secret.{ref.name} so the value is "
+                        "masked in logs and errors",
+                        path,
+                        code="secret-in-env",
+                        mark=mark,
+                    )
+        # One message per missing name, at its first use: CI logs stay readable.
+        severity = Severity.ERROR if self.strict else Severity.WARNING
+        for (root, name), uses in missing.items():
+            path, mark = uses[0]
+            if root == "env":
+                message = f"environment variable '{name}' is not set"
+            else:
+                message = (
+                    f"secret '{name}' is not available (no environment variable {name}, "
+                    f"no file {name} in $SEAMLINE_SECRETS_DIR)"
+                )
+            if len(uses) > 1:
+                message += f"; used in {len(uses)} places"
+            hint = "set it where the daemon runs" + ("" if self.strict else "; --strict makes this an error")
+            self.add(severity, message, path, code=f"missing-{root}", mark=mark, hint=hint)
+
+    def _template_mark(self, path: JsonPath, text: str) -> Mark:
+        mark = self.merged.mark(path)
+        info = self.merged.scalars.get(path)
+        if info is not None and info.style in (None, "'", '"') and "\n" not in text:
+            quote = 0 if info.style is None else 1
+            return Mark(mark.file, mark.line, mark.column + quote + max(text.find("{"), 0))
+        return mark
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _valid(model: type[M], raw: Any) -> M | None:
+    """``raw`` as ``model`` when it is well-formed; None otherwise (the shape check reports why)."""
+    if raw is None:
+        return None
+    try:
+        return model.model_validate(raw)
+    except ValidationError:
+        return None
+
+
+def _raw_targets(path: JsonPath, raw: dict[str, Any]) -> list[tuple[JsonPath, Any]]:
+    targets = raw.get("targets")
+    if isinstance(targets, list):
+        return [((*path, "targets", i), t) for i, t in enumerate(targets)]
+    return [((*path, "target"), raw["target"])] if raw.get("target") is not None else []
+
+
+def _served_paths(trigger: Trigger, path: JsonPath) -> list[tuple[JsonPath, str]]:
+    out: list[tuple[JsonPath, str]] = []
+    if trigger.request is not None:
+        out.append(((*path, "trigger", "request", "path"), trigger.request.path))
+    if trigger.event is not None and trigger.event.webhook is not None:
+        out.append(((*path, "trigger", "event", "webhook"), trigger.event.webhook))
+    return out
+
+
+def _capability_hint(kind: ConnectorKind, capability: str) -> str:
+    if kind.name in ("http", "file"):
+        where = "endpoints" if kind.name == "http" else "drops"
+        return f"declare it under the system's {where}:"
+    return f"connector '{kind.name}' does not support {capability}"
+
+
+def _check_table_file(location: Path, table: LookupTable) -> tuple[int, str] | None:
+    """None when the code table reads cleanly; else (line in that file or 0, message)."""
+    try:
+        text = location.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        return 0, f"cannot read {location}: {exc}"
+    suffix = location.suffix.lower()
+    if suffix in (".yaml", ".yml", ".json"):
+        try:
+            data = yaml.safe_load(text)
+        except yaml.MarkedYAMLError as exc:
+            line = exc.problem_mark.line + 1 if exc.problem_mark else 0
+            return line, f"code table is not valid YAML/JSON: {exc.problem}"
+        except yaml.YAMLError as exc:
+            return 0, f"code table is not valid YAML/JSON: {exc}"
+        if not isinstance(data, dict):
+            return 0, "a YAML code table is a map of key: value"
+        return None
+    if suffix != ".csv":
+        return 0, f"code tables are .csv, .yaml or .json files, not '{suffix or location.name}'"
+    rows = list(csv.reader(io.StringIO(text)))
+    if not rows:
+        return 1, "the CSV code table is empty; it needs a header row"
+    header = rows[0]
+    for column in (table.key, table.value):
+        if column is not None and column not in header:
+            guess = closest(column, header)
+            return 1, (
+                f"column '{column}' is not in the header ({', '.join(header)})"
+                + (f" — did you mean '{guess}'?" if guess else "")
+            )
+    if len(header) < 2 and table.value is None:
+        return 1, "a CSV code table needs at least two columns (key, value)"
+    for number, row in enumerate(rows[1:], start=2):
+        if row and len(row) != len(header):
+            return number, f"row has {len(row)} fields, the header has {len(header)}"
+    return None
