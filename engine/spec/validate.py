@@ -442,7 +442,8 @@ class _Checker:
     def check_names_used(self, source: ExpressionSource, path: JsonPath) -> None:
         """Code tables and constants an expression names must be declared in the spec."""
         data = self.merged.data if isinstance(self.merged.data, dict) else {}
-        constants = data.get("constants") if isinstance(data.get("constants"), dict) else {}
+        raw_constants = data.get("constants")
+        constants: dict[str, Any] = raw_constants if isinstance(raw_constants, dict) else {}
         kinds = (
             ("lookups", self.lookup_names, _LOOKUP_CALL, "$lookup reads table"),
             ("lookups", self.lookup_names, _LOOKUPS_VAR, "$lookups reads table"),
