@@ -1,7 +1,8 @@
 """Specs: load YAML with positions, resolve extends/overlays, validate, report."""
 
-from engine.spec.model import SpecDocument, spec_json_schema
+from engine.spec.model import SpecDocument
 from engine.spec.overlay import MergedSpec, resolve_spec
+from engine.spec.schema import spec_json_schema
 from engine.spec.validate import SPEC_FILENAME, SpecReport, discover_specs, validate_spec
 
 __all__ = [

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from engine.connector import Duration, Registry, parse_duration
+from engine.connector import Duration, parse_duration
 
 __all__ = [
     "EventTrigger",
@@ -25,7 +25,6 @@ __all__ = [
     "SpecDocument",
     "Target",
     "Trigger",
-    "spec_json_schema",
 ]
 
 SPEC_VERSION = 1
@@ -153,7 +152,9 @@ class RequestTrigger(_Strict):
 
 
 class Trigger(_Strict):
-    schedule: Annotated[Schedule | None, BeforeValidator(_schedule_shorthand)] = None
+    schedule: Annotated[
+        Schedule | None, BeforeValidator(_schedule_shorthand, json_schema_input_type=str | Schedule | None)
+    ] = None
     event: EventTrigger | None = None
     request: RequestTrigger | None = None
 
@@ -265,7 +266,7 @@ class LookupTable(_Strict):
         return self
 
 
-Lookup = Annotated[LookupTable, BeforeValidator(_lookup_shorthand)]
+Lookup = Annotated[LookupTable, BeforeValidator(_lookup_shorthand, json_schema_input_type=str | LookupTable)]
 
 
 class SpecDocument(_Strict):
@@ -298,30 +299,3 @@ class SpecDocument(_Strict):
     )
     flows: dict[Name, Flow] = Field(default_factory=dict)
 
-
-def spec_json_schema(registry: Registry) -> dict[str, Any]:
-    """The spec's JSON Schema (draft 2020-12) with each registered connector's options joined in."""
-    schema = SpecDocument.model_json_schema()
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    defs = schema.setdefault("$defs", {})
-    branches = []
-    for kind in registry:
-        options = kind.options.model_json_schema(ref_template="#/$defs/{model}")
-        for name, sub in options.pop("$defs", {}).items():
-            defs.setdefault(name, sub)
-        options["properties"]["connector"] = {"const": kind.name, "description": kind.description}
-        def_name = f"connector-{kind.name}"
-        defs[def_name] = options
-        branches.append(
-            {
-                "if": {"properties": {"connector": {"const": kind.name}}},
-                "then": {"$ref": f"#/$defs/{def_name}"},
-            }
-        )
-    schema["properties"]["systems"]["additionalProperties"] = {
-        "type": "object",
-        "required": ["connector"],
-        "properties": {"connector": {"enum": registry.names(), "description": "The connector kind."}},
-        "allOf": branches,
-    }
-    return schema
