@@ -298,4 +298,3 @@ class SpecDocument(_Strict):
         default_factory=dict, description="Code tables, read by $lookup('name', key)."
     )
     flows: dict[Name, Flow] = Field(default_factory=dict)
-
