@@ -19,8 +19,11 @@ import click
 from engine import __version__
 from engine.connector import default_registry
 from engine.errors import SeamlineError, UsageError
+from engine.playground import play, watch_and_play
 from engine.spec import SPEC_FILENAME, discover_specs, resolve_spec, spec_json_schema, validate_spec
 from engine.spec.report import render_effective_spec, render_reports
+from engine.testing import run_golden
+from engine.transform import BACKENDS
 
 __all__ = ["main"]
 
@@ -124,6 +127,84 @@ def show(client: str, specs_dir: Path, fmt: str) -> None:
             click.echo(diagnostic.render(), err=True)
         sys.exit(1)
     click.echo(render_effective_spec(merged, fmt))  # type: ignore[arg-type]
+
+
+@main.command("test")
+@click.argument("client", required=False)
+@click.option(
+    "--all", "all_clients", is_flag=True, help="Every client with golden cases (the default without CLIENT)."
+)
+@click.option("--flow", "flow_name", help="Only this flow's cases.")
+@click.option(
+    "--update", is_flag=True, help="Rewrite snapshots to what the flows produce now (review the diff!)."
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["auto", *BACKENDS]),
+    default=None,
+    help="JSONata backend (default: $SEAMLINE_TRANSFORM_BACKEND, else auto).",
+)
+@click.option(
+    "--specs", "specs_dir", type=click.Path(path_type=Path), default=Path("specs"), show_default=True
+)
+@click.option(
+    "--golden", "golden_dir", type=click.Path(path_type=Path), default=Path("golden"), show_default=True
+)
+@_handle_errors
+def test_command(
+    client: str | None,
+    all_clients: bool,
+    flow_name: str | None,
+    update: bool,
+    backend: str | None,
+    specs_dir: Path,
+    golden_dir: Path,
+) -> None:
+    """Run golden cases: each flow's output compared with its reviewed snapshot."""
+    if client and all_clients:
+        raise UsageError("give a CLIENT or --all, not both")
+    report = run_golden(golden_dir, specs_dir, client=client, flow=flow_name, update=update, backend=backend)
+    click.echo(report.render(color=sys.stdout.isatty()))
+    if not report.ok:
+        sys.exit(1)
+
+
+@main.command("map")
+@click.option("--client", "client", required=True, help="Client name (specs/CLIENT) or spec path.")
+@click.option("--flow", "flow_name", required=True, help="The flow whose mapping to run.")
+@click.option(
+    "--input",
+    "input_path",
+    required=True,
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="A record (JSON, XML or CSV), e.g. a golden case's input.",
+)
+@click.option(
+    "--watch", is_flag=True, help="Run again whenever the input, the spec or a mapping file changes."
+)
+@click.option("--backend", type=click.Choice(["auto", *BACKENDS]), default=None)
+@click.option("--now", "fixed_now", default=None, help="Fix $now(), e.g. 2025-01-15T08:00:00Z.")
+@click.option(
+    "--specs", "specs_dir", type=click.Path(path_type=Path), default=Path("specs"), show_default=True
+)
+@_handle_errors
+def map_command(
+    client: str,
+    flow_name: str,
+    input_path: Path,
+    watch: bool,
+    backend: str | None,
+    fixed_now: str | None,
+    specs_dir: Path,
+) -> None:
+    """The playground: print what FLOW makes of a record, or where its mapping breaks."""
+    spec_path = _client_spec_path(client, specs_dir)
+    if not watch:
+        ok = play(spec_path, flow_name, input_path, backend=backend, now=fixed_now, echo=click.echo)
+        if not ok:
+            sys.exit(1)
+        return
+    watch_and_play(spec_path, flow_name, input_path, backend=backend, now=fixed_now, echo=click.echo)
 
 
 def _client_spec_path(client: str, specs_dir: Path) -> Path:

@@ -134,5 +134,6 @@ class TransformError(TerminalError):
         self.flow = flow
         self.record_id = record_id
         where = f"{file}:{line}:{column}: " if file and line else (f"{file}: " if file else "")
+        scope = f"[{client}/{flow}] " if client and flow else ""
         extra = f" (record {record_id})" if record_id else ""
-        super().__init__(f"{where}{message}{extra}")
+        super().__init__(f"{scope}{where}{message}{extra}")

@@ -34,7 +34,13 @@ from engine.spec.model import LookupTable, Source, SpecDocument, Target, Trigger
 from engine.spec.overlay import MergedSpec, resolve_spec
 from engine.spec.templates import analyse_template, find_template_strings, secret_available
 from engine.spec.yamlsource import JsonPath, Mark, format_path
-from engine.transform import JSONATA_BUILTINS, ExpressionSource, called_functions, compile_expression
+from engine.transform import (
+    JSONATA_BUILTINS,
+    SEAMLINE_FUNCTIONS,
+    ExpressionSource,
+    called_functions,
+    compile_expression,
+)
 
 __all__ = ["SPEC_FILENAME", "SpecReport", "discover_specs", "validate_spec"]
 
@@ -421,9 +427,9 @@ class _Checker:
             return
         self.check_names_used(source, path)
         for fname, offset in called_functions(source.text):
-            if fname not in JSONATA_BUILTINS:
+            if fname not in JSONATA_BUILTINS and fname not in SEAMLINE_FUNCTIONS:
                 line, col = source.position(offset)
-                guess = closest(fname, JSONATA_BUILTINS)
+                guess = closest(fname, JSONATA_BUILTINS | SEAMLINE_FUNCTIONS)
                 self.diags.append(
                     Diagnostic(
                         Severity.ERROR,

@@ -1,0 +1,168 @@
+"""A validated, compiled client: its flows with their transforms compiled once and their bindings.
+
+:func:`load_client` is the one way from a spec file to something that can transform records:
+it validates (a spec with errors raises :class:`~engine.errors.SpecError`, with every problem),
+loads the code tables, and compiles each flow's and each target's JSONata once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.errors import Diagnostic, Severity, SpecError, TransformError
+from engine.lookups import TableError, load_table
+from engine.spec import SpecReport, validate_spec
+from engine.spec.expressions import expression_source
+from engine.spec.model import Flow, LookupTable, Target
+from engine.spec.yamlsource import JsonPath, format_path
+from engine.transform import Bindings, Expression, Limits, compile_expression, resolve_backend
+
+__all__ = ["CompiledClient", "CompiledFlow", "CompiledTarget", "load_client"]
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledTarget:
+    label: str  # "<system>.<write>", how snapshots and reports name the target
+    target: Target | None
+    expression: Expression | None
+
+
+@dataclass(slots=True)
+class CompiledFlow:
+    client: str
+    name: str
+    flow: Flow
+    expression: Expression | None
+    targets: list[CompiledTarget]
+    bindings: Bindings
+    origins: dict[str, str] = field(default_factory=dict)  # transform path -> file that wrote it
+
+    def transform(self, record: Any, *, record_id: str = "") -> Any:
+        """The flow's own transform (the canonical record); the record itself when there is none."""
+        if self.expression is None:
+            return record
+        return self.expression.evaluate(record, self.bindings, record_id=record_id)
+
+    def preview(self, record: Any, *, record_id: str = "") -> dict[str, Any]:
+        """What each target would be sent for ``record``: {target label: payload or None}."""
+        shaped = self.transform(record, record_id=record_id)
+        out: dict[str, Any] = {}
+        for target in self.targets:
+            if target.expression is None or shaped is None:
+                out[target.label] = shaped
+            else:
+                out[target.label] = target.expression.evaluate(shaped, self.bindings, record_id=record_id)
+        return out
+
+    @property
+    def mapping_files(self) -> list[str]:
+        """Files holding this flow's mappings (a base's or the client's), for `seamline test --all`."""
+        return sorted(set(self.origins.values()))
+
+
+@dataclass(slots=True)
+class CompiledClient:
+    client: str
+    file: str
+    backend: str
+    report: SpecReport
+    flows: dict[str, CompiledFlow]
+
+    def flow(self, name: str) -> CompiledFlow:
+        if name not in self.flows:
+            from engine.connector import closest
+            from engine.errors import UsageError
+
+            guess = closest(name, self.flows)
+            raise UsageError(
+                f"client '{self.client}' has no flow '{name}'"
+                + (f" — did you mean '{guess}'?" if guess else "")
+                + f"; flows: {', '.join(self.flows)}"
+            )
+        return self.flows[name]
+
+
+def load_client(
+    path: Path,
+    *,
+    backend: str | None = None,
+    now: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    limits: Limits | None = None,
+) -> CompiledClient:
+    """Validate and compile the client spec at ``path``; SpecError if it has errors."""
+    report = validate_spec(path, environ=environ if environ is not None else {})
+    if not report.ok or report.document is None:
+        raise SpecError(report.diagnostics)
+    document = report.document
+    merged = report.merged
+    chosen = resolve_backend(backend)
+    lookups: dict[str, Any] = {}
+    problems: list[Diagnostic] = []
+    for name, table in document.lookups.items():
+        try:
+            lookups[name] = load_table(table, _table_dir(report, name, table))
+        except TableError as exc:
+            mark = merged.mark(("lookups", name))
+            problems.append(
+                Diagnostic(Severity.ERROR, str(exc), mark.file, mark.line, mark.column, "lookups")
+            )
+    if problems:
+        raise SpecError(problems)
+    flows: dict[str, CompiledFlow] = {}
+    for name, flow in document.flows.items():
+        bindings = Bindings(
+            client=document.client, flow=name, constants=document.constants, lookups=lookups, now=now
+        )
+        origins: dict[str, str] = {}
+
+        def compile_at(
+            value: str | None, at: JsonPath, origins: dict[str, str] = origins
+        ) -> Expression | None:
+            if value is None:
+                return None
+            ref = expression_source(merged, value, at)
+            if ref.source is None:  # validate reported it; a race with the file system lands here
+                raise SpecError([Diagnostic(Severity.ERROR, ref.problem, merged.file, path=format_path(at))])
+            origins[format_path(at)] = ref.source.file
+            try:
+                return compile_expression(ref.source, backend=chosen, limits=limits)
+            except TransformError as exc:
+                diag = Diagnostic(
+                    Severity.ERROR, exc.message, exc.file, exc.line, exc.column, format_path(at)
+                )
+                raise SpecError([diag]) from None
+
+        expression = compile_at(flow.transform, ("flows", name, "transform"))
+        targets: list[CompiledTarget] = []
+        labels: list[str] = []
+        for index, target in enumerate(flow.all_targets()):
+            at: JsonPath = (
+                ("flows", name, "targets", index) if flow.targets is not None else ("flows", name, "target")
+            )
+            label = _unique(f"{target.system}.{target.write}", labels)
+            labels.append(label)
+            targets.append(CompiledTarget(label, target, compile_at(target.transform, (*at, "transform"))))
+        if not targets:
+            targets.append(CompiledTarget("response", None, None))  # a request flow answers its caller
+        flows[name] = CompiledFlow(document.client, name, flow, expression, targets, bindings, origins)
+    return CompiledClient(document.client, str(path), chosen, report, flows)
+
+
+def _table_dir(report: SpecReport, name: str, table: LookupTable) -> Path:
+    at: JsonPath = (
+        ("lookups", name, "file") if ("lookups", name, "file") in report.merged.marks else ("lookups", name)
+    )
+    return Path(report.merged.origin(at)).parent
+
+
+def _unique(label: str, taken: list[str]) -> str:
+    if label not in taken:
+        return label
+    n = 2
+    while f"{label}#{n}" in taken:
+        n += 1
+    return f"{label}#{n}"

@@ -1,0 +1,414 @@
+"""Golden cases: each client's ERP customizations proven by reviewed snapshots.
+
+Layout::
+
+    golden/<client>/<flow>/<case>.input.json      what the flow's transform receives (.xml, .csv too)
+    golden/<client>/<flow>/<case>.snapshot.json   what each target would be sent, reviewed in PRs
+
+A snapshot is canonical JSON (:func:`engine.transform.canonical_json`): the same text whichever
+JSONata backend produced it, so switching backends never shows up as a diff. ``$now()`` is fixed
+at :data:`GOLDEN_NOW`. ``seamline test`` and the pytest suite (through :class:`GoldenExtension`)
+read and write the very same files.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import io
+import json
+import xml.etree.ElementTree as ET
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from engine.errors import SeamlineError, TransformError
+from engine.flow import CompiledClient, CompiledFlow
+from engine.transform import canonical_json
+
+__all__ = [
+    "GOLDEN_NOW",
+    "INPUT_SUFFIXES",
+    "CaseResult",
+    "GoldenCase",
+    "GoldenInputError",
+    "GoldenReport",
+    "discover_cases",
+    "golden_extension",
+    "read_input",
+    "render_snapshot",
+    "run_case",
+    "run_golden",
+]
+
+GOLDEN_NOW = "2025-01-15T08:00:00.000Z"
+INPUT_SUFFIXES = (".input.json", ".input.xml", ".input.csv")
+SNAPSHOT_SUFFIX = ".snapshot.json"
+
+
+class GoldenInputError(SeamlineError):
+    """A golden input file cannot be read; the message names the file and line."""
+
+
+@dataclass(frozen=True, slots=True)
+class GoldenCase:
+    client: str
+    flow: str
+    name: str
+    input_path: Path
+
+    @property
+    def snapshot_path(self) -> Path:
+        return self.input_path.parent / f"{self.name}{SNAPSHOT_SUFFIX}"
+
+    @property
+    def id(self) -> str:
+        return f"{self.client}/{self.flow}/{self.name}"
+
+
+Status = Literal["passed", "failed", "new", "updated", "error"]
+
+
+@dataclass(frozen=True, slots=True)
+class CaseResult:
+    case: GoldenCase
+    status: Status
+    actual: str = ""
+    expected: str = ""
+    error: str = ""
+
+    def diff(self) -> str:
+        lines = difflib.unified_diff(
+            self.expected.splitlines(keepends=True),
+            self.actual.splitlines(keepends=True),
+            fromfile=f"{self.case.snapshot_path} (reviewed)",
+            tofile=f"{self.case.id} (now)",
+        )
+        return "".join(lines)
+
+
+def discover_cases(root: Path, client: str | None = None, flow: str | None = None) -> list[GoldenCase]:
+    """Every golden case under ``root`` (golden/), optionally of one client and one flow."""
+    cases: list[GoldenCase] = []
+    if not root.is_dir():
+        return cases
+    for client_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        if client is not None and client_dir.name != client:
+            continue
+        for flow_dir in sorted(p for p in client_dir.iterdir() if p.is_dir()):
+            if flow is not None and flow_dir.name != flow:
+                continue
+            for path in sorted(flow_dir.iterdir()):
+                suffix = next((s for s in INPUT_SUFFIXES if path.name.endswith(s)), None)
+                if suffix:
+                    name = path.name[: -len(suffix)]
+                    cases.append(GoldenCase(client_dir.name, flow_dir.name, name, path))
+    return cases
+
+
+def read_input(path: Path) -> Any:
+    """The record(s) in a golden input: JSON as is, XML as nested maps, CSV as a list of rows."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise GoldenInputError(f"{path}: cannot read golden input: {exc}") from None
+    if path.name.endswith(".json"):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise GoldenInputError(
+                f"{path}:{exc.lineno}:{exc.colno}: golden input is not valid JSON: {exc.msg}"
+            ) from None
+    if path.name.endswith(".xml"):
+        try:
+            root = ET.fromstring(text)
+        except ET.ParseError as exc:
+            line, column = exc.position
+            raise GoldenInputError(
+                f"{path}:{line}:{column + 1}: golden input is not valid XML: {exc}"
+            ) from None
+        return {_local(root.tag): xml_to_data(root)}
+    return _read_csv(path, text)
+
+
+def _read_csv(path: Path, text: str) -> list[dict[str, str]]:
+    sample = text[:4096]
+    delimiter = ";" if sample.count(";") > sample.count(",") else ","
+    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
+    rows = list(reader)
+    if not rows:
+        raise GoldenInputError(f"{path}:1:1: golden CSV input is empty; it needs a header row")
+    header = rows[0]
+    records = []
+    for number, row in enumerate(rows[1:], start=2):
+        if not row:
+            continue
+        if len(row) != len(header):
+            raise GoldenInputError(
+                f"{path}:{number}:1: golden CSV row has {len(row)} fields, the header has {len(header)}"
+            )
+        records.append(dict(zip(header, row, strict=True)))
+    return records
+
+
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+def xml_to_data(element: ET.Element) -> Any:
+    """XML as JSONata-friendly data: children by name (repeated ones as lists), attributes as @name."""
+    children = list(element)
+    if not children and not element.attrib:
+        return (element.text or "").strip()
+    out: dict[str, Any] = {f"@{_local(k)}": v for k, v in element.attrib.items()}
+    for child in children:
+        key = _local(child.tag)
+        value = xml_to_data(child)
+        if key in out:
+            existing = out[key]
+            out[key] = [*existing, value] if isinstance(existing, list) else [existing, value]
+        else:
+            out[key] = value
+    text = (element.text or "").strip()
+    if text:
+        out["#text"] = text
+    return out
+
+
+def render_snapshot(flow: CompiledFlow, case: GoldenCase) -> str:
+    """The snapshot text of ``case``: {target: payload} for one record, {target: [payloads]} for a list."""
+    data = read_input(case.input_path)
+    if isinstance(data, list):
+        previews = [flow.preview(record, record_id=f"{case.name}[{i}]") for i, record in enumerate(data)]
+        out: dict[str, Any] = {label.label: [p[label.label] for p in previews] for label in flow.targets}
+    else:
+        out = flow.preview(data, record_id=case.name)
+    return canonical_json(out) + "\n"
+
+
+def run_case(client: CompiledClient, case: GoldenCase, *, update: bool = False) -> CaseResult:
+    """Compare (or with ``update``, rewrite) one case's snapshot; failures are results, not exceptions."""
+    try:
+        flow = client.flow(case.flow)
+        actual = render_snapshot(flow, case)
+    except (TransformError, GoldenInputError) as exc:
+        return CaseResult(case, "error", error=str(exc))
+    except SeamlineError as exc:
+        return CaseResult(case, "error", error=str(exc))
+    snapshot = case.snapshot_path
+    expected = snapshot.read_text(encoding="utf-8") if snapshot.is_file() else None
+    if expected == actual:
+        return CaseResult(case, "passed", actual, expected)
+    if update:
+        snapshot.write_text(actual, encoding="utf-8")
+        return CaseResult(case, "new" if expected is None else "updated", actual, expected or "")
+    if expected is None:
+        return CaseResult(case, "failed", actual, "", error="no reviewed snapshot yet; run with --update")
+    return CaseResult(case, "failed", actual, expected)
+
+
+def clients_in(cases: Iterable[GoldenCase]) -> list[str]:
+    return sorted({case.client for case in cases})
+
+
+def summarize(results: Sequence[CaseResult]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for result in results:
+        counts[result.status] = counts.get(result.status, 0) + 1
+    return counts
+
+
+@dataclass(slots=True)
+class GoldenReport:
+    """The outcome of a `seamline test` run, and how to print it."""
+
+    results: list[CaseResult]
+    mapping_files: dict[tuple[str, str], list[str]]  # (client, flow) -> files holding its mappings
+    untested: list[str]  # clients with a spec but no golden cases
+    update: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return all(r.status in ("passed", "new", "updated") for r in self.results)
+
+    def render(self, *, color: bool = False) -> str:
+        out: list[str] = []
+        for result in self.results:
+            if result.status == "failed":
+                out.append(
+                    _paint(f"FAIL {result.case.id}", "31", color)
+                    + (f": {result.error}" if result.error else "")
+                )
+                out.append(_color_diff(result.diff(), color) if result.expected else result.actual)
+            elif result.status == "error":
+                out.append(_paint(f"ERROR {result.case.id}", "31", color) + f": {result.error}")
+            elif result.status in ("new", "updated"):
+                out.append(_paint(f"{result.status.upper()} {result.case.snapshot_path}", "33", color))
+        out.append(self._table())
+        out.extend(self._affected())
+        for client in self.untested:
+            out.append(
+                f"note: client '{client}' has no golden cases (add golden/{client}/<flow>/<case>.input.json)"
+            )
+        counts = summarize(self.results)
+        parts = [f"{counts.get('passed', 0)} passed", f"{counts.get('failed', 0)} failed"]
+        if counts.get("error"):
+            parts.append(f"{counts['error']} errors")
+        if counts.get("new") or counts.get("updated"):
+            parts.append(f"{counts.get('new', 0) + counts.get('updated', 0)} written")
+        out.append(", ".join(parts))
+        return "\n".join(out)
+
+    def _table(self) -> str:
+        rows: dict[tuple[str, str], dict[str, int]] = {}
+        for result in self.results:
+            key = (result.case.client, result.case.flow)
+            row = rows.setdefault(key, {"cases": 0, "passed": 0, "failed": 0, "error": 0})
+            row["cases"] += 1
+            bucket = "passed" if result.status in ("passed", "new", "updated") else result.status
+            row[bucket] += 1
+        header = ("client", "flow", "cases", "passed", "failed", "errors", "mappings")
+        table = [header]
+        for (client, flow), row in rows.items():
+            files = ", ".join(self.mapping_files.get((client, flow), [])) or "-"
+            table.append(
+                (
+                    client,
+                    flow,
+                    str(row["cases"]),
+                    str(row["passed"]),
+                    str(row["failed"]),
+                    str(row["error"]),
+                    files,
+                )
+            )
+        widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+        lines = []
+        for index, row_cells in enumerate(table):
+            cells = [
+                c.rjust(w) if 2 <= i <= 5 else c.ljust(w)
+                for i, (c, w) in enumerate(zip(row_cells, widths, strict=True))
+            ]
+            lines.append("  ".join(cells).rstrip())
+            if index == 0:
+                lines.append("  ".join("-" * w for w in widths))
+        return "\n".join(lines)
+
+    def _affected(self) -> list[str]:
+        """Which clients a failing shared (base) mapping affects: what a base change costs."""
+        by_file: dict[str, set[str]] = {}
+        for result in self.results:
+            if result.status not in ("failed", "error"):
+                continue
+            for path in self.mapping_files.get((result.case.client, result.case.flow), []):
+                if "/_" in path.replace("\\", "/"):  # specs/_base/...: shared by clients
+                    by_file.setdefault(path, set()).add(result.case.client)
+        return [
+            f"shared mapping {path} is used by failing cases of: {', '.join(sorted(clients))}"
+            for path, clients in sorted(by_file.items())
+        ]
+
+
+def _paint(text: str, code: str, color: bool) -> str:
+    return f"\033[{code}m{text}\033[0m" if color else text
+
+
+def _color_diff(diff: str, color: bool) -> str:
+    if not color:
+        return diff.rstrip("\n")
+    painted = []
+    for line in diff.rstrip("\n").splitlines():
+        if line.startswith("+") and not line.startswith("+++"):
+            painted.append(_paint(line, "32", True))
+        elif line.startswith("-") and not line.startswith("---"):
+            painted.append(_paint(line, "31", True))
+        else:
+            painted.append(line)
+    return "\n".join(painted)
+
+
+def run_golden(
+    golden_dir: Path,
+    specs_dir: Path,
+    *,
+    client: str | None = None,
+    flow: str | None = None,
+    update: bool = False,
+    backend: str | None = None,
+) -> GoldenReport:
+    """Run the golden cases of one client (or all); every case runs, whatever the others did."""
+    from engine.errors import SpecError, UsageError
+    from engine.flow import load_client
+
+    spec_of = {
+        p.parent.name: p
+        for p in sorted(specs_dir.glob("*/seamline.yaml"))
+        if not p.parent.name.startswith("_")
+    }
+    if client is not None and client not in spec_of:
+        known = ", ".join(spec_of) or "none"
+        raise UsageError(
+            f"no client '{client}' (looked for {specs_dir / client / 'seamline.yaml'}); clients: {known}"
+        )
+    cases = discover_cases(golden_dir, client, flow)
+    results: list[CaseResult] = []
+    mapping_files: dict[tuple[str, str], list[str]] = {}
+    for name in clients_in(cases):
+        client_cases = [c for c in cases if c.client == name]
+        if name not in spec_of:
+            results.extend(
+                CaseResult(
+                    c,
+                    "error",
+                    error=f"no spec for client '{name}' (expected {specs_dir / name / 'seamline.yaml'})",
+                )
+                for c in client_cases
+            )
+            continue
+        try:
+            compiled = load_client(spec_of[name], backend=backend, now=GOLDEN_NOW)
+        except SpecError as exc:
+            first = exc.diagnostics[0].render() if exc.diagnostics else str(exc)
+            results.extend(
+                CaseResult(c, "error", error=f"the spec is invalid: {first}") for c in client_cases
+            )
+            continue
+        if flow is not None and flow not in compiled.flows:
+            compiled.flow(flow)  # raises UsageError with did-you-mean
+        for flow_name, compiled_flow in compiled.flows.items():
+            mapping_files[(name, flow_name)] = compiled_flow.mapping_files
+        results.extend(run_case(compiled, case, update=update) for case in client_cases)
+    tested = set(clients_in(cases))
+    untested = [] if client is not None or flow is not None else [c for c in spec_of if c not in tested]
+    return GoldenReport(results, mapping_files, untested, update)
+
+
+def golden_extension(case: GoldenCase, text: str) -> Any:
+    """A syrupy extension that keeps ``case``'s snapshot beside its input, as `seamline test` does.
+
+    pytest asserts ``snapshot(extension_class=golden_extension(case, text)) == text``; with
+    ``--snapshot-update`` syrupy writes the very file `seamline test --update` would.
+    """
+    from syrupy.extensions.single_file import SingleFileSnapshotExtension, WriteMode
+
+    class GoldenSnapshot(SingleFileSnapshotExtension):
+        _write_mode = WriteMode.TEXT
+        file_extension = SNAPSHOT_SUFFIX.lstrip(".")
+
+        @classmethod
+        def dirname(cls, *, test_location: Any) -> str:
+            return str(case.input_path.parent)
+
+        @classmethod
+        def discovery_dirname(cls, *, test_location: Any) -> str:
+            return str(case.input_path.parent)
+
+        @classmethod
+        def get_snapshot_name(cls, *, test_location: Any, index: Any = 0) -> str:
+            return case.name
+
+        def serialize(self, data: Any, **kwargs: Any) -> str:
+            return str(data)
+
+    return GoldenSnapshot

@@ -1,0 +1,54 @@
+"""Every client's golden cases, under both JSONata backends, through syrupy.
+
+`pytest --snapshot-update` writes the same files as `seamline test --update`; the snapshot
+must not depend on the backend (CI has both installed, so both always run here).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from syrupy.assertion import SnapshotAssertion
+
+from engine.flow import CompiledClient, load_client
+from engine.testing import GOLDEN_NOW, GoldenCase, discover_cases, golden_extension, render_snapshot
+from engine.transform import BACKENDS, available_backends
+
+ROOT = Path(__file__).resolve().parent.parent
+CASES = discover_cases(ROOT / "golden")
+_clients: dict[tuple[str, str], CompiledClient] = {}
+
+
+def compiled(client: str, backend: str) -> CompiledClient:
+    key = (client, backend)
+    if key not in _clients:
+        _clients[key] = load_client(
+            ROOT / "specs" / client / "seamline.yaml", backend=backend, now=GOLDEN_NOW
+        )
+    return _clients[key]
+
+
+def test_there_are_golden_cases_for_every_flow_of_every_client() -> None:
+    for spec in sorted((ROOT / "specs").glob("*/seamline.yaml")):
+        if spec.parent.name.startswith("_"):
+            continue
+        client = compiled(spec.parent.name, "jsonata-python")
+        tested = {case.flow for case in CASES if case.client == client.client}
+        assert tested == set(client.flows), (
+            f"{client.client}: flows without golden cases: {set(client.flows) - tested}"
+        )
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_golden_case(
+    case: GoldenCase, backend: str, snapshot: SnapshotAssertion, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if backend not in available_backends():
+        pytest.fail(
+            f"JSONata backend {backend} is not installed; CI runs goldens under both: pip install -e '.[dev]'"
+        )
+    monkeypatch.chdir(ROOT)  # snapshots name files relative to the repository, as `seamline test` does
+    text = render_snapshot(compiled(case.client, backend).flow(case.flow), case)
+    assert text == snapshot(extension_class=golden_extension(case, text))
