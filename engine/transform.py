@@ -69,6 +69,7 @@ _ASSIGNED = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)\s*:=")
 _PARAMS = re.compile(r"function\s*\(([^)]*)\)")
 _STRINGS_AND_COMMENTS = re.compile(r'"(?:\\.|[^"\\])*"|\'(?:\\.|[^\'\\])*\'|/\*.*?\*/', re.S)
 _MAX_SAFE_INTEGER = 2**53
+BINDING_NAMES = frozenset({"client", "flow", "constants", "lookups"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,13 +121,23 @@ class Bindings:
     lookups: Mapping[str, Any] = field(default_factory=dict)
     now: str | None = None
 
-    def values(self) -> dict[str, Any]:
-        return {
+    def values(self, names: frozenset[str] = BINDING_NAMES) -> dict[str, Any] | None:
+        """The bindings an expression reads (``names``); None when it reads none."""
+        if not names:
+            return None
+        every = {
             "client": self.client,
             "flow": self.flow,
-            "constants": dict(self.constants),
-            "lookups": dict(self.lookups),
+            "constants": self.constants,
+            "lookups": self.lookups,
         }
+        return {name: every[name] for name in names}
+
+
+def bound_names(text: str) -> frozenset[str]:
+    """The bindings an expression mentions; passing only those keeps the per-record cost down."""
+    code = _mask_literals(text)
+    return frozenset(name for name in BINDING_NAMES if re.search(rf"\${name}\b", code))
 
 
 def _mask_literals(text: str) -> str:
@@ -300,6 +311,7 @@ class _JsonataPyCompiled:
         import jsonata
 
         self._jsonata = jsonata
+        self._names = bound_names(text)
         try:
             self._expr = jsonata.Jsonata(text)
         except jsonata.JException as exc:
@@ -316,7 +328,7 @@ class _JsonataPyCompiled:
         jsonata = self._jsonata
         frame = jsonata.Jsonata.Frame(None)
         frame.set_runtime_bounds(int(limits.timeout * 1000), limits.max_depth)
-        for name, value in bindings.values().items():
+        for name, value in (bindings.values(self._names) or {}).items():
             frame.bind(name, value)
         now = _now_ms(bindings)
         if now is not None:
@@ -469,6 +481,7 @@ class _JlensCompiled:
         import jlens
 
         self._jlens = jlens
+        self._names = bound_names(text)
         try:
             self._expr = jlens.Expression(text)
         except jlens.JlensError as exc:
@@ -484,7 +497,7 @@ class _JlensCompiled:
 
     def evaluate(self, data: Any, bindings: Bindings, limits: Limits) -> Any:
         try:
-            return self._expr.evaluate(data, bindings.values(), **self._options(bindings, limits))
+            return self._expr.evaluate(data, bindings.values(self._names), **self._options(bindings, limits))
         except self._jlens.JlensError as exc:
             raise _from_jlens(exc) from None
         except TransformError:
@@ -496,7 +509,9 @@ class _JlensCompiled:
 
     def evaluate_json(self, text: str, bindings: Bindings, limits: Limits) -> str | None:
         try:
-            return self._expr.evaluate_json(text, bindings.values(), **self._options(bindings, limits))
+            return self._expr.evaluate_json(
+                text, bindings.values(self._names), **self._options(bindings, limits)
+            )
         except self._jlens.JlensError as exc:
             raise _from_jlens(exc) from None
         except ValueError as exc:
