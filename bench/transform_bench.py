@@ -100,9 +100,7 @@ def run_node(data: Path, passes: int) -> float | None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=int, default=10_000)
     parser.add_argument("--slow-records", type=int, default=10_000, help="records for jsonata-python (slow)")
     parser.add_argument("--passes", type=int, default=3)
@@ -116,9 +114,7 @@ def main() -> None:
     if reference is not None:
         rows.append(("jsonata (npm 2.2.2, node), JSON text", reference))
     if "jsonata-python" in available_backends():
-        rows.append(
-            ("jsonata-python, dict in/out", run_dicts("jsonata-python", lines[: args.slow_records], 1))
-        )
+        rows.append(("jsonata-python, dict in/out", run_dicts("jsonata-python", lines[: args.slow_records], 1)))
     if "jlens" in available_backends():
         rows.append(("jlens, dict in/out", run_dicts("jlens", lines, args.passes)))
         rows.append(("jlens, JSON text end to end", run_json_text(lines, args.passes)))

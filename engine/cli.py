@@ -131,25 +131,17 @@ def show(client: str, specs_dir: Path, fmt: str) -> None:
 
 @main.command("test")
 @click.argument("client", required=False)
-@click.option(
-    "--all", "all_clients", is_flag=True, help="Every client with golden cases (the default without CLIENT)."
-)
+@click.option("--all", "all_clients", is_flag=True, help="Every client with golden cases (the default without CLIENT).")
 @click.option("--flow", "flow_name", help="Only this flow's cases.")
-@click.option(
-    "--update", is_flag=True, help="Rewrite snapshots to what the flows produce now (review the diff!)."
-)
+@click.option("--update", is_flag=True, help="Rewrite snapshots to what the flows produce now (review the diff!).")
 @click.option(
     "--backend",
     type=click.Choice(["auto", *BACKENDS]),
     default=None,
     help="JSONata backend (default: $SEAMLINE_TRANSFORM_BACKEND, else auto).",
 )
-@click.option(
-    "--specs", "specs_dir", type=click.Path(path_type=Path), default=Path("specs"), show_default=True
-)
-@click.option(
-    "--golden", "golden_dir", type=click.Path(path_type=Path), default=Path("golden"), show_default=True
-)
+@click.option("--specs", "specs_dir", type=click.Path(path_type=Path), default=Path("specs"), show_default=True)
+@click.option("--golden", "golden_dir", type=click.Path(path_type=Path), default=Path("golden"), show_default=True)
 @_handle_errors
 def test_command(
     client: str | None,
@@ -179,14 +171,10 @@ def test_command(
     type=click.Path(path_type=Path, exists=True, dir_okay=False),
     help="A record (JSON, XML or CSV), e.g. a golden case's input.",
 )
-@click.option(
-    "--watch", is_flag=True, help="Run again whenever the input, the spec or a mapping file changes."
-)
+@click.option("--watch", is_flag=True, help="Run again whenever the input, the spec or a mapping file changes.")
 @click.option("--backend", type=click.Choice(["auto", *BACKENDS]), default=None)
 @click.option("--now", "fixed_now", default=None, help="Fix $now(), e.g. 2025-01-15T08:00:00Z.")
-@click.option(
-    "--specs", "specs_dir", type=click.Path(path_type=Path), default=Path("specs"), show_default=True
-)
+@click.option("--specs", "specs_dir", type=click.Path(path_type=Path), default=Path("specs"), show_default=True)
 @_handle_errors
 def map_command(
     client: str,
@@ -217,6 +205,4 @@ def _client_spec_path(client: str, specs_dir: Path) -> Path:
     if named.is_file():
         return named
     known = sorted(p.parent.name for p in specs_dir.glob(f"*/{SPEC_FILENAME}")) if specs_dir.is_dir() else []
-    raise UsageError(
-        f"no client '{client}' (looked for {named})" + (f"; clients: {', '.join(known)}" if known else "")
-    )
+    raise UsageError(f"no client '{client}' (looked for {named})" + (f"; clients: {', '.join(known)}" if known else ""))

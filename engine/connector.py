@@ -52,9 +52,7 @@ def parse_duration(text: str) -> float:
     """'500ms' -> 0.5, '10s' -> 10.0, '5m' -> 300.0; ValueError with a usable message otherwise."""
     match = _DURATION.match(text)
     if not match:
-        raise ValueError(
-            f"'{text}' is not a duration; write a number and a unit, e.g. 500ms, 10s, 5m, 1h, 1d"
-        )
+        raise ValueError(f"'{text}' is not a duration; write a number and a unit, e.g. 500ms, 10s, 5m, 1h, 1d")
     return float(match.group(1)) * _DURATION_FACTORS[match.group(2)]
 
 

@@ -107,21 +107,15 @@ def load_client(
             lookups[name] = load_table(table, _table_dir(report, name, table))
         except TableError as exc:
             mark = merged.mark(("lookups", name))
-            problems.append(
-                Diagnostic(Severity.ERROR, str(exc), mark.file, mark.line, mark.column, "lookups")
-            )
+            problems.append(Diagnostic(Severity.ERROR, str(exc), mark.file, mark.line, mark.column, "lookups"))
     if problems:
         raise SpecError(problems)
     flows: dict[str, CompiledFlow] = {}
     for name, flow in document.flows.items():
-        bindings = Bindings(
-            client=document.client, flow=name, constants=document.constants, lookups=lookups, now=now
-        )
+        bindings = Bindings(client=document.client, flow=name, constants=document.constants, lookups=lookups, now=now)
         origins: dict[str, str] = {}
 
-        def compile_at(
-            value: str | None, at: JsonPath, origins: dict[str, str] = origins
-        ) -> Expression | None:
+        def compile_at(value: str | None, at: JsonPath, origins: dict[str, str] = origins) -> Expression | None:
             if value is None:
                 return None
             ref = expression_source(merged, value, at)
@@ -131,18 +125,14 @@ def load_client(
             try:
                 return compile_expression(ref.source, backend=chosen, limits=limits)
             except TransformError as exc:
-                diag = Diagnostic(
-                    Severity.ERROR, exc.message, exc.file, exc.line, exc.column, format_path(at)
-                )
+                diag = Diagnostic(Severity.ERROR, exc.message, exc.file, exc.line, exc.column, format_path(at))
                 raise SpecError([diag]) from None
 
         expression = compile_at(flow.transform, ("flows", name, "transform"))
         targets: list[CompiledTarget] = []
         labels: list[str] = []
         for index, target in enumerate(flow.all_targets()):
-            at: JsonPath = (
-                ("flows", name, "targets", index) if flow.targets is not None else ("flows", name, "target")
-            )
+            at: JsonPath = ("flows", name, "targets", index) if flow.targets is not None else ("flows", name, "target")
             label = _unique(f"{target.system}.{target.write}", labels)
             labels.append(label)
             targets.append(CompiledTarget(label, target, compile_at(target.transform, (*at, "transform"))))
@@ -153,9 +143,7 @@ def load_client(
 
 
 def _table_dir(report: SpecReport, name: str, table: LookupTable) -> Path:
-    at: JsonPath = (
-        ("lookups", name, "file") if ("lookups", name, "file") in report.merged.marks else ("lookups", name)
-    )
+    at: JsonPath = ("lookups", name, "file") if ("lookups", name, "file") in report.merged.marks else ("lookups", name)
     return Path(report.merged.origin(at)).parent
 
 

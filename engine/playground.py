@@ -17,9 +17,7 @@ __all__ = ["play", "watch_and_play"]
 Echo = Callable[[str], None]
 
 
-def play(
-    spec: Path, flow_name: str, input_path: Path, *, backend: str | None, now: str | None, echo: Echo
-) -> bool:
+def play(spec: Path, flow_name: str, input_path: Path, *, backend: str | None, now: str | None, echo: Echo) -> bool:
     """Print what the flow makes of the input; on a broken mapping, the error with its position."""
     try:
         client = load_client(spec, backend=backend, now=now)

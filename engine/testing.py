@@ -125,9 +125,7 @@ def read_input(path: Path) -> Any:
             root = ET.fromstring(text)
         except ET.ParseError as exc:
             line, column = exc.position
-            raise GoldenInputError(
-                f"{path}:{line}:{column + 1}: golden input is not valid XML: {exc}"
-            ) from None
+            raise GoldenInputError(f"{path}:{line}:{column + 1}: golden input is not valid XML: {exc}") from None
         return {_local(root.tag): xml_to_data(root)}
     return _read_csv(path, text)
 
@@ -237,8 +235,7 @@ class GoldenReport:
         for result in self.results:
             if result.status == "failed":
                 out.append(
-                    _paint(f"FAIL {result.case.id}", "31", color)
-                    + (f": {result.error}" if result.error else "")
+                    _paint(f"FAIL {result.case.id}", "31", color) + (f": {result.error}" if result.error else "")
                 )
                 out.append(_color_diff(result.diff(), color) if result.expected else result.actual)
             elif result.status == "error":
@@ -248,9 +245,7 @@ class GoldenReport:
         out.append(self._table())
         out.extend(self._affected())
         for client in self.untested:
-            out.append(
-                f"note: client '{client}' has no golden cases (add golden/{client}/<flow>/<case>.input.json)"
-            )
+            out.append(f"note: client '{client}' has no golden cases (add golden/{client}/<flow>/<case>.input.json)")
         counts = summarize(self.results)
         parts = [f"{counts.get('passed', 0)} passed", f"{counts.get('failed', 0)} failed"]
         if counts.get("error"):
@@ -341,16 +336,10 @@ def run_golden(
     from engine.errors import SpecError, UsageError
     from engine.flow import load_client
 
-    spec_of = {
-        p.parent.name: p
-        for p in sorted(specs_dir.glob("*/seamline.yaml"))
-        if not p.parent.name.startswith("_")
-    }
+    spec_of = {p.parent.name: p for p in sorted(specs_dir.glob("*/seamline.yaml")) if not p.parent.name.startswith("_")}
     if client is not None and client not in spec_of:
         known = ", ".join(spec_of) or "none"
-        raise UsageError(
-            f"no client '{client}' (looked for {specs_dir / client / 'seamline.yaml'}); clients: {known}"
-        )
+        raise UsageError(f"no client '{client}' (looked for {specs_dir / client / 'seamline.yaml'}); clients: {known}")
     cases = discover_cases(golden_dir, client, flow)
     results: list[CaseResult] = []
     mapping_files: dict[tuple[str, str], list[str]] = {}
@@ -370,9 +359,7 @@ def run_golden(
             compiled = load_client(spec_of[name], backend=backend, now=GOLDEN_NOW)
         except SpecError as exc:
             first = exc.diagnostics[0].render() if exc.diagnostics else str(exc)
-            results.extend(
-                CaseResult(c, "error", error=f"the spec is invalid: {first}") for c in client_cases
-            )
+            results.extend(CaseResult(c, "error", error=f"the spec is invalid: {first}") for c in client_cases)
             continue
         if flow is not None and flow not in compiled.flows:
             compiled.flow(flow)  # raises UsageError with did-you-mean

@@ -229,9 +229,7 @@ class Expression:
         except TransformError as exc:
             raise self._locate(exc, bindings, record_id) from None
 
-    def evaluate_json(
-        self, text: str, bindings: Bindings | None = None, *, record_id: str = ""
-    ) -> str | None:
+    def evaluate_json(self, text: str, bindings: Bindings | None = None, *, record_id: str = "") -> str | None:
         """JSON text in, JSON text out: the fast path, where the backend can skip unread fields."""
         try:
             return self._compiled.evaluate_json(text, bindings or Bindings(), self.limits)
@@ -265,9 +263,7 @@ def compile_expression(
         line, col = source.position(0)
         raise TransformError("the JSONata expression is empty", file=source.file, line=line, column=col)
     try:
-        compiled: _Compiled = (
-            _JlensCompiled(source.text) if chosen == "jlens" else _JsonataPyCompiled(source.text)
-        )
+        compiled: _Compiled = _JlensCompiled(source.text) if chosen == "jlens" else _JsonataPyCompiled(source.text)
     except TransformError as exc:
         line, col = source.position(exc.line if exc.line >= 0 else len(source.text))
         raise TransformError(exc.message, file=source.file, line=line, column=col, code=exc.code) from None
@@ -343,9 +339,7 @@ class _JsonataPyCompiled:
         except HelperError as exc:
             raise _from_helper(exc) from None
         except RecursionError:
-            raise _offset_error(
-                "JSONata error D1011: expression nests too deep (recursion)", -1, "D1011"
-            ) from None
+            raise _offset_error("JSONata error D1011: expression nests too deep (recursion)", -1, "D1011") from None
         except (ValueError, TypeError, ArithmeticError, IndexError, KeyError, AttributeError) as exc:
             raise _offset_error(f"JSONata error: {type(exc).__name__}: {exc}", -1) from None
 
@@ -437,9 +431,7 @@ def js_number_string(value: float) -> str:
     if isinstance(value, int):
         return str(value)
     if not math.isfinite(value):
-        raise TransformError(
-            "JSONata error D3001: attempting to invoke $string on an infinite number", code="D3001"
-        )
+        raise TransformError("JSONata error D3001: attempting to invoke $string on an infinite number", code="D3001")
     rounded = float(f"{value:.15g}")
     if rounded.is_integer() and abs(rounded) < 1e21:
         return str(int(rounded))
@@ -509,9 +501,7 @@ class _JlensCompiled:
 
     def evaluate_json(self, text: str, bindings: Bindings, limits: Limits) -> str | None:
         try:
-            return self._expr.evaluate_json(
-                text, bindings.values(self._names), **self._options(bindings, limits)
-            )
+            return self._expr.evaluate_json(text, bindings.values(self._names), **self._options(bindings, limits))
         except self._jlens.JlensError as exc:
             raise _from_jlens(exc) from None
         except ValueError as exc:

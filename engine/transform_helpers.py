@@ -65,9 +65,7 @@ def sap_date(value: Any = None) -> str | None:
             return date.fromisoformat(text[:10]).isoformat()
     except (ValueError, OverflowError) as exc:
         raise HelperError("D3140", f"$sapDate: '{text}' is not a valid date ({exc})") from None
-    raise HelperError(
-        "D3140", f"$sapDate: cannot read '{text}' as a date; expected YYYYMMDD, DD.MM.YYYY or /Date(ms)/"
-    )
+    raise HelperError("D3140", f"$sapDate: cannot read '{text}' as a date; expected YYYYMMDD, DD.MM.YYYY or /Date(ms)/")
 
 
 def sap_timestamp(value: Any = None) -> str | None:

@@ -98,11 +98,7 @@ def test_usage_errors_exit_2(write_files: WriteFiles) -> None:
 
 
 def test_folder_of_clients_skips_underscore_bases(write_files: WriteFiles) -> None:
-    good = (
-        BROKEN.replace("read: product", "read: products")
-        .replace("uppercas", "uppercase")
-        .replace("upsrt", "upsert")
-    )
+    good = BROKEN.replace("read: product", "read: products").replace("uppercas", "uppercase").replace("upsrt", "upsert")
     write_files(
         {
             "specs/a/seamline.yaml": good,

@@ -23,9 +23,7 @@ _clients: dict[tuple[str, str], CompiledClient] = {}
 def compiled(client: str, backend: str) -> CompiledClient:
     key = (client, backend)
     if key not in _clients:
-        _clients[key] = load_client(
-            ROOT / "specs" / client / "seamline.yaml", backend=backend, now=GOLDEN_NOW
-        )
+        _clients[key] = load_client(ROOT / "specs" / client / "seamline.yaml", backend=backend, now=GOLDEN_NOW)
     return _clients[key]
 
 
@@ -35,9 +33,7 @@ def test_there_are_golden_cases_for_every_flow_of_every_client() -> None:
             continue
         client = compiled(spec.parent.name, "jsonata-python")
         tested = {case.flow for case in CASES if case.client == client.client}
-        assert tested == set(client.flows), (
-            f"{client.client}: flows without golden cases: {set(client.flows) - tested}"
-        )
+        assert tested == set(client.flows), f"{client.client}: flows without golden cases: {set(client.flows) - tested}"
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -46,9 +42,7 @@ def test_golden_case(
     case: GoldenCase, backend: str, snapshot: SnapshotAssertion, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     if backend not in available_backends():
-        pytest.fail(
-            f"JSONata backend {backend} is not installed; CI runs goldens under both: pip install -e '.[dev]'"
-        )
+        pytest.fail(f"JSONata backend {backend} is not installed; CI runs goldens under both: pip install -e '.[dev]'")
     monkeypatch.chdir(ROOT)  # snapshots name files relative to the repository, as `seamline test` does
     text = render_snapshot(compiled(case.client, backend).flow(case.flow), case)
     assert text == snapshot(extension_class=golden_extension(case, text))

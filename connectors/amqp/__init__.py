@@ -13,9 +13,7 @@ class AmqpOptions(SystemOptions):
     url: Url = Field(description="amqp://user:pass@host:5672/vhost, usually '{{ env.AMQP_URL }}'.")
     exchange: str = Field("", description="Exchange a target publishes to; '' is the default exchange.")
     prefetch: int = Field(50, ge=1, le=10000, description="Unacknowledged messages in flight per consumer.")
-    dead_letter_exchange: str | None = Field(
-        None, description="Where messages that cannot even be parsed are sent."
-    )
+    dead_letter_exchange: str | None = Field(None, description="Where messages that cannot even be parsed are sent.")
 
     def declared_operations(self, capability: Capability) -> frozenset[str] | None:
         # A target names the routing key it publishes with; any key is valid.

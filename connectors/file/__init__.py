@@ -13,9 +13,7 @@ __all__ = ["CONNECTOR", "FileOptions"]
 
 class Drop(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    pattern: str = Field(
-        description="Glob of the files, relative to the system's directory.", examples=["MATMAS*.xml"]
-    )
+    pattern: str = Field(description="Glob of the files, relative to the system's directory.", examples=["MATMAS*.xml"])
     format: Literal["csv", "json", "jsonl", "xml", "idoc"]
     encoding: str = Field("utf-8", examples=["utf-8", "cp1252", "iso-8859-1"])
     delimiter: str = Field(",", min_length=1, max_length=1)

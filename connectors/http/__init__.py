@@ -36,9 +36,7 @@ class HttpAuth(_Strict):
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Self:
-        chosen = [
-            n for n in ("bearer", "basic", "oauth2", "oauth1", "api_key") if getattr(self, n) is not None
-        ]
+        chosen = [n for n in ("bearer", "basic", "oauth2", "oauth1", "api_key") if getattr(self, n) is not None]
         if len(chosen) != 1:
             raise ValueError(
                 "auth needs exactly one of bearer, basic, oauth2, oauth1, api_key "
@@ -53,9 +51,7 @@ class Pagination(_Strict):
     page_param: str = "page"
     size_param: str = "size"
     items: str = Field("items", description="Where the records are in a response body (a dotted path).")
-    next: str | None = Field(
-        None, description="Where the next link or cursor is, for next-link/cursor styles."
-    )
+    next: str | None = Field(None, description="Where the next link or cursor is, for next-link/cursor styles.")
 
 
 class Endpoint(_Strict):

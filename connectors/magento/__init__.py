@@ -37,23 +37,15 @@ class MagentoAuth(BaseModel):
     def _exactly_one(self) -> Self:
         chosen = [name for name in ("oauth1", "admin", "bearer") if getattr(self, name) is not None]
         if len(chosen) != 1:
-            raise ValueError(
-                f"auth needs exactly one of oauth1, admin, bearer (found {', '.join(chosen) or 'none'})"
-            )
+            raise ValueError(f"auth needs exactly one of oauth1, admin, bearer (found {', '.join(chosen) or 'none'})")
         return self
 
 
 class MagentoOptions(SystemOptions):
-    url: Url = Field(
-        description="Base URL of the store, without /rest.", examples=["https://shop.example.com"]
-    )
+    url: Url = Field(description="Base URL of the store, without /rest.", examples=["https://shop.example.com"])
     auth: MagentoAuth
-    store_code: str = Field(
-        "default", description="Store view for /rest/<store_code>/V1/...; 'all' for global scope."
-    )
-    bulk: bool = Field(
-        False, description="Send batch writes through /async/bulk/V1/... and poll the bulk status."
-    )
+    store_code: str = Field("default", description="Store view for /rest/<store_code>/V1/...; 'all' for global scope.")
+    bulk: bool = Field(False, description="Send batch writes through /async/bulk/V1/... and poll the bulk status.")
     page_size: int = Field(100, ge=1, le=1000, description="searchCriteria[pageSize] for reads.")
     b2b: Literal["auto", "yes", "no"] = Field(
         "auto", description="Whether the instance has the B2B modules (companies); 'auto' asks it."

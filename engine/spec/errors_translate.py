@@ -56,13 +56,7 @@ def _describe_value(value: Any) -> str:
     word = _TYPE_WORDS.get(type(value).__name__, type(value).__name__)
     if isinstance(value, dict | list):
         return word
-    text = (
-        repr(value)
-        if isinstance(value, str)
-        else str(value).lower()
-        if isinstance(value, bool)
-        else str(value)
-    )
+    text = repr(value) if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else str(value)
     if len(text) > 40:
         text = text[:37] + "..."
     return f"{word} ({text})"
@@ -204,18 +198,12 @@ def _one(
         return _diag(message, mark, where, "invalid-value")
     if error_type in ("value_error", "assertion_error"):
         message = str(err.get("msg", "")).removeprefix("Value error, ").removeprefix("Assertion failed, ")
-        return _diag(
-            message, mark if not isinstance(value, dict) else merged.key_mark(path), where, "invalid-value"
-        )
+        return _diag(message, mark if not isinstance(value, dict) else merged.key_mark(path), where, "invalid-value")
     if error_type in _EXPECTED:
         expected = _EXPECTED[error_type]
         message = f"expected {expected}, got {_describe_value(value)}"
         info = merged.scalars.get(path)
-        if (
-            info is not None
-            and info.style is None
-            and info.resolved in ("bool", "int", "float", "NoneType", "date")
-        ):
+        if info is not None and info.style is None and info.resolved in ("bool", "int", "float", "NoneType", "date"):
             word = {"bool": "a boolean", "int": "a number", "float": "a number", "date": "a date"}.get(
                 info.resolved, "null"
             )
@@ -248,6 +236,4 @@ def _one(
 
 
 def _diag(message: str, mark: Any, where: str, code: str, hint: str = "") -> Diagnostic:
-    return Diagnostic(
-        Severity.ERROR, message, mark.file, mark.line, mark.column, path=where, code=code, hint=hint
-    )
+    return Diagnostic(Severity.ERROR, message, mark.file, mark.line, mark.column, path=where, code=code, hint=hint)

@@ -54,8 +54,6 @@ def expression_source(merged: MergedSpec, value: str, path: JsonPath) -> Express
         if first_content < len(lines):
             indent = len(lines[first_content]) - len(lines[first_content].lstrip(" "))
         leading_blank = len(value) - len(value.lstrip("\n"))
-        return ExpressionRef(
-            ExpressionSource(value, mark.file, first_content + 1 - leading_blank, indent + 1, "block")
-        )
+        return ExpressionRef(ExpressionSource(value, mark.file, first_content + 1 - leading_blank, indent + 1, "block"))
     quote = 1 if info is not None and info.style in ("'", '"') else 0
     return ExpressionRef(ExpressionSource(value, mark.file, mark.line, mark.column + quote, "inline"))

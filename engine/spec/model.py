@@ -44,8 +44,7 @@ _CRON_ALIASES = {"@hourly", "@daily", "@midnight", "@weekly", "@monthly", "@year
 def _check_name(value: str) -> str:
     if not _NAME.match(value):
         raise ValueError(
-            f"'{value}' is not a valid name; use lower-case letters, digits, '-' and '_', "
-            "starting with a letter"
+            f"'{value}' is not a valid name; use lower-case letters, digits, '-' and '_', starting with a letter"
         )
     return value
 
@@ -100,14 +99,11 @@ def _schedule_shorthand(value: Any) -> Any:
 class Schedule(_Strict):
     """A batch trigger: a cron expression or an interval, paging through the source with a cursor."""
 
-    cron: Cron | None = Field(
-        None, description="Five-field cron, in the daemon's time zone (UTC by default)."
-    )
+    cron: Cron | None = Field(None, description="Five-field cron, in the daemon's time zone (UTC by default).")
     every: Duration | None = Field(None, description="Run at this interval instead of a cron.")
     overlap: Duration = Field(
         "60s",
-        description="Re-read this much before the cursor, so records updated in the same second "
-        "are not missed.",
+        description="Re-read this much before the cursor, so records updated in the same second are not missed.",
     )
     backfill_from: date | None = Field(None, description="On the very first run, start from this date.")
 
@@ -129,13 +125,7 @@ class EventTrigger(_Strict):
         if self.webhook is not None and (self.system is not None or self.queue is not None):
             raise ValueError("event takes either system+queue or webhook, not both")
         if self.webhook is None and (self.system is None or self.queue is None):
-            missing = (
-                "queue"
-                if self.system is not None
-                else "system"
-                if self.queue is not None
-                else "system and queue"
-            )
+            missing = "queue" if self.system is not None else "system" if self.queue is not None else "system and queue"
             raise ValueError(f"event needs {missing} (or a webhook path)")
         return self
 
@@ -143,9 +133,7 @@ class EventTrigger(_Strict):
 class RequestTrigger(_Strict):
     """A real-time trigger: the daemon serves ``path``, calls the source, transforms and answers."""
 
-    path: str = Field(
-        pattern=r"^/[A-Za-z0-9_\-/{}.]*$", description="Path the daemon serves.", examples=["/price"]
-    )
+    path: str = Field(pattern=r"^/[A-Za-z0-9_\-/{}.]*$", description="Path the daemon serves.", examples=["/price"])
     method: Literal["GET", "POST"] = "POST"
     timeout: Duration = Field("2s", description="Longest the caller waits; past it the answer is a 504.")
     cache: Duration | None = Field(None, description="Keep answers this long, keyed by the request.")
@@ -175,9 +163,7 @@ class Trigger(_Strict):
 class Source(_Strict):
     system: str = Field(description="A system declared under systems:.")
     read: str | None = Field(None, description="Entity to read in batches (schedule triggers).")
-    call: str | None = Field(
-        None, description="Operation to call per request (request triggers) or per event."
-    )
+    call: str | None = Field(None, description="Operation to call per request (request triggers) or per event.")
     cursor: str | None = Field(
         None, description="Field that only grows, for incremental reads.", examples=["write_date"]
     )
@@ -195,17 +181,14 @@ Key = str | list[str]
 
 class Target(_Strict):
     system: str = Field(description="A system declared under systems:.")
-    write: str = Field(
-        description="Entity or operation the connector writes.", examples=["products", "source-items"]
-    )
+    write: str = Field(description="Entity or operation the connector writes.", examples=["products", "source-items"])
     key: Key | None = Field(
         None, description="Field(s) that identify a record at the target; idempotency and ordering."
     )
     mode: Literal["upsert", "create", "update", "delete"] = "upsert"
     transform: str | None = Field(
         None,
-        description="Extra JSONata applied to the flow's output for this target only "
-        "(inline or a .jsonata file).",
+        description="Extra JSONata applied to the flow's output for this target only (inline or a .jsonata file).",
     )
 
 
@@ -287,14 +270,10 @@ class SpecDocument(_Strict):
         None, description="A base spec this file overlays: maps merge, lists replace, null removes."
     )
     description: str | None = None
-    constants: dict[str, Any] = Field(
-        default_factory=dict, description="Values a transform reads as $constants."
-    )
+    constants: dict[str, Any] = Field(default_factory=dict, description="Values a transform reads as $constants.")
     systems: dict[Name, dict[str, Any]] = Field(
         default_factory=dict,
         description="The systems this client connects, each with a connector kind and its options.",
     )
-    lookups: dict[Name, Lookup] = Field(
-        default_factory=dict, description="Code tables, read by $lookup('name', key)."
-    )
+    lookups: dict[Name, Lookup] = Field(default_factory=dict, description="Code tables, read by $lookup('name', key).")
     flows: dict[Name, Flow] = Field(default_factory=dict)

@@ -86,9 +86,7 @@ def _resolve(path: Path, display: str, seen: list[Path]) -> MergedSpec:
         return merged
     where = loaded.marks.get(("extends",), Mark(display, 1, 1))
     if not isinstance(base_ref, str) or not base_ref.strip():
-        merged.diagnostics.append(
-            _at(where, "extends: must be the path of a base spec file, relative to this file")
-        )
+        merged.diagnostics.append(_at(where, "extends: must be the path of a base spec file, relative to this file"))
         return merged
     base_path = (path.parent / base_ref).resolve()
     base_display = _display_path(base_path, display, base_ref)

@@ -97,8 +97,7 @@ def _github(reports: Sequence[SpecReport]) -> str:
             lines.append(f"::{level[d.severity]} {','.join(props)}::{_escape_data(message)}")
     totals = _summary(reports)
     lines.append(
-        f"seamline validate: {totals['specs']} spec(s), {totals['errors']} error(s), "
-        f"{totals['warnings']} warning(s)"
+        f"seamline validate: {totals['specs']} spec(s), {totals['errors']} error(s), {totals['warnings']} warning(s)"
     )
     return "\n".join(lines)
 
@@ -114,9 +113,7 @@ def render_effective_spec(merged: MergedSpec, fmt: Literal["yaml", "json"] = "ya
         return json.dumps({"spec": data, "origins": origins, "chain": merged.chain}, indent=2, default=str)
     out = [f"# effective spec of {merged.file}", "# built from: " + " <- ".join(merged.chain)]
     order = list(SpecDocument.model_fields)
-    for key, value in sorted(
-        data.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)
-    ):
+    for key, value in sorted(data.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)):
         if key in ("systems", "lookups", "flows") and isinstance(value, dict):
             out.append(f"{key}:")
             for name, body in value.items():

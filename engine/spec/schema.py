@@ -47,8 +47,7 @@ def spec_json_schema(registry: Registry) -> dict[str, Any]:
         "$id": "https://seamline.dev/schemas/spec.schema.json",
         "title": title,
         "$comment": comment,
-        "description": "A seamline integration spec. "
-        "A file with 'extends:' is an overlay: every key is optional.",
+        "description": "A seamline integration spec. A file with 'extends:' is an overlay: every key is optional.",
         "type": "object",
         "if": {"required": ["extends"]},
         "then": {"$ref": _DEFS + _PARTIAL + "spec"},

@@ -95,9 +95,7 @@ def discover_specs(paths: Iterable[Path]) -> list[Path]:
                 if not any(part.startswith(("_", ".")) for part in rel.parts[:-1]):
                     found.append(candidate)
             if not any(p.is_relative_to(path) for p in found):
-                raise UsageError(
-                    f"no {SPEC_FILENAME} found under '{path}'; give a spec file or a client folder"
-                )
+                raise UsageError(f"no {SPEC_FILENAME} found under '{path}'; give a spec file or a client folder")
         else:
             raise UsageError(f"'{path}' does not exist")
     return found
@@ -120,9 +118,7 @@ def validate_spec(
 
 
 class _Checker:
-    def __init__(
-        self, merged: MergedSpec, registry: Registry, strict: bool, environ: Mapping[str, str]
-    ) -> None:
+    def __init__(self, merged: MergedSpec, registry: Registry, strict: bool, environ: Mapping[str, str]) -> None:
         self.report = SpecReport(file=merged.file, merged=merged)
         self.merged = merged
         self.registry = registry
@@ -156,9 +152,7 @@ class _Checker:
             )
         )
 
-    def error(
-        self, message: str, path: JsonPath, *, code: str, hint: str = "", mark: Mark | None = None
-    ) -> None:
+    def error(self, message: str, path: JsonPath, *, code: str, hint: str = "", mark: Mark | None = None) -> None:
         self.add(Severity.ERROR, message, path, code=code, hint=hint, mark=mark)
 
     def spec_dir(self, path: JsonPath) -> Path:
@@ -293,9 +287,7 @@ class _Checker:
             line, message = problem
             if line:
                 self.diags.append(
-                    Diagnostic(
-                        Severity.ERROR, message, str(location), line, 1, path=format_path(path), code="lookup"
-                    )
+                    Diagnostic(Severity.ERROR, message, str(location), line, 1, path=format_path(path), code="lookup")
                 )
             else:
                 self.error(f"lookup '{name}': {message}", file_path, code="lookup")
@@ -332,9 +324,7 @@ class _Checker:
             kind, options = self.system_ref(source.system, declared, (*path, "source", "system"))
             capability, op = ("read", source.read) if source.read else ("call", source.call)
             if kind is not None and op is not None:
-                self.check_operation(
-                    kind, options, capability, op, (*path, "source", capability), source.system
-                )
+                self.check_operation(kind, options, capability, op, (*path, "source", capability), source.system)
         trigger = _valid(Trigger, raw.get("trigger"))
         if trigger is not None and trigger.event is not None and trigger.event.system is not None:
             event_path = (*path, "trigger", "event", "system")
@@ -433,8 +423,7 @@ class _Checker:
                 self.diags.append(
                     Diagnostic(
                         Severity.ERROR,
-                        f"${fname}() is not a JSONata function"
-                        + (f" — did you mean ${guess}()?" if guess else ""),
+                        f"${fname}() is not a JSONata function" + (f" — did you mean ${guess}()?" if guess else ""),
                         source.file,
                         line,
                         col,
@@ -518,11 +507,7 @@ class _Checker:
             for problem in problems:
                 self.error(problem.message, path, code="template", hint=problem.hint, mark=mark)
             for ref in refs:
-                present = (
-                    ref.name in self.environ
-                    if ref.root == "env"
-                    else secret_available(ref.name, self.environ)
-                )
+                present = ref.name in self.environ if ref.root == "env" else secret_available(ref.name, self.environ)
                 if not present:
                     missing.setdefault((ref.root, ref.name), []).append((path, mark))
                 if ref.root == "env" and path and path[-1] in SECRET_KEYS and "auth" in path:

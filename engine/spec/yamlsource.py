@@ -86,9 +86,7 @@ def load_yaml(path: Path, display: str | None = None) -> LoadedYaml:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         loaded = LoadedYaml(file=name, text="")
-        loaded.diagnostics.append(
-            _error(name, 0, 0, f"file is not UTF-8 text (byte {exc.start}); save it as UTF-8")
-        )
+        loaded.diagnostics.append(_error(name, 0, 0, f"file is not UTF-8 text (byte {exc.start}); save it as UTF-8"))
         return loaded
     return load_yaml_text(text, name)
 
@@ -141,11 +139,7 @@ def _translate_yaml_error(exc: yaml.MarkedYAMLError, file: str, text: str) -> Di
     elif "mapping values are not allowed" in problem:
         message = "a ':' here starts a map where a value was expected; quote the value if it contains ': '"
         hint = 'for example  description: "Note: see ERP"'
-    elif (
-        "found character '%'" in problem
-        or "found character '@'" in problem
-        or "found character '`'" in problem
-    ):
+    elif "found character '%'" in problem or "found character '@'" in problem or "found character '`'" in problem:
         message = f"YAML cannot start a plain value with this character ({problem}); quote the value"
     else:
         message = f"YAML syntax error: {problem}" + (f" ({context})" if context else "")
@@ -177,9 +171,7 @@ class _Builder:
         except yaml.YAMLError as exc:
             m = self.mark(node)
             self.loaded.diagnostics.append(
-                _error(
-                    m.file, m.line, m.column, f"cannot read value {node.value!r}: {exc}", format_path(path)
-                )
+                _error(m.file, m.line, m.column, f"cannot read value {node.value!r}: {exc}", format_path(path))
             )
             return node.value
         resolved = type(value).__name__ if value is not None else "null"

@@ -1,0 +1,96 @@
+"""State: inbox, idempotency ledger, cursors, dead letters and run history, behind one contract.
+
+``open_store(url)`` picks the implementation from the URL:
+
+- ``sqlite:///path/to/client.db`` (the embedded default: WAL, one file per client),
+  ``sqlite:///:memory:`` for throwaway runs;
+- ``postgresql://user@host:5432/db?schema=acme`` for replicas sharing state; each client lives in
+  its own schema, created on first use.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit, urlunsplit
+
+from engine.errors import UsageError
+from engine.state.base import DeadLetter, InboxItem, NewItem, RunRecord, StateStore
+from engine.state.sql import Dialect, SqlStore
+
+__all__ = ["DeadLetter", "InboxItem", "NewItem", "RunRecord", "StateStore", "default_state_url", "open_store"]
+
+SQLITE = Dialect("sqlite", "INTEGER PRIMARY KEY AUTOINCREMENT", "REAL", "?", "")
+POSTGRES = Dialect("postgres", "BIGSERIAL PRIMARY KEY", "DOUBLE PRECISION", "%s", " FOR UPDATE SKIP LOCKED")
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def default_state_url(client: str, base: Path = Path(".seamline")) -> str:
+    """The embedded default: one SQLite file per client under .seamline/."""
+    return f"sqlite:///{base / (client + '.db')}"
+
+
+def open_store(url: str, *, clock: Callable[[], float] = time.time) -> StateStore:
+    """The store ``url`` names; ``clock`` is injectable so tests can move time (leases, backoff)."""
+    scheme = url.split(":", 1)[0].lower()
+    if scheme == "sqlite":
+        return _open_sqlite(url, clock)
+    if scheme in ("postgresql", "postgres"):
+        return _open_postgres(url, clock)
+    raise UsageError(f"state URL '{_mask(url)}' has an unknown scheme; use sqlite:///path.db or postgresql://...")
+
+
+def _mask(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+def _open_sqlite(url: str, clock: Callable[[], float]) -> StateStore:
+    path = url.split("sqlite://", 1)[1]
+    path = path[1:] if path.startswith("/") else path  # sqlite:///rel/x.db -> rel/x.db; sqlite:////abs -> /abs
+    if path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+    def connect() -> sqlite3.Connection:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+        conn.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode survives any crash of the process (kill -9); only a power cut can lose
+        # the last commits. The daemon acknowledges upstream only after a commit.
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA busy_timeout=30000")
+        return conn
+
+    return SqlStore(url, SQLITE, connect, clock=clock)
+
+
+def _open_postgres(url: str, clock: Callable[[], float]) -> StateStore:
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - psycopg is a dependency; this guards odd installs
+        raise UsageError("PostgreSQL state needs psycopg: pip install 'psycopg[binary]'") from None
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    schema = query.pop("schema", ["public"])[0]
+    if not _SCHEMA_NAME.match(schema):
+        raise UsageError(f"schema '{schema}' in the state URL is not a plain lower-case SQL name")
+    rest = "&".join(f"{k}={v}" for k, values in query.items() for v in values)
+    dsn = urlunsplit(parts._replace(scheme="postgresql", query=rest))
+
+    def connect() -> psycopg.Connection[tuple[object, ...]]:
+        try:
+            conn = psycopg.connect(dsn, autocommit=False)
+        except psycopg.OperationalError as exc:
+            raise UsageError(f"cannot connect to the state database {_mask(url)}: {str(exc).strip()}") from None
+        with conn.cursor() as cur:
+            cur.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+            cur.execute(f'SET search_path TO "{schema}"')
+        conn.commit()
+        return conn
+
+    return SqlStore(_mask(url), POSTGRES, connect, clock=clock)

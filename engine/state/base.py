@@ -1,0 +1,151 @@
+"""The state store contract: inbox, idempotency ledger, cursors, dead letters and run history.
+
+One contract, two implementations (SQLite embedded, PostgreSQL scaled out), one shared test suite.
+Who calls what:
+
+- a **trigger** calls :meth:`StateStore.enqueue` and acknowledges upstream only after it returned:
+  the inbox is durable before anything is acknowledged;
+- a **worker** calls :meth:`StateStore.claim`, then per target :meth:`StateStore.delivered` (skip)
+  and :meth:`StateStore.record_delivery` (after the target accepted), and finally one of
+  :meth:`StateStore.complete`, :meth:`StateStore.retry_later` or :meth:`StateStore.dead_letter`;
+- a **schedule** reads and advances its flow's cursor;
+- the **operator CLI** lists and replays dead letters, shows and resets cursors, lists runs.
+
+Ordering is per business key: :meth:`StateStore.claim` never hands out an item while an older
+item of the same flow and key is still pending or in flight. A claimed item carries a lease; if
+its worker dies, the lease runs out and the item is claimed again (so targets must be written
+idempotently, which the ledger provides per target).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+__all__ = [
+    "DeadLetter",
+    "InboxItem",
+    "NewItem",
+    "RunRecord",
+    "StateStore",
+]
+
+ItemStatus = Literal["pending", "inflight", "done", "dead"]
+
+
+@dataclass(frozen=True, slots=True)
+class NewItem:
+    """A unit of work as a trigger hands it in."""
+
+    flow: str
+    key: str  # idempotency key: source + entity + id + version; a second enqueue of it is a no-op
+    business_key: str  # changes of one business key (a SKU, an order) are applied in order
+    payload: Any  # the record, JSON-serialisable
+    source: str = ""  # where it came from, for people: "schedule", "amqp:erp.stock", "webhook:/hooks/x"
+
+
+@dataclass(frozen=True, slots=True)
+class InboxItem:
+    id: int
+    flow: str
+    key: str
+    business_key: str
+    payload: Any
+    source: str
+    status: ItemStatus
+    attempts: int
+    created_at: float
+    last_error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    id: int
+    item_id: int
+    flow: str
+    key: str
+    business_key: str
+    payload: Any
+    reason: str
+    error_kind: str  # "terminal" (a 4xx, a transform error) or "exhausted" (transient, out of retries)
+    target: str
+    spec_version: str
+    created_at: float
+    replayed_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    id: int
+    flow: str
+    kind: str
+    started_at: float
+    finished_at: float | None
+    status: str
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+class StateStore(Protocol):
+    url: str
+
+    def close(self) -> None: ...
+
+    def schema_version(self) -> int: ...
+
+    # inbox ------------------------------------------------------------------------------------
+    def enqueue(self, items: Sequence[NewItem]) -> int:
+        """Store items durably; returns how many were new (a known key is skipped, not an error)."""
+        ...
+
+    def claim(self, worker: str, limit: int, lease: float, flows: Sequence[str] | None = None) -> list[InboxItem]:
+        """Up to ``limit`` items ready to work on, the oldest first, one per business key."""
+        ...
+
+    def complete(self, item_id: int) -> None: ...
+
+    def retry_later(self, item_id: int, delay: float, error: str) -> None:
+        """Give the item back after ``delay`` seconds; its attempts count goes up by one."""
+        ...
+
+    def release(self, item_ids: Sequence[int]) -> None:
+        """Give claimed items back at once, without counting an attempt (a graceful shutdown)."""
+        ...
+
+    def dead_letter(
+        self, item_id: int, reason: str, *, error_kind: str, target: str = "", spec_version: str = ""
+    ) -> int: ...
+
+    def depth(self, flow: str | None = None) -> dict[str, int]:
+        """Items per status."""
+        ...
+
+    def item(self, item_id: int) -> InboxItem | None: ...
+
+    # ledger -----------------------------------------------------------------------------------
+    def delivered(self, flow: str, key: str, target: str) -> bool: ...
+
+    def record_delivery(self, flow: str, key: str, target: str, response: str = "") -> None: ...
+
+    def deliveries(self, flow: str | None = None) -> int: ...
+
+    # cursors ----------------------------------------------------------------------------------
+    def get_cursor(self, flow: str) -> str | None: ...
+
+    def set_cursor(self, flow: str, value: str | None) -> None: ...
+
+    def cursors(self) -> dict[str, str]: ...
+
+    # dead letters -----------------------------------------------------------------------------
+    def dead_letters(self, flow: str | None = None, *, include_replayed: bool = False) -> list[DeadLetter]: ...
+
+    def replay(self, dead_letter_ids: Sequence[int]) -> int:
+        """Put dead-lettered items back in the inbox (attempts reset); returns how many."""
+        ...
+
+    # runs -------------------------------------------------------------------------------------
+    def start_run(self, flow: str, kind: str) -> int: ...
+
+    def finish_run(self, run_id: int, status: str, counts: dict[str, int]) -> None: ...
+
+    def runs(self, flow: str | None = None, limit: int = 20) -> list[RunRecord]: ...

@@ -1,0 +1,425 @@
+"""The state store in SQL, for SQLite and PostgreSQL alike; only the dialect differs.
+
+Schema changes are migrations: numbered steps applied in order inside a transaction and recorded in
+``seamline_schema``, so an existing store is upgraded in place, never recreated.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from engine.state.base import DeadLetter, InboxItem, NewItem, RunRecord
+
+__all__ = ["MIGRATIONS", "Dialect", "SqlStore"]
+
+
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    name: str
+    id_column: str  # an auto-incrementing integer primary key
+    real: str
+    placeholder: str  # "?" or "%s"
+    skip_locked: str  # "" or " FOR UPDATE SKIP LOCKED"
+
+
+# Each step is a list of statements; {id}, {real} are filled from the dialect. Never edit a step
+# that has shipped: add a new one.
+MIGRATIONS: list[list[str]] = [
+    [
+        """CREATE TABLE inbox (
+            id {id},
+            flow TEXT NOT NULL,
+            key TEXT NOT NULL,
+            business_key TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            source TEXT NOT NULL DEFAULT '',
+            status TEXT NOT NULL DEFAULT 'pending',
+            attempts INTEGER NOT NULL DEFAULT 0,
+            available_at {real} NOT NULL,
+            lease_until {real},
+            worker TEXT,
+            created_at {real} NOT NULL,
+            last_error TEXT NOT NULL DEFAULT '',
+            UNIQUE (flow, key))""",
+        "CREATE INDEX inbox_ready ON inbox (status, available_at)",
+        "CREATE INDEX inbox_order ON inbox (flow, business_key, id)",
+        """CREATE TABLE ledger (
+            flow TEXT NOT NULL,
+            key TEXT NOT NULL,
+            target TEXT NOT NULL,
+            delivered_at {real} NOT NULL,
+            response TEXT NOT NULL DEFAULT '',
+            PRIMARY KEY (flow, key, target))""",
+        """CREATE TABLE cursors (
+            flow TEXT PRIMARY KEY,
+            value TEXT,
+            updated_at {real} NOT NULL)""",
+        """CREATE TABLE dead_letters (
+            id {id},
+            item_id INTEGER NOT NULL,
+            flow TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            error_kind TEXT NOT NULL,
+            target TEXT NOT NULL DEFAULT '',
+            created_at {real} NOT NULL,
+            replayed_at {real})""",
+        """CREATE TABLE runs (
+            id {id},
+            flow TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            started_at {real} NOT NULL,
+            finished_at {real},
+            status TEXT NOT NULL,
+            counts TEXT NOT NULL DEFAULT '{{}}')""",
+    ],
+    [
+        # v2: dead letters say which spec version produced them, so a replay after a fix can be told apart
+        "ALTER TABLE dead_letters ADD COLUMN spec_version TEXT NOT NULL DEFAULT ''",
+        "CREATE INDEX dead_letters_flow ON dead_letters (flow, replayed_at)",
+    ],
+]
+
+_ITEM_COLUMNS = "id, flow, key, business_key, payload, source, status, attempts, created_at, last_error"
+
+
+def _item(row: Sequence[Any]) -> InboxItem:
+    return InboxItem(
+        id=int(row[0]),
+        flow=row[1],
+        key=row[2],
+        business_key=row[3],
+        payload=json.loads(row[4]),
+        source=row[5],
+        status=row[6],
+        attempts=int(row[7]),
+        created_at=float(row[8]),
+        last_error=row[9],
+    )
+
+
+class SqlStore:
+    """A :class:`~engine.state.base.StateStore` over a DB-API connection (one per store, guarded by a lock)."""
+
+    def __init__(
+        self,
+        url: str,
+        dialect: Dialect,
+        connect: Callable[[], Any],
+        *,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.url = url
+        self.dialect = dialect
+        self._connect = connect
+        self._conn = connect()
+        self._lock = threading.RLock()
+        self._clock = clock
+        self.migrate()
+
+    # -- plumbing ------------------------------------------------------------------------------
+    def _sql(self, text: str) -> str:
+        return text.replace("?", self.dialect.placeholder) if self.dialect.placeholder != "?" else text
+
+    @contextmanager
+    def _tx(self) -> Iterator[Any]:
+        with self._lock:
+            cur = self._conn.cursor()
+            try:
+                self._begin(cur)
+                yield cur
+                self._conn.commit()
+            except BaseException:
+                self._conn.rollback()
+                raise
+            finally:
+                cur.close()
+
+    def _begin(self, cur: Any) -> None:
+        if self.dialect.name == "sqlite":
+            cur.execute("BEGIN IMMEDIATE")  # take the write lock up front: no upgrade deadlocks
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    # -- migrations ----------------------------------------------------------------------------
+    def schema_version(self) -> int:
+        with self._tx() as cur:
+            return self._version(cur)
+
+    def _version(self, cur: Any) -> int:
+        cur.execute("CREATE TABLE IF NOT EXISTS seamline_schema (version INTEGER NOT NULL)")
+        cur.execute("SELECT version FROM seamline_schema")
+        row = cur.fetchone()
+        return int(row[0]) if row else 0
+
+    def migrate(self, target: int | None = None) -> int:
+        """Apply the steps this store has not had yet, each in its own transaction."""
+        goal = len(MIGRATIONS) if target is None else target
+        while True:
+            with self._tx() as cur:
+                version = self._version(cur)
+                if version >= goal:
+                    return version
+                for statement in MIGRATIONS[version]:
+                    cur.execute(statement.format(id=self.dialect.id_column, real=self.dialect.real))
+                if version == 0:
+                    cur.execute(self._sql("INSERT INTO seamline_schema (version) VALUES (?)"), (1,))
+                else:
+                    cur.execute(self._sql("UPDATE seamline_schema SET version = ?"), (version + 1,))
+
+    # -- inbox ---------------------------------------------------------------------------------
+    def enqueue(self, items: Sequence[NewItem]) -> int:
+        now = self._clock()
+        inserted = 0
+        sql = self._sql(
+            "INSERT INTO inbox (flow, key, business_key, payload, source, available_at, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (flow, key) DO NOTHING"
+        )
+        with self._tx() as cur:
+            for item in items:
+                cur.execute(
+                    sql,
+                    (item.flow, item.key, item.business_key, json.dumps(item.payload), item.source, now, now),
+                )
+                inserted += max(cur.rowcount, 0)
+        return inserted
+
+    def claim(self, worker: str, limit: int, lease: float, flows: Sequence[str] | None = None) -> list[InboxItem]:
+        now = self._clock()
+        flow_filter = ""
+        params: list[object] = [now, now]
+        if flows:
+            flow_filter = f" AND i.flow IN ({', '.join('?' for _ in flows)})"
+            params.extend(flows)
+        ready = (
+            "SELECT i.id FROM inbox i WHERE "
+            "((i.status = 'pending' AND i.available_at <= ?) OR (i.status = 'inflight' AND i.lease_until < ?))"
+            f"{flow_filter} AND NOT EXISTS (SELECT 1 FROM inbox o WHERE o.flow = i.flow "
+            "AND o.business_key = i.business_key AND o.id < i.id AND o.status IN ('pending', 'inflight')) "
+            f"ORDER BY i.id LIMIT ?{self.dialect.skip_locked}"
+        )
+        with self._tx() as cur:
+            cur.execute(self._sql(ready), (*params, limit))
+            ids = [int(row[0]) for row in cur.fetchall()]
+            if not ids:
+                return []
+            marks = ", ".join("?" for _ in ids)
+            cur.execute(
+                self._sql(f"UPDATE inbox SET status = 'inflight', lease_until = ?, worker = ? WHERE id IN ({marks})"),
+                (now + lease, worker, *ids),
+            )
+            cur.execute(self._sql(f"SELECT {_ITEM_COLUMNS} FROM inbox WHERE id IN ({marks}) ORDER BY id"), ids)
+            return [_item(row) for row in cur.fetchall()]
+
+    def complete(self, item_id: int) -> None:
+        with self._tx() as cur:
+            cur.execute(self._sql("UPDATE inbox SET status = 'done', lease_until = NULL WHERE id = ?"), (item_id,))
+
+    def retry_later(self, item_id: int, delay: float, error: str) -> None:
+        with self._tx() as cur:
+            cur.execute(
+                self._sql(
+                    "UPDATE inbox SET status = 'pending', attempts = attempts + 1, available_at = ?, "
+                    "lease_until = NULL, last_error = ? WHERE id = ?"
+                ),
+                (self._clock() + delay, error[:4000], item_id),
+            )
+
+    def release(self, item_ids: Sequence[int]) -> None:
+        if not item_ids:
+            return
+        marks = ", ".join("?" for _ in item_ids)
+        with self._tx() as cur:
+            cur.execute(
+                self._sql(
+                    "UPDATE inbox SET status = 'pending', lease_until = NULL "
+                    f"WHERE status = 'inflight' AND id IN ({marks})"
+                ),
+                tuple(item_ids),
+            )
+
+    def dead_letter(
+        self, item_id: int, reason: str, *, error_kind: str, target: str = "", spec_version: str = ""
+    ) -> int:
+        now = self._clock()
+        with self._tx() as cur:
+            cur.execute(
+                self._sql("UPDATE inbox SET status = 'dead', lease_until = NULL, last_error = ? WHERE id = ?"),
+                (reason[:4000], item_id),
+            )
+            cur.execute(self._sql("SELECT flow FROM inbox WHERE id = ?"), (item_id,))
+            row = cur.fetchone()
+            flow = row[0] if row else ""
+            cur.execute(
+                self._sql(
+                    "INSERT INTO dead_letters (item_id, flow, reason, error_kind, target, created_at, spec_version) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id"
+                ),
+                (item_id, flow, reason[:4000], error_kind, target, now, spec_version),
+            )
+            return int(cur.fetchone()[0])
+
+    def depth(self, flow: str | None = None) -> dict[str, int]:
+        sql = "SELECT status, COUNT(*) FROM inbox" + (" WHERE flow = ?" if flow else "") + " GROUP BY status"
+        with self._tx() as cur:
+            cur.execute(self._sql(sql), (flow,) if flow else ())
+            counts = {status: 0 for status in ("pending", "inflight", "done", "dead")}
+            counts.update({row[0]: int(row[1]) for row in cur.fetchall()})
+            return counts
+
+    def item(self, item_id: int) -> InboxItem | None:
+        with self._tx() as cur:
+            cur.execute(self._sql(f"SELECT {_ITEM_COLUMNS} FROM inbox WHERE id = ?"), (item_id,))
+            row = cur.fetchone()
+            return _item(row) if row else None
+
+    # -- ledger --------------------------------------------------------------------------------
+    def delivered(self, flow: str, key: str, target: str) -> bool:
+        with self._tx() as cur:
+            cur.execute(
+                self._sql("SELECT 1 FROM ledger WHERE flow = ? AND key = ? AND target = ?"),
+                (flow, key, target),
+            )
+            return cur.fetchone() is not None
+
+    def record_delivery(self, flow: str, key: str, target: str, response: str = "") -> None:
+        with self._tx() as cur:
+            cur.execute(
+                self._sql(
+                    "INSERT INTO ledger (flow, key, target, delivered_at, response) VALUES (?, ?, ?, ?, ?) "
+                    "ON CONFLICT (flow, key, target) DO NOTHING"
+                ),
+                (flow, key, target, self._clock(), response[:4000]),
+            )
+
+    def deliveries(self, flow: str | None = None) -> int:
+        sql = "SELECT COUNT(*) FROM ledger" + (" WHERE flow = ?" if flow else "")
+        with self._tx() as cur:
+            cur.execute(self._sql(sql), (flow,) if flow else ())
+            return int(cur.fetchone()[0])
+
+    # -- cursors -------------------------------------------------------------------------------
+    def get_cursor(self, flow: str) -> str | None:
+        with self._tx() as cur:
+            cur.execute(self._sql("SELECT value FROM cursors WHERE flow = ?"), (flow,))
+            row = cur.fetchone()
+            return row[0] if row else None
+
+    def set_cursor(self, flow: str, value: str | None) -> None:
+        with self._tx() as cur:
+            if value is None:
+                cur.execute(self._sql("DELETE FROM cursors WHERE flow = ?"), (flow,))
+                return
+            cur.execute(
+                self._sql(
+                    "INSERT INTO cursors (flow, value, updated_at) VALUES (?, ?, ?) "
+                    "ON CONFLICT (flow) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at"
+                ),
+                (flow, value, self._clock()),
+            )
+
+    def cursors(self) -> dict[str, str]:
+        with self._tx() as cur:
+            cur.execute("SELECT flow, value FROM cursors ORDER BY flow")
+            return {row[0]: row[1] for row in cur.fetchall()}
+
+    # -- dead letters --------------------------------------------------------------------------
+    def dead_letters(self, flow: str | None = None, *, include_replayed: bool = False) -> list[DeadLetter]:
+        where = []
+        params: list[Any] = []
+        if flow:
+            where.append("d.flow = ?")
+            params.append(flow)
+        if not include_replayed:
+            where.append("d.replayed_at IS NULL")
+        sql = (
+            "SELECT d.id, d.item_id, d.flow, i.key, i.business_key, i.payload, d.reason, d.error_kind, d.target, "
+            "d.spec_version, d.created_at, d.replayed_at FROM dead_letters d JOIN inbox i ON i.id = d.item_id"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + " ORDER BY d.id"
+        )
+        with self._tx() as cur:
+            cur.execute(self._sql(sql), tuple(params))
+            return [
+                DeadLetter(
+                    id=int(r[0]),
+                    item_id=int(r[1]),
+                    flow=r[2],
+                    key=r[3],
+                    business_key=r[4],
+                    payload=json.loads(r[5]),
+                    reason=r[6],
+                    error_kind=r[7],
+                    target=r[8],
+                    spec_version=r[9],
+                    created_at=float(r[10]),
+                    replayed_at=float(r[11]) if r[11] is not None else None,
+                )
+                for r in cur.fetchall()
+            ]
+
+    def replay(self, dead_letter_ids: Sequence[int]) -> int:
+        if not dead_letter_ids:
+            return 0
+        now = self._clock()
+        marks = ", ".join("?" for _ in dead_letter_ids)
+        with self._tx() as cur:
+            cur.execute(
+                self._sql(f"SELECT id, item_id FROM dead_letters WHERE replayed_at IS NULL AND id IN ({marks})"),
+                tuple(dead_letter_ids),
+            )
+            rows = cur.fetchall()
+            for letter_id, item_id in rows:
+                cur.execute(
+                    self._sql(
+                        "UPDATE inbox SET status = 'pending', attempts = 0, available_at = ?, lease_until = NULL "
+                        "WHERE id = ? AND status = 'dead'"
+                    ),
+                    (now, item_id),
+                )
+                cur.execute(self._sql("UPDATE dead_letters SET replayed_at = ? WHERE id = ?"), (now, letter_id))
+            return len(rows)
+
+    # -- runs ----------------------------------------------------------------------------------
+    def start_run(self, flow: str, kind: str) -> int:
+        with self._tx() as cur:
+            cur.execute(
+                self._sql("INSERT INTO runs (flow, kind, started_at, status) VALUES (?, ?, ?, 'running') RETURNING id"),
+                (flow, kind, self._clock()),
+            )
+            return int(cur.fetchone()[0])
+
+    def finish_run(self, run_id: int, status: str, counts: dict[str, int]) -> None:
+        with self._tx() as cur:
+            cur.execute(
+                self._sql("UPDATE runs SET finished_at = ?, status = ?, counts = ? WHERE id = ?"),
+                (self._clock(), status, json.dumps(counts, sort_keys=True), run_id),
+            )
+
+    def runs(self, flow: str | None = None, limit: int = 20) -> list[RunRecord]:
+        sql = (
+            "SELECT id, flow, kind, started_at, finished_at, status, counts FROM runs"
+            + (" WHERE flow = ?" if flow else "")
+            + " ORDER BY id DESC LIMIT ?"
+        )
+        with self._tx() as cur:
+            cur.execute(self._sql(sql), (flow, limit) if flow else (limit,))
+            return [
+                RunRecord(
+                    id=int(r[0]),
+                    flow=r[1],
+                    kind=r[2],
+                    started_at=float(r[3]),
+                    finished_at=float(r[4]) if r[4] is not None else None,
+                    status=r[5],
+                    counts=json.loads(r[6]),
+                )
+                for r in cur.fetchall()
+            ]

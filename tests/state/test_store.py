@@ -1,0 +1,194 @@
+"""One suite, every state store: SQLite (the embedded default) and PostgreSQL (scaled out)."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from engine.state import NewItem, StateStore, open_store
+from engine.state.sql import MIGRATIONS
+
+PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'state.db'}"
+        return
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    yield f"{PG_DSN}?schema={schema}"
+    with psycopg.connect(PG_DSN, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def store(store_url: str, clock: Clock) -> Iterator[StateStore]:
+    s = open_store(store_url, clock=clock)
+    yield s
+    s.close()
+
+
+def items(*specs: tuple[str, str]) -> list[NewItem]:
+    return [NewItem("catalog", key, bkey, {"key": key}) for key, bkey in specs]
+
+
+def test_enqueue_is_idempotent_by_key(store: StateStore) -> None:
+    assert store.enqueue(items(("k1", "a"), ("k2", "b"))) == 2
+    assert store.enqueue(items(("k1", "a"), ("k3", "c"))) == 1
+    assert store.depth() == {"pending": 3, "inflight": 0, "done": 0, "dead": 0}
+
+
+def test_claim_keeps_order_per_business_key_and_parallelism_across_keys(store: StateStore) -> None:
+    store.enqueue(items(("a1", "A"), ("a2", "A"), ("b1", "B"), ("a3", "A"), ("c1", "C")))
+    first = store.claim("w1", 10, lease=30)
+    assert [i.key for i in first] == ["a1", "b1", "c1"]  # one per key, oldest first
+    assert store.claim("w2", 10, lease=30) == []  # a2 waits for a1
+    store.complete(first[0].id)
+    assert [i.key for i in store.claim("w2", 10, lease=30)] == ["a2"]
+
+
+def test_a_dead_workers_lease_runs_out_and_the_item_is_claimed_again(store: StateStore, clock: Clock) -> None:
+    store.enqueue(items(("k1", "a")))
+    assert [i.key for i in store.claim("w1", 10, lease=30)] == ["k1"]
+    clock.now += 29
+    assert store.claim("w2", 10, lease=30) == []
+    clock.now += 2
+    again = store.claim("w2", 10, lease=30)
+    assert [i.key for i in again] == ["k1"]
+
+
+def test_retry_later_waits_and_counts_attempts(store: StateStore, clock: Clock) -> None:
+    store.enqueue(items(("k1", "a"), ("k2", "a")))
+    (item,) = store.claim("w", 10, lease=30)
+    store.retry_later(item.id, delay=5, error="503 from target")
+    assert store.claim("w", 10, lease=30) == []  # k2 keeps waiting behind k1: order per key
+    clock.now += 6
+    (again,) = store.claim("w", 10, lease=30)
+    assert (again.key, again.attempts, again.last_error) == ("k1", 1, "503 from target")
+
+
+def test_release_returns_claimed_items_without_an_attempt(store: StateStore) -> None:
+    store.enqueue(items(("k1", "a"), ("k2", "b")))
+    claimed = store.claim("w", 10, lease=300)
+    store.release([i.id for i in claimed])
+    again = store.claim("w", 10, lease=300)
+    assert [(i.key, i.attempts) for i in again] == [("k1", 0), ("k2", 0)]
+
+
+def test_dead_letters_keep_the_reason_and_replay_puts_items_back(store: StateStore) -> None:
+    store.enqueue(items(("k1", "a"), ("k2", "a")))
+    (item,) = store.claim("w", 10, lease=30)
+    letter = store.dead_letter(
+        item.id, "400: SKU too long", error_kind="terminal", target="commerce.products", spec_version="abc123"
+    )
+    (dead,) = store.dead_letters("catalog")
+    assert (dead.id, dead.key, dead.reason, dead.error_kind, dead.target, dead.spec_version) == (
+        letter,
+        "k1",
+        "400: SKU too long",
+        "terminal",
+        "commerce.products",
+        "abc123",
+    )
+    assert dead.payload == {"key": "k1"}
+    assert [i.key for i in store.claim("w", 10, lease=30)] == ["k2"]  # a dead item no longer blocks its key
+    assert store.replay([letter]) == 1
+    assert store.replay([letter]) == 0  # a replayed letter is not replayed twice
+    assert store.dead_letters() == []
+    assert len(store.dead_letters(include_replayed=True)) == 1
+    assert store.depth()["pending"] == 1
+
+
+def test_ledger_records_each_target_once(store: StateStore) -> None:
+    assert not store.delivered("orders", "o1", "erp.sales-orders")
+    store.record_delivery("orders", "o1", "erp.sales-orders", "201")
+    store.record_delivery("orders", "o1", "erp.sales-orders", "201")
+    assert store.delivered("orders", "o1", "erp.sales-orders")
+    assert not store.delivered("orders", "o1", "crm.orders")
+    assert store.deliveries("orders") == 1
+
+
+def test_cursors(store: StateStore) -> None:
+    assert store.get_cursor("catalog") is None
+    store.set_cursor("catalog", "2025-01-01T00:00:00Z")
+    store.set_cursor("catalog", "2025-01-02T00:00:00Z")
+    assert store.cursors() == {"catalog": "2025-01-02T00:00:00Z"}
+    store.set_cursor("catalog", None)
+    assert store.get_cursor("catalog") is None
+
+
+def test_runs(store: StateStore) -> None:
+    run = store.start_run("catalog", "schedule")
+    store.finish_run(run, "ok", {"read": 3, "written": 3})
+    (record,) = store.runs("catalog")
+    assert (record.id, record.status, record.counts) == (run, "ok", {"read": 3, "written": 3})
+    assert record.finished_at is not None
+
+
+def test_two_connections_never_claim_the_same_item(store_url: str) -> None:
+    first, second = open_store(store_url), open_store(store_url)
+    try:
+        first.enqueue([NewItem("catalog", f"k{i}", f"b{i}", {}) for i in range(200)])
+        claimed: list[list[int]] = [[], []]
+
+        def worker(index: int, s: StateStore) -> None:
+            while batch := s.claim(f"w{index}", 7, lease=60):
+                claimed[index].extend(i.id for i in batch)
+
+        threads = [threading.Thread(target=worker, args=(n, s)) for n, s in enumerate((first, second))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        all_ids = claimed[0] + claimed[1]
+        assert len(all_ids) == 200
+        assert len(set(all_ids)) == 200
+    finally:
+        first.close()
+        second.close()
+
+
+def test_schema_is_migrated_in_place_not_recreated(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    old = open_store(url)
+    old.close()
+    # Make it look like a v1 store holding data, then let a newer seamline open it.
+    conn = sqlite3.connect(tmp_path / "old.db")
+    conn.execute("DROP INDEX dead_letters_flow")
+    conn.execute("ALTER TABLE dead_letters DROP COLUMN spec_version")
+    conn.execute("UPDATE seamline_schema SET version = 1")
+    conn.execute(
+        "INSERT INTO inbox (flow, key, business_key, payload, available_at, created_at) "
+        "VALUES ('catalog', 'k1', 'a', '{}', 0, 0)"
+    )
+    conn.commit()
+    conn.close()
+    upgraded = open_store(url)
+    try:
+        assert upgraded.schema_version() == len(MIGRATIONS) == 2
+        assert upgraded.depth()["pending"] == 1  # the data survived the upgrade
+        (item,) = upgraded.claim("w", 1, lease=10)
+        upgraded.dead_letter(item.id, "x", error_kind="terminal", spec_version="v2")
+        assert upgraded.dead_letters()[0].spec_version == "v2"
+    finally:
+        upgraded.close()
