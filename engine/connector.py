@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from importlib.metadata import entry_points
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -25,9 +25,13 @@ __all__ = [
     "ApiKeyAuth",
     "BasicAuth",
     "BearerAuth",
+    "ConnectContext",
+    "Connection",
     "ConnectorKind",
     "Duration",
     "Limits",
+    "Message",
+    "MessageHandler",
     "OAuth1Auth",
     "OAuth2ClientCredentials",
     "Rate",
@@ -162,13 +166,87 @@ class SystemOptions(_Strict):
 
 
 @dataclass(frozen=True, slots=True)
+class Message:
+    """One message from a queue, as an event trigger's handler receives it."""
+
+    body: bytes
+    message_id: str = ""
+    headers: Mapping[str, Any] = field(default_factory=dict)
+
+
+MessageHandler = Callable[[Message], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectContext:
+    """What a connector gets besides its options: its system's name in the spec, and who to tell secrets to.
+
+    ``mask`` registers a value (a token fetched at run time) so logs and errors never show it.
+    """
+
+    system: str
+    client: str
+    mask: Callable[[str], None] = lambda _value: None
+
+
+class Connection(Protocol):
+    """An open connection to one system; the runtime opens one per system and shares it across flows.
+
+    Errors: raise :class:`~engine.errors.TransientError` when trying again later may work (timeouts,
+    429, 5xx, connection refused) and :class:`~engine.errors.TerminalError` when it will not (a 4xx
+    the system explains, a record the system rejects). Never let a library's exception escape.
+    """
+
+    async def close(self) -> None:
+        """Called once, when the daemon stops; release sockets and pools."""
+        ...
+
+    def read(
+        self,
+        entity: str,
+        *,
+        since: str | None,
+        cursor_field: str | None,
+        page_size: int,
+        filter: Mapping[str, Any] | None,
+    ) -> AsyncIterator[list[Any]]:
+        """Records of ``entity`` changed at or after ``since`` (by ``cursor_field``), page by page.
+
+        Called by a schedule trigger; the trigger stores each page in the inbox before it asks for
+        the next, and advances its cursor from the records themselves.
+        """
+        ...
+
+    async def call(self, operation: str, request: Any, *, timeout: float) -> Any:
+        """One synchronous call (a request trigger asking the ERP for a contract price)."""
+        ...
+
+    async def write(self, entity: str, record: Any, *, key: Any, mode: str, idempotency_key: str) -> str:
+        """Write one record; returns a short receipt for the ledger (the id or status the system gave).
+
+        Called by a worker after the ledger said this (item, target) was not delivered yet. The same
+        ``idempotency_key`` comes again only if an earlier attempt's outcome is unknown (a crash, a
+        timeout): a system that can deduplicate on it should.
+        """
+        ...
+
+    async def consume(self, queue: str, handler: MessageHandler) -> None:
+        """Deliver ``queue``'s messages to ``handler`` until cancelled.
+
+        Acknowledge a message only after ``handler`` returned (it has stored the message in the
+        inbox); if the handler raises, give the message back to the queue.
+        """
+        ...
+
+
+@dataclass(frozen=True, slots=True)
 class ConnectorKind:
     """One connector kind, as it declares itself.
 
     ``reads``, ``writes`` and ``calls`` are the entity or operation names a flow may use in
     ``source.read``, ``target.write`` and ``source.call``; ``events`` says the system can feed an
-    event trigger (a queue). ``runnable`` is False while only the options are declared: specs
-    using the kind validate, and ``validate`` says the kind cannot run yet.
+    event trigger (a queue). ``connect`` opens a :class:`Connection` for the runtime; a kind without
+    it is declared but not runnable: specs using it validate, and ``validate`` says it cannot run yet.
     """
 
     name: str
@@ -178,7 +256,11 @@ class ConnectorKind:
     writes: frozenset[str] = frozenset()
     calls: frozenset[str] = frozenset()
     events: bool = False
-    runnable: bool = False
+    connect: Callable[[SystemOptions, ConnectContext], Connection] | None = None
+
+    @property
+    def runnable(self) -> bool:
+        return self.connect is not None
 
     def operations(self, capability: Capability, options: SystemOptions | None = None) -> frozenset[str]:
         declared = options.declared_operations(capability) if options is not None else None

@@ -35,7 +35,7 @@ PIM = ConnectorKind(
     description="A product information system",
     reads=frozenset({"products"}),
     writes=frozenset({"products"}),
-    runnable=True,
+    connect=lambda options, context: NotImplemented,  # runnable: the runtime could open it
 )
 
 
