@@ -96,13 +96,26 @@ class SpecError(SeamlineError):
 
 
 class TransientError(SeamlineError):
-    """Worth retrying with backoff: the other side was slow, busy or briefly away."""
+    """Worth retrying with backoff: the other side was slow, busy or briefly away.
+
+    ``retry_after`` (seconds) is the other side's own word on when to come back (a 429's or
+    503's Retry-After); the runtime waits at least that long.
+    """
 
     retryable = True
+
+    def __init__(self, message: str, *, retry_after: float | None = None, status: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.status = status
 
 
 class TerminalError(SeamlineError):
     """Retrying will not help: the record goes to dead letters with this reason."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class TransformError(TerminalError):
