@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import wraps
 from pathlib import Path
 from typing import ParamSpec, TypeVar
@@ -22,6 +23,7 @@ from engine.errors import SeamlineError, UsageError
 from engine.playground import play, watch_and_play
 from engine.spec import SPEC_FILENAME, discover_specs, resolve_spec, spec_json_schema, validate_spec
 from engine.spec.report import render_effective_spec, render_reports
+from engine.state import StateStore
 from engine.testing import run_golden
 from engine.transform import BACKENDS
 
@@ -193,6 +195,229 @@ def map_command(
             sys.exit(1)
         return
     watch_and_play(spec_path, flow_name, input_path, backend=backend, now=fixed_now, echo=click.echo)
+
+
+@main.command()
+@click.argument("client")
+@click.option("--once", is_flag=True, help="One batch pass of the schedule flows, then exit (cron-style).")
+@click.option("--flow", "flows", multiple=True, help="Run only this flow (repeatable).")
+@click.option(
+    "--dry-run", is_flag=True, help="With --once: read and transform, print the would-be writes, write nothing."
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address of the HTTP API.")
+@click.option("--port", default=8700, show_default=True, type=int)
+@click.option("--dev", is_flag=True, help="No API token (only allowed on a loopback address).")
+@click.option(
+    "--token-file",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="File holding the API token (default: $SEAMLINE_API_TOKEN).",
+)
+@click.option(
+    "--state",
+    "state_url",
+    help="State store URL (default: $SEAMLINE_STATE_URL, the spec's state.url, or sqlite:///.seamline/<client>.db).",
+)
+@click.option("--workers", default=8, show_default=True, type=click.IntRange(1, 256))
+@click.option("--specs", "specs_dir", type=click.Path(path_type=Path), default=Path("specs"), show_default=True)
+@_handle_errors
+def run(
+    client: str,
+    once: bool,
+    flows: tuple[str, ...],
+    dry_run: bool,
+    host: str,
+    port: int,
+    dev: bool,
+    token_file: Path | None,
+    state_url: str | None,
+    workers: int,
+    specs_dir: Path,
+) -> None:
+    """Run CLIENT's flows: the daemon (until SIGTERM), or one batch pass with --once."""
+    import asyncio
+    import os
+
+    from rich.console import Console
+
+    from engine.runtime.daemon import Daemon, DaemonOptions
+    from engine.runtime.once import run_once
+
+    if dry_run and not once:
+        raise UsageError("--dry-run goes with --once")
+    token = token_file.read_text(encoding="utf-8").strip() if token_file else os.environ.get("SEAMLINE_API_TOKEN")
+    options = DaemonOptions(
+        host=host,
+        port=port,
+        token=token or None,
+        dev=dev,
+        workers=workers,
+        flows=list(flows) or None,
+        state_url=state_url,
+    )
+    spec = _client_spec_path(client, specs_dir)
+    if once:
+        summary = asyncio.run(run_once(spec, options, dry_run=dry_run, console=Console()))
+        if not summary.ok:
+            sys.exit(1)
+        return
+    asyncio.run(Daemon(spec, options).run_forever())
+
+
+@main.command()
+@click.argument("client")
+@click.option("--flow", "flow_name")
+@click.option("--limit", default=20, show_default=True, type=int)
+@click.option("--state", "state_url")
+@click.option("--specs", "specs_dir", type=click.Path(path_type=Path), default=Path("specs"), show_default=True)
+@_handle_errors
+def runs(client: str, flow_name: str | None, limit: int, state_url: str | None, specs_dir: Path) -> None:
+    """Recent batch runs of CLIENT's flows."""
+    from datetime import datetime
+
+    with _operator_store(client, specs_dir, state_url) as store:
+        records = store.runs(flow_name, limit)
+    if not records:
+        click.echo("no runs yet")
+        return
+    click.echo(f"{'id':>5}  {'flow':<20} {'kind':<9} {'started':<19}  {'took':>7}  {'status':<7} counts")
+    for r in records:
+        took = f"{r.finished_at - r.started_at:.1f}s" if r.finished_at else "running"
+        started = datetime.fromtimestamp(r.started_at).strftime("%Y-%m-%d %H:%M:%S")
+        counts = " ".join(f"{k}={v}" for k, v in sorted(r.counts.items()))
+        click.echo(f"{r.id:>5}  {r.flow:<20} {r.kind:<9} {started:<19}  {took:>7}  {r.status:<7} {counts}")
+
+
+@main.group()
+def dlq() -> None:
+    """Dead letters: records that could not be delivered, with their reasons; replay them after a fix."""
+
+
+@dlq.command("list")
+@click.argument("client")
+@click.option("--flow", "flow_name")
+@click.option("--all", "include_replayed", is_flag=True, help="Include letters already replayed.")
+@click.option("--state", "state_url")
+@click.option("--specs", "specs_dir", type=click.Path(path_type=Path), default=Path("specs"), show_default=True)
+@_handle_errors
+def dlq_list(
+    client: str, flow_name: str | None, include_replayed: bool, state_url: str | None, specs_dir: Path
+) -> None:
+    """List dead letters (id, flow, key, kind, reason)."""
+    with _operator_store(client, specs_dir, state_url) as store:
+        letters = store.dead_letters(flow_name, include_replayed=include_replayed)
+    for letter in letters:
+        replayed = " (replayed)" if letter.replayed_at else ""
+        click.echo(
+            f"{letter.id:>5}  {letter.flow:<20} {letter.key:<32} {letter.error_kind:<9} {letter.reason[:160]}{replayed}"
+        )
+    click.echo(f"{len(letters)} dead letter(s)")
+
+
+@dlq.command("show")
+@click.argument("client")
+@click.argument("letter_id", type=int)
+@click.option("--state", "state_url")
+@click.option("--specs", "specs_dir", type=click.Path(path_type=Path), default=Path("specs"), show_default=True)
+@_handle_errors
+def dlq_show(client: str, letter_id: int, state_url: str | None, specs_dir: Path) -> None:
+    """One dead letter in full: reason, target, spec version and the record as it arrived."""
+    with _operator_store(client, specs_dir, state_url) as store:
+        found = [d for d in store.dead_letters(include_replayed=True) if d.id == letter_id]
+    if not found:
+        raise UsageError(f"no dead letter {letter_id}; see 'seamline dlq list {client}'")
+    letter = found[0]
+    click.echo(
+        json.dumps(
+            {
+                "id": letter.id,
+                "flow": letter.flow,
+                "key": letter.key,
+                "business_key": letter.business_key,
+                "kind": letter.error_kind,
+                "target": letter.target,
+                "reason": letter.reason,
+                "spec_version": letter.spec_version,
+                "created_at": letter.created_at,
+                "replayed_at": letter.replayed_at,
+                "record": letter.payload,
+            },
+            indent=2,
+            ensure_ascii=False,
+        )
+    )
+
+
+@dlq.command("replay")
+@click.argument("client")
+@click.option("--flow", "flow_name", help="Replay this flow's dead letters.")
+@click.option("--id", "ids", multiple=True, type=int, help="Replay these dead letters (repeatable).")
+@click.option("--state", "state_url")
+@click.option("--specs", "specs_dir", type=click.Path(path_type=Path), default=Path("specs"), show_default=True)
+@_handle_errors
+def dlq_replay(
+    client: str, flow_name: str | None, ids: tuple[int, ...], state_url: str | None, specs_dir: Path
+) -> None:
+    """Put dead letters back in the inbox; the daemon (or the next run) delivers them."""
+    if not flow_name and not ids:
+        raise UsageError("say which: --flow F, --id N (repeatable), or both")
+    with _operator_store(client, specs_dir, state_url) as store:
+        letters = store.dead_letters(flow_name)
+        chosen = [d.id for d in letters if not ids or d.id in ids]
+        count = store.replay(chosen)
+    click.echo(f"replayed {count} dead letter(s)")
+
+
+@main.group()
+def state() -> None:
+    """Inspect and adjust a client's state: inbox depth, cursors."""
+
+
+@state.command("show")
+@click.argument("client")
+@click.option("--state", "state_url")
+@click.option("--specs", "specs_dir", type=click.Path(path_type=Path), default=Path("specs"), show_default=True)
+@_handle_errors
+def state_show(client: str, state_url: str | None, specs_dir: Path) -> None:
+    """Inbox depth per status, deliveries, and each flow's cursor."""
+    with _operator_store(client, specs_dir, state_url) as store:
+        depth, cursors, deliveries = store.depth(), store.cursors(), store.deliveries()
+        url = store.url
+    click.echo(f"state: {url}")
+    click.echo("inbox: " + ", ".join(f"{k}={v}" for k, v in depth.items()) + f"; deliveries={deliveries}")
+    for flow, value in cursors.items():
+        click.echo(f"cursor {flow}: {value}")
+
+
+@state.command("reset-cursor")
+@click.argument("client")
+@click.option("--flow", "flow_name", required=True)
+@click.option("--to", "value", help="Set the cursor to this value instead of clearing it (a full re-read).")
+@click.option("--state", "state_url")
+@click.option("--specs", "specs_dir", type=click.Path(path_type=Path), default=Path("specs"), show_default=True)
+@_handle_errors
+def state_reset_cursor(client: str, flow_name: str, value: str | None, state_url: str | None, specs_dir: Path) -> None:
+    """Clear a flow's cursor (the next pass reads everything) or set it."""
+    with _operator_store(client, specs_dir, state_url) as store:
+        before = store.get_cursor(flow_name)
+        store.set_cursor(flow_name, value)
+    click.echo(f"cursor {flow_name}: {before} -> {value}")
+
+
+@contextmanager
+def _operator_store(client: str, specs_dir: Path, state_url: str | None) -> Iterator[StateStore]:
+    import os
+
+    from engine.flow import load_client
+    from engine.runtime.daemon import resolve_state_url
+    from engine.secrets import Masker
+    from engine.state import open_store
+
+    compiled = load_client(_client_spec_path(client, specs_dir), environ=dict(os.environ))
+    store = open_store(resolve_state_url(compiled, state_url, os.environ, Masker()))
+    try:
+        yield store
+    finally:
+        store.close()
 
 
 def _client_spec_path(client: str, specs_dir: Path) -> Path:

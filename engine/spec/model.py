@@ -74,6 +74,9 @@ def _check_cron(expr: str) -> str:
 Cron = Annotated[str, AfterValidator(_check_cron), Field(examples=["0 */4 * * *", "@daily"])]
 
 
+Key = str | list[str]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -119,6 +122,12 @@ class EventTrigger(_Strict):
     system: str | None = Field(None, description="The system (a queue connector) the messages come from.")
     queue: str | None = Field(None, description="The queue to consume.")
     webhook: str | None = Field(None, pattern=r"^/", description="Path the daemon serves for pushed events.")
+    id: Key | None = Field(
+        None,
+        description="Field(s) of a message naming the record it is about (dotted paths); changes of one record "
+        "are applied in order.",
+        examples=["material", "customer.email"],
+    )
 
     @model_validator(mode="after")
     def _one_origin(self) -> Self:
@@ -167,6 +176,12 @@ class Source(_Strict):
     cursor: str | None = Field(
         None, description="Field that only grows, for incremental reads.", examples=["write_date"]
     )
+    id: Key | None = Field(
+        None,
+        description="Field(s) identifying a source record (dotted paths): its changes are applied in order, "
+        "and with the cursor value they make the idempotency key.",
+        examples=["Product", ["SalesOrder", "SalesOrderItem"]],
+    )
     filter: dict[str, Any] | None = Field(None, description="Connector-specific filter on the read.")
     page_size: int | None = Field(None, ge=1, le=100000)
 
@@ -176,7 +191,14 @@ class Source(_Strict):
         return self
 
 
-Key = str | list[str]
+class StateOptions(_Strict):
+    """Where the daemon keeps its inbox, ledger, cursors and dead letters."""
+
+    url: str = Field(
+        description="sqlite:///path.db (default: .seamline/<client>.db) or postgresql://host/db?schema=<client>; "
+        "$SEAMLINE_STATE_URL overrides it.",
+        examples=["sqlite:///.seamline/acme.db", "{{ env.SEAMLINE_STATE_URL }}"],
+    )
 
 
 class Target(_Strict):
@@ -270,6 +292,7 @@ class SpecDocument(_Strict):
         None, description="A base spec this file overlays: maps merge, lists replace, null removes."
     )
     description: str | None = None
+    state: StateOptions | None = Field(None, description="State store; the embedded SQLite file by default.")
     constants: dict[str, Any] = Field(default_factory=dict, description="Values a transform reads as $constants.")
     systems: dict[Name, dict[str, Any]] = Field(
         default_factory=dict,

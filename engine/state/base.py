@@ -104,8 +104,11 @@ class StateStore(Protocol):
 
     def complete(self, item_id: int) -> None: ...
 
-    def retry_later(self, item_id: int, delay: float, error: str) -> None:
-        """Give the item back after ``delay`` seconds; its attempts count goes up by one."""
+    def retry_later(self, item_id: int, delay: float, error: str, *, count_attempt: bool = True) -> None:
+        """Give the item back after ``delay`` seconds; its attempts count goes up by one.
+
+        ``count_attempt=False`` when the item was never tried (the target's breaker was open).
+        """
         ...
 
     def release(self, item_ids: Sequence[int]) -> None:
@@ -115,6 +118,10 @@ class StateStore(Protocol):
     def dead_letter(
         self, item_id: int, reason: str, *, error_kind: str, target: str = "", spec_version: str = ""
     ) -> int: ...
+
+    def reject(self, item: NewItem, reason: str) -> int:
+        """Store an item that cannot even be read (a message that is not JSON) straight into dead letters."""
+        ...
 
     def depth(self, flow: str | None = None) -> dict[str, int]:
         """Items per status."""

@@ -222,14 +222,14 @@ class SqlStore:
         with self._tx() as cur:
             cur.execute(self._sql("UPDATE inbox SET status = 'done', lease_until = NULL WHERE id = ?"), (item_id,))
 
-    def retry_later(self, item_id: int, delay: float, error: str) -> None:
+    def retry_later(self, item_id: int, delay: float, error: str, *, count_attempt: bool = True) -> None:
         with self._tx() as cur:
             cur.execute(
                 self._sql(
-                    "UPDATE inbox SET status = 'pending', attempts = attempts + 1, available_at = ?, "
+                    "UPDATE inbox SET status = 'pending', attempts = attempts + ?, available_at = ?, "
                     "lease_until = NULL, last_error = ? WHERE id = ?"
                 ),
-                (self._clock() + delay, error[:4000], item_id),
+                (1 if count_attempt else 0, self._clock() + delay, error[:4000], item_id),
             )
 
     def release(self, item_ids: Sequence[int]) -> None:
@@ -263,6 +263,38 @@ class SqlStore:
                     "VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id"
                 ),
                 (item_id, flow, reason[:4000], error_kind, target, now, spec_version),
+            )
+            return int(cur.fetchone()[0])
+
+    def reject(self, item: NewItem, reason: str) -> int:
+        now = self._clock()
+        with self._tx() as cur:
+            cur.execute(
+                self._sql(
+                    "INSERT INTO inbox (flow, key, business_key, payload, source, status, available_at, "
+                    "created_at, last_error) VALUES (?, ?, ?, ?, ?, 'dead', ?, ?, ?) "
+                    "ON CONFLICT (flow, key) DO NOTHING RETURNING id"
+                ),
+                (
+                    item.flow,
+                    item.key,
+                    item.business_key,
+                    json.dumps(item.payload),
+                    item.source,
+                    now,
+                    now,
+                    reason[:4000],
+                ),
+            )
+            row = cur.fetchone()
+            if row is None:
+                return 0  # the same unreadable message came before; it is in dead letters already
+            cur.execute(
+                self._sql(
+                    "INSERT INTO dead_letters (item_id, flow, reason, error_kind, target, created_at, spec_version) "
+                    "VALUES (?, ?, ?, 'terminal', '', ?, '') RETURNING id"
+                ),
+                (int(row[0]), item.flow, reason[:4000], now),
             )
             return int(cur.fetchone()[0])
 

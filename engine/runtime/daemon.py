@@ -1,0 +1,280 @@
+"""The daemon: one per client, running every flow of its spec until SIGTERM.
+
+Start: validate and compile the spec, render system options (secrets resolved here, masked from
+here on), open one connection per system, open the state store, start workers, schedules, queue
+consumers and the HTTP API. Stop (SIGTERM/SIGINT): stop accepting (webhooks answer 503 so senders
+retry), stop triggers, let workers finish the items in hand and give back the rest, close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import signal
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from aiohttp import web
+
+from engine.connector import ConnectContext, Connection, default_registry
+from engine.errors import UsageError
+from engine.flow import CompiledClient, load_client
+from engine.runtime.api import build_app, check_exposure
+from engine.runtime.guards import Backoff, Breaker, Budget
+from engine.runtime.logs import JsonLog
+from engine.runtime.metrics import Metrics
+from engine.runtime.triggers import RequestHandler, ScheduleTrigger, consume_queue, enqueue_event
+from engine.runtime.worker import Delivery, WorkerPool
+from engine.secrets import Masker, render_values
+from engine.state import StateStore, default_state_url, open_store
+
+__all__ = ["Daemon", "DaemonOptions", "resolve_state_url"]
+
+BREAKER_STATES = {"closed": 0, "half-open": 1, "open": 2}
+
+
+@dataclass
+class DaemonOptions:
+    host: str = "127.0.0.1"
+    port: int = 8700
+    token: str | None = None
+    dev: bool = False
+    workers: int = 8
+    flows: list[str] | None = None  # None: every flow
+    state_url: str | None = None
+    drain_timeout: float = 20.0
+    backoff: Backoff = field(default_factory=Backoff)
+    serve_http: bool = True
+    schedules: bool = True
+
+
+def resolve_state_url(client: CompiledClient, explicit: str | None, environ: Mapping[str, str], masker: Masker) -> str:
+    """--state, else $SEAMLINE_STATE_URL, else the spec's state.url, else .seamline/<client>.db."""
+    if explicit:
+        return explicit
+    if environ.get("SEAMLINE_STATE_URL"):
+        return environ["SEAMLINE_STATE_URL"]
+    document = client.report.document
+    if document is not None and document.state is not None:
+        return str(render_values(document.state.url, masker=masker, environ=environ, where="state.url"))
+    return default_state_url(client.client)
+
+
+def spec_version(client: CompiledClient) -> str:
+    digest = hashlib.sha256()
+    for name in client.report.merged.chain:
+        digest.update(client.report.merged.texts.get(name, "").encode("utf-8"))
+    for flow in client.flows.values():
+        for path in flow.mapping_files:
+            with contextlib.suppress(OSError):
+                digest.update(Path(path).read_bytes())
+    return digest.hexdigest()[:12]
+
+
+class Daemon:
+    def __init__(
+        self,
+        spec: Path,
+        options: DaemonOptions,
+        *,
+        environ: Mapping[str, str] | None = None,
+        log_stream: IO[str] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.options = options
+        self.environ = dict(os.environ if environ is None else environ)
+        self.masker = Masker()
+        self.client = load_client(spec, environ=self.environ)
+        self.log = JsonLog(self.client.client, self.masker, log_stream)
+        self.metrics = Metrics(self.client.client)
+        self.token = options.token
+        self.flow_names = self._select_flows(options.flows)
+        self.store: StateStore | None = None
+        self.connections: dict[str, Connection] = {}
+        self.budgets: dict[str, Budget] = {}
+        self.breakers: dict[str, Breaker] = {}
+        self.webhooks: dict[str, str] = {}
+        self.requests: dict[str, RequestHandler] = {}
+        self.schedules: dict[str, ScheduleTrigger] = {}
+        self.pool: WorkerPool | None = None
+        self.started = False
+        self.stopping = False
+        self._stop_event = asyncio.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._runner: web.AppRunner | None = None
+        self.spec_version = spec_version(self.client)
+
+    # -- setup ---------------------------------------------------------------------------------
+    def _select_flows(self, wanted: list[str] | None) -> list[str]:
+        names = [n for n, f in self.client.flows.items() if f.flow.enabled]
+        if wanted:
+            for name in wanted:
+                self.client.flow(name)  # UsageError with did-you-mean for a typo
+            names = [n for n in wanted if n in self.client.flows]
+        return names
+
+    def _systems_needed(self) -> dict[str, set[str]]:
+        needed: dict[str, set[str]] = {}
+        for name in self.flow_names:
+            flow = self.client.flows[name].flow
+            systems = {t.system for t in flow.all_targets()}
+            if flow.source is not None:
+                systems.add(flow.source.system)
+            if flow.trigger.event is not None and flow.trigger.event.system is not None:
+                systems.add(flow.trigger.event.system)
+            for system in systems:
+                needed.setdefault(system, set()).add(name)
+        return needed
+
+    async def open_connections(self) -> None:
+        registry = default_registry()
+        raw_systems = self.client.report.merged.data.get("systems", {})
+        blocked: list[str] = []
+        for system, flows in sorted(self._systems_needed().items()):
+            options = self.client.report.systems[system]
+            kind = registry.get(options.connector)
+            if kind is None or kind.connect is None:
+                blocked.append(f"{system} ({options.connector}) used by {', '.join(sorted(flows))}")
+                continue
+            rendered = render_values(raw_systems[system], masker=self.masker, environ=self.environ, where=system)
+            live_options = kind.options.model_validate(rendered)
+            context = ConnectContext(system=system, client=self.client.client, mask=self.masker.add)
+            self.connections[system] = kind.connect(live_options, context)
+            self.budgets[system] = Budget(live_options.limits)
+            self.breakers[system] = Breaker()
+        if blocked:
+            raise UsageError(
+                "these systems' connectors cannot run yet in this version: "
+                + "; ".join(blocked)
+                + ". Run the other flows with --flow."
+            )
+
+    def _wire_triggers(self, store: StateStore) -> None:
+        for name in self.flow_names:
+            compiled = self.client.flows[name]
+            trigger = compiled.flow.trigger
+            if trigger.schedule is not None and compiled.flow.source is not None:
+                system = compiled.flow.source.system
+                self.schedules[name] = ScheduleTrigger(
+                    compiled, self.connections[system], self.budgets[system], store, self.metrics, self.log
+                )
+            elif trigger.event is not None and trigger.event.webhook is not None:
+                self.webhooks[trigger.event.webhook] = name
+            elif trigger.request is not None and compiled.flow.source is not None:
+                system = compiled.flow.source.system
+                self.requests[trigger.request.path] = RequestHandler(
+                    compiled, self.connections[system], self.budgets[system], self.breakers[system], self.metrics
+                )
+
+    def accept_event(self, flow_name: str, body: bytes, *, source: str, message_id: str = "") -> int:
+        assert self.store is not None
+        added = enqueue_event(
+            self.store, self.client.flows[flow_name], body, source=source, metrics=self.metrics, message_id=message_id
+        )
+        if self.pool is not None:
+            self.pool.wakeup.set()
+        return added
+
+    def _gauges(self, store: StateStore) -> None:
+        def depth() -> dict[str, float]:
+            counts = store.depth()
+            return {f'status="{status}"': float(n) for status, n in counts.items()}
+
+        def breakers() -> dict[str, float]:
+            return {f'system="{s}"': float(BREAKER_STATES[b.state]) for s, b in self.breakers.items()}
+
+        self.metrics.gauges["inbox_items"] = depth
+        self.metrics.gauges["breaker_state"] = breakers
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self.options.serve_http:
+            check_exposure(self.options.host, self.token, self.options.dev)
+        await self.open_connections()
+        url = resolve_state_url(self.client, self.options.state_url, self.environ, self.masker)
+        self.store = store = open_store(url)
+        self._wire_triggers(store)
+        self._gauges(store)
+        delivery = Delivery(
+            self.client,
+            store,
+            self.connections,
+            self.budgets,
+            self.breakers,
+            self.metrics,
+            self.log,
+            spec_version=self.spec_version,
+            backoff=self.options.backoff,
+        )
+        self.pool = WorkerPool(delivery, size=self.options.workers, flows=self.flow_names)
+        self.pool.start()
+        if self.options.schedules:
+            for schedule in self.schedules.values():
+                self._tasks.append(asyncio.create_task(schedule.loop(self._stop_event), name=f"schedule-{schedule}"))
+        for name in self.flow_names:
+            compiled = self.client.flows[name]
+            event = compiled.flow.trigger.event
+            if event is not None and event.system is not None and event.queue is not None:
+                connection = self.connections[event.system]
+                self._tasks.append(
+                    asyncio.create_task(consume_queue(compiled, connection, event.queue, store, self.metrics))
+                )
+        if self.options.serve_http:
+            self._runner = web.AppRunner(build_app(self), access_log=None, handle_signals=False)
+            await self._runner.setup()
+            site = web.TCPSite(self._runner, self.options.host, self.options.port, reuse_address=True)
+            await site.start()
+        self.started = True
+        self.log.info(
+            "started",
+            flows=self.flow_names,
+            state=_mask_url(url),
+            api=f"http://{self.options.host}:{self.options.port}" if self.options.serve_http else None,
+            spec_version=self.spec_version,
+            pid=os.getpid(),
+        )
+
+    async def stop(self) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        self.log.info("stopping", in_flight=self.pool.in_flight if self.pool else 0)
+        self._stop_event.set()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.pool is not None:
+            self.pool.stop()
+            try:
+                await asyncio.wait_for(self.pool.join(), timeout=self.options.drain_timeout)
+            except TimeoutError:
+                self.log.warning("drain_timeout", seconds=self.options.drain_timeout)
+        if self._runner is not None:
+            await self._runner.cleanup()
+        for connection in self.connections.values():
+            await connection.close()
+        if self.store is not None:
+            depth = self.store.depth()
+            self.store.close()
+            self.log.info("stopped", pending=depth["pending"], inflight=depth["inflight"], dead=depth["dead"])
+
+    async def run_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop_event.set)
+        await self.start()
+        await self._stop_event.wait()
+        await self.stop()
+
+
+def _mask_url(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        if ":" in creds:
+            return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
+    return url

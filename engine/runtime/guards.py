@@ -1,0 +1,127 @@
+"""What keeps traffic inside what a system can take: a rate/concurrency budget and a circuit breaker."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Literal
+
+from engine.connector import Limits, parse_duration
+
+__all__ = ["Backoff", "Breaker", "Budget"]
+
+
+class Budget:
+    """A system's ``limits:``: at most ``concurrency`` calls in flight and ``rate`` calls per second."""
+
+    def __init__(self, limits: Limits | None, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.concurrency = (limits.concurrency if limits and limits.concurrency else None) or 16
+        self.rate = _rate_per_second(limits.rate) if limits and limits.rate else None
+        self.timeout = parse_duration(limits.timeout) if limits and limits.timeout else 30.0
+        self._slots = asyncio.Semaphore(self.concurrency)
+        self._clock = clock
+        self._tokens = float(self.rate or 0)
+        self._last = clock()
+        self._lock = asyncio.Lock()
+
+    def _refill(self) -> None:
+        now = self._clock()
+        if self.rate is not None:
+            self._tokens = min(float(self.rate), self._tokens + (now - self._last) * self.rate)
+        self._last = now
+
+    def try_now(self) -> bool:
+        """Whether a call could start right now, without waiting (request triggers answer 503 if not)."""
+        self._refill()
+        return not self._slots.locked() and (self.rate is None or self._tokens >= 1)
+
+    async def _take_token(self) -> None:
+        if self.rate is None:
+            return
+        async with self._lock:
+            while True:
+                self._refill()
+                if self._tokens >= 1:
+                    self._tokens -= 1
+                    return
+                await asyncio.sleep((1 - self._tokens) / self.rate)
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        async with self._slots:
+            await self._take_token()
+            yield
+
+
+def _rate_per_second(text: str) -> float:
+    count, unit = text.replace(" ", "").split("/")
+    return float(count) / {"s": 1.0, "m": 60.0, "h": 3600.0}[unit]
+
+
+@dataclass
+class Breaker:
+    """Per system: after ``threshold`` transient failures in a row, stop calling for ``cooldown`` seconds.
+
+    Then one trial call is let through (half-open): success closes the breaker, failure opens it
+    again for twice as long, up to ``max_cooldown``.
+    """
+
+    threshold: int = 5
+    cooldown: float = 2.0
+    max_cooldown: float = 60.0
+    clock: Callable[[], float] = time.monotonic
+    failures: int = 0
+    opened_at: float | None = None
+    current_cooldown: float = field(default=0.0)
+    trial_running: bool = False
+
+    @property
+    def state(self) -> Literal["closed", "open", "half-open"]:
+        if self.opened_at is None:
+            return "closed"
+        return "open" if self.clock() - self.opened_at < self.current_cooldown else "half-open"
+
+    def remaining(self) -> float:
+        if self.opened_at is None:
+            return 0.0
+        return max(0.0, self.current_cooldown - (self.clock() - self.opened_at))
+
+    def allow(self) -> bool:
+        state = self.state
+        if state == "closed":
+            return True
+        if state == "half-open" and not self.trial_running:
+            self.trial_running = True
+            return True
+        return False
+
+    def success(self) -> None:
+        self.failures = 0
+        self.opened_at = None
+        self.current_cooldown = 0.0
+        self.trial_running = False
+
+    def failure(self) -> None:
+        self.failures += 1
+        if self.trial_running or (self.opened_at is None and self.failures >= self.threshold):
+            self.current_cooldown = min(self.max_cooldown, max(self.cooldown, self.current_cooldown * 2))
+            self.opened_at = self.clock()
+            self.trial_running = False
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff with full jitter: attempt n waits a random time up to base * 2^n, capped."""
+
+    base: float = 0.5
+    cap: float = 300.0
+    max_attempts: int = 12
+
+    def delay(self, attempts: int, retry_after: float | None = None) -> float:
+        ceiling = min(self.cap, self.base * (2 ** max(0, attempts)))
+        wait = random.uniform(ceiling / 2, ceiling)
+        return max(wait, retry_after or 0.0)

@@ -1,0 +1,216 @@
+"""Workers: take items from the inbox and deliver them to every target, once.
+
+For one item: transform (a TransformError is terminal) -> for each target not yet in the ledger:
+the target's own transform, the connector's check, the write inside the system's budget and
+breaker -> ledger -> and when every target is done, complete. A transient failure gives the item
+back with backoff (without counting an attempt while the breaker is open); a terminal one, or a
+transient one out of retries, sends it to dead letters with the reason. Either way the worker
+goes on with the next item: one bad record never stops a flow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.connector import Connection
+from engine.errors import TerminalError, TransformError, TransientError
+from engine.flow import CompiledClient, CompiledFlow, CompiledTarget
+from engine.runtime.guards import Backoff, Breaker, Budget
+from engine.runtime.identity import pick
+from engine.runtime.logs import JsonLog
+from engine.runtime.metrics import Metrics
+from engine.state import InboxItem, StateStore
+
+__all__ = ["Delivery", "Outcome", "WorkerPool"]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    status: str  # "done", "skipped", "retry", "dead"
+    detail: str = ""
+
+
+@dataclass
+class Delivery:
+    """Everything one item needs on its way to its targets."""
+
+    client: CompiledClient
+    store: StateStore
+    connections: Mapping[str, Connection]
+    budgets: Mapping[str, Budget]
+    breakers: Mapping[str, Breaker]
+    metrics: Metrics
+    log: JsonLog
+    spec_version: str = ""
+    backoff: Backoff = field(default_factory=Backoff)
+    dry_run_sink: list[tuple[str, str, Any]] | None = None  # when set, writes are collected, not sent
+
+    async def process(self, item: InboxItem) -> Outcome:
+        flow = self.client.flows.get(item.flow)
+        if flow is None:
+            return self._dead(item, f"flow '{item.flow}' is no longer in the spec", "terminal")
+        try:
+            shaped = flow.transform(item.payload, record_id=item.key)
+        except TransformError as exc:
+            return self._dead(item, str(exc), "terminal")
+        if shaped is None:
+            self.store.complete(item.id)
+            self.metrics.inc("skipped", item.flow)
+            return Outcome("skipped", "the transform gave nothing to write")
+        for target in flow.targets:
+            if target.target is None:
+                continue  # a request flow answers its caller; nothing is written
+            if self.store.delivered(item.flow, item.key, target.label):
+                continue  # an earlier attempt delivered this target; never write it twice
+            outcome = await self._deliver(item, flow, target, shaped)
+            if outcome is not None:
+                return outcome
+        self.store.complete(item.id)
+        self.metrics.observe("latency", item.flow, max(0.0, time.time() - item.created_at))
+        return Outcome("done")
+
+    async def _deliver(
+        self, item: InboxItem, flow: CompiledFlow, target: CompiledTarget, shaped: Any
+    ) -> Outcome | None:
+        spec = target.target
+        assert spec is not None
+        try:
+            payload = (
+                shaped
+                if target.expression is None
+                else target.expression.evaluate(shaped, flow.bindings, record_id=item.key)
+            )
+        except TransformError as exc:
+            return self._dead(item, str(exc), "terminal", target.label)
+        if payload is None:
+            self.store.record_delivery(item.flow, item.key, target.label, "skipped: nothing to write")
+            return None
+        key = _key_of(payload, spec.key)
+        if self.dry_run_sink is not None:
+            self.dry_run_sink.append((item.flow, target.label, payload))
+            return None
+        connection = self.connections[spec.system]
+        breaker = self.breakers[spec.system]
+        if not breaker.allow():
+            wait = max(breaker.remaining(), 0.2)
+            self.store.retry_later(item.id, wait, f"{spec.system}: circuit open", count_attempt=False)
+            return Outcome("retry", "breaker open")
+        check = getattr(connection, "check", None)
+        try:
+            if check is not None:
+                check(spec.write, payload)  # the target's schema: a bad payload never leaves
+            async with self.budgets[spec.system].slot():
+                receipt = await asyncio.wait_for(
+                    connection.write(
+                        spec.write, payload, key=key, mode=spec.mode, idempotency_key=f"{item.key}#{target.label}"
+                    ),
+                    timeout=self.budgets[spec.system].timeout,
+                )
+        except (TimeoutError, TransientError) as exc:
+            breaker.failure()
+            reason = f"{target.label}: {exc}" if str(exc) else f"{target.label}: timed out"
+            retry_after = getattr(exc, "retry_after", None)
+            if item.attempts + 1 >= self.backoff.max_attempts:
+                return self._dead(
+                    item, f"gave up after {item.attempts + 1} attempts: {reason}", "exhausted", target.label
+                )
+            self.store.retry_later(item.id, self.backoff.delay(item.attempts, retry_after), reason)
+            self.metrics.inc("retried", item.flow)
+            self.log.warning("retry", flow=item.flow, key=item.key, target=target.label, reason=reason)
+            return Outcome("retry", reason)
+        except TerminalError as exc:
+            breaker.success()  # the system answered: it is up, the record is what is wrong
+            return self._dead(item, f"{target.label}: {exc}", "terminal", target.label)
+        breaker.success()
+        self.store.record_delivery(item.flow, item.key, target.label, receipt)
+        self.metrics.inc("written", item.flow)
+        return None
+
+    def _dead(self, item: InboxItem, reason: str, kind: str, target: str = "") -> Outcome:
+        self.store.dead_letter(item.id, reason, error_kind=kind, target=target, spec_version=self.spec_version)
+        self.metrics.inc("dead_lettered", item.flow)
+        self.log.error("dead_letter", flow=item.flow, key=item.key, target=target, kind=kind, reason=reason)
+        return Outcome("dead", reason)
+
+
+def _key_of(payload: Any, key: str | list[str] | None) -> Any:
+    if key is None:
+        return None
+    if isinstance(key, str):
+        return pick(payload, key)
+    return [pick(payload, k) for k in key]
+
+
+class WorkerPool:
+    """``size`` workers claiming from the inbox; they stop taking work when ``stop()`` is called."""
+
+    def __init__(
+        self,
+        delivery: Delivery,
+        *,
+        size: int = 8,
+        batch: int = 16,
+        lease: float = 60.0,
+        idle: float = 0.05,
+        flows: list[str] | None = None,
+        name: str = "worker",
+    ) -> None:
+        self.delivery = delivery
+        self.size = size
+        self.batch = batch
+        self.lease = lease
+        self.idle = idle
+        self.flows = flows
+        self.name = name
+        self._stopping = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.in_flight = 0
+        self.wakeup = asyncio.Event()
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._run(i), name=f"{self.name}-{i}") for i in range(self.size)]
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.wakeup.set()
+
+    async def join(self) -> None:
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _run(self, index: int) -> None:
+        store = self.delivery.store
+        worker = f"{self.name}-{index}"
+        while not self._stopping.is_set():
+            items = await asyncio.to_thread(store.claim, worker, self.batch, self.lease, self.flows)
+            if not items:
+                self.wakeup.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wakeup.wait(), timeout=self.idle)
+                continue
+            for position, item in enumerate(items):
+                if self._stopping.is_set():
+                    # Graceful stop: finish what is in hand, give back what was not started.
+                    store.release([i.id for i in items[position:]])
+                    break
+                self.in_flight += 1
+                try:
+                    await self.delivery.process(item)
+                except Exception as exc:  # a bug must not kill the worker; the lease returns the item
+                    self.delivery.log.error("worker_error", flow=item.flow, key=item.key, error=repr(exc))
+                    store.retry_later(item.id, 5.0, f"internal error: {exc!r}")
+                finally:
+                    self.in_flight -= 1
+
+    async def drain(self) -> None:
+        """Work until the inbox has nothing ready for these flows (run --once)."""
+        store = self.delivery.store
+        while True:
+            depth = store.depth()
+            if depth["pending"] == 0 and depth["inflight"] == 0 and self.in_flight == 0:
+                return
+            await asyncio.sleep(0.02)
