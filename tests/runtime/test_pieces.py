@@ -1,0 +1,148 @@
+"""The runtime's parts on their own: breaker, backoff, budget, identities, cursors, secrets."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from engine.connector import Limits
+from engine.errors import UsageError
+from engine.runtime.guards import Backoff, Breaker, Budget
+from engine.runtime.identity import identify
+from engine.runtime.triggers import shift_cursor
+from engine.secrets import Masker, render_values
+from engine.spec.model import Flow
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_breaker_opens_after_threshold_then_half_opens_then_closes() -> None:
+    clock = FakeClock()
+    breaker = Breaker(threshold=3, cooldown=2.0, clock=clock)
+    for _ in range(2):
+        breaker.failure()
+    assert breaker.state == "closed" and breaker.allow()
+    breaker.failure()
+    assert breaker.state == "open" and not breaker.allow()
+    clock.now += 2.1
+    assert breaker.state == "half-open"
+    assert breaker.allow()  # one trial
+    assert not breaker.allow()  # and only one
+    breaker.failure()  # the trial failed: open again, twice as long
+    assert breaker.state == "open" and breaker.remaining() == pytest.approx(4.0)
+    clock.now += 4.1
+    assert breaker.allow()
+    breaker.success()
+    assert breaker.state == "closed" and breaker.failures == 0
+
+
+def test_backoff_grows_is_jittered_capped_and_honours_retry_after() -> None:
+    backoff = Backoff(base=1.0, cap=30.0)
+    for attempts in range(10):
+        ceiling = min(30.0, 2.0**attempts)
+        for _ in range(20):
+            assert ceiling / 2 <= backoff.delay(attempts) <= ceiling
+    assert backoff.delay(0, retry_after=12.0) == 12.0
+
+
+def test_budget_limits_concurrency_and_rate() -> None:
+    async def scenario() -> tuple[int, float]:
+        budget = Budget(Limits(rate="20/s", concurrency=2, timeout="5s"))
+        assert budget.timeout == 5.0
+        peak = 0
+        running = 0
+
+        async def call() -> None:
+            nonlocal peak, running
+            async with budget.slot():
+                running += 1
+                peak = max(peak, running)
+                await asyncio.sleep(0.01)
+                running -= 1
+
+        started = time.monotonic()
+        await asyncio.gather(*(call() for _ in range(30)))
+        return peak, time.monotonic() - started
+
+    peak, elapsed = asyncio.run(scenario())
+    assert peak == 2
+    # 30 calls at 20/s with a full bucket of 20: at least ~0.5 s must pass. A lower bound on a
+    # rate limiter is its contract, not a speed assertion.
+    assert elapsed >= 0.45
+
+
+def test_identity_uses_source_id_and_cursor_version() -> None:
+    flow = Flow.model_validate(
+        {
+            "trigger": {"schedule": "15m"},
+            "source": {"system": "erp", "read": "products", "cursor": "changed", "id": "Product"},
+            "target": {"system": "shop", "write": "products"},
+        }
+    )
+    assert identify(flow, {"Product": "4711", "changed": "2025-01-01T10:00:00Z"}) == (
+        "4711",
+        "4711@2025-01-01T10:00:00Z",
+    )
+    # a re-read of the same version is the same key; a new version is a new key
+    assert (
+        identify(flow, {"Product": "4711", "changed": "2025-01-01T10:00:00Z", "x": 1})[1] == "4711@2025-01-01T10:00:00Z"
+    )
+    assert identify(flow, {"Product": "4711", "changed": "2025-01-02T10:00:00Z"})[1] != "4711@2025-01-01T10:00:00Z"
+
+
+def test_identity_of_events_uses_event_id_and_message_id() -> None:
+    flow = Flow.model_validate(
+        {
+            "trigger": {"event": {"webhook": "/hooks/stock", "id": "material"}},
+            "target": {"system": "shop", "write": "source-items"},
+        }
+    )
+    assert identify(flow, {"material": "M1", "qty": 3}, message_id="msg-9") == ("M1", "M1@msg-9")
+    business, key = identify(flow, {"qty": 3})  # no id field: the content names it
+    assert business.startswith("#") and key.startswith(business + "@")
+
+
+@pytest.mark.parametrize(
+    ("value", "overlap", "expected"),
+    [
+        ("2025-01-01T10:00:00Z", 60, "2025-01-01T09:59:00Z"),
+        ("2025-01-01T10:00:00+00:00", 1, "2025-01-01T09:59:59+00:00"),
+        ("1700000000", 60, "1699999940"),
+        ("opaque-token", 60, "opaque-token"),
+    ],
+)
+def test_cursor_overlap_window(value: str, overlap: float, expected: str) -> None:
+    assert shift_cursor(value, overlap) == expected
+
+
+def test_secrets_render_late_and_are_masked(tmp_path: pytest.TempPathFactory) -> None:
+    masker = Masker()
+    secrets = tmp_path / "secrets"  # type: ignore[operator]
+    secrets.mkdir()
+    (secrets / "ERP_PASSWORD").write_text("hunter2-xyz\n", encoding="utf-8")
+    environ = {"SEAMLINE_SECRETS_DIR": str(secrets), "ERP_URL": "https://erp.example", "TOKEN": "tok-123456"}
+    rendered = render_values(
+        {
+            "url": "{{ env.ERP_URL }}/api",
+            "auth": {"password": "{{ secret.ERP_PASSWORD }}", "token": "{{ secret.TOKEN }}"},
+        },
+        masker=masker,
+        environ=environ,
+    )
+    assert rendered == {"url": "https://erp.example/api", "auth": {"password": "hunter2-xyz", "token": "tok-123456"}}
+    assert masker("login failed for hunter2-xyz with tok-123456") == "login failed for *** with ***"
+    with pytest.raises(UsageError, match=r"environment variable MISSING is not set \(needed by systems.erp.url\)"):
+        render_values("{{ env.MISSING }}", masker=masker, environ={}, where="systems.erp.url")
+
+
+def test_templates_cannot_reach_python() -> None:
+    with pytest.raises(UsageError, match="cannot render the template"):
+        render_values("{{ env.__class__.__mro__ }}", masker=Masker(), environ={})
