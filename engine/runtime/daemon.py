@@ -197,6 +197,11 @@ class Daemon:
         await self.open_connections()
         url = resolve_state_url(self.client, self.options.state_url, self.environ, self.masker)
         self.store = store = open_store(url)
+        if url.startswith("sqlite:"):
+            # One daemon per SQLite file: anything in flight was left by a crash of the last run.
+            recovered = store.requeue_inflight()
+            if recovered:
+                self.log.warning("recovered", items=recovered, reason="in flight when the last run stopped")
         self._wire_triggers(store)
         self._gauges(store)
         delivery = Delivery(

@@ -86,30 +86,58 @@ def load_yaml(path: Path, display: str | None = None) -> LoadedYaml:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         loaded = LoadedYaml(file=name, text="")
-        loaded.diagnostics.append(_error(name, 0, 0, f"file is not UTF-8 text (byte {exc.start}); save it as UTF-8"))
+        loaded.diagnostics.append(_not_utf8(name, exc))
         return loaded
     return load_yaml_text(text, name)
 
 
+def _not_utf8(file: str, exc: UnicodeDecodeError) -> Diagnostic:
+    """Where the first byte that is not UTF-8 is, as an editor counts lines and columns."""
+    data: bytes = exc.object  # without the BOM, as ``start`` counts
+    line_start = data.rfind(b"\n", 0, exc.start) + 1
+    line = data.count(b"\n", 0, exc.start) + 1
+    column = len(data[line_start : exc.start].decode("utf-8", errors="replace")) + 1
+    return _error(
+        file,
+        line,
+        column,
+        f"byte 0x{data[exc.start]:02x} is not UTF-8 text; save the file as UTF-8",
+        hint="an editor's 'Save with Encoding' (or iconv -f latin1 -t utf-8) converts it",
+    )
+
+
 def load_yaml_text(text: str, file: str) -> LoadedYaml:
     loaded = LoadedYaml(file=file, text=text)
-    loader = yaml.SafeLoader(text)
     try:
-        node = loader.get_single_node()
+        loader = yaml.SafeLoader(text)  # checks every character first: a ReaderError comes from here
+        try:
+            node = loader.get_single_node()
+        finally:
+            loader.dispose()
     except yaml.MarkedYAMLError as exc:
         loaded.diagnostics.append(_translate_yaml_error(exc, file, text))
         return loaded
-    except yaml.YAMLError as exc:  # unmarked: rare, but never a traceback
-        loaded.diagnostics.append(_error(file, 0, 0, f"YAML error: {exc}"))
+    except yaml.reader.ReaderError as exc:
+        line, column = _position(text, exc.position)
+        message = f"character U+{exc.character:04X} is not allowed in YAML; remove it"
+        loaded.diagnostics.append(_error(file, line, column, message))
         return loaded
-    finally:
-        loader.dispose()
+    except yaml.YAMLError as exc:  # unmarked: rare, but never a traceback
+        loaded.diagnostics.append(_error(file, 1, 1, f"YAML error: {' '.join(str(exc).split())}"))
+        return loaded
     if node is None:
-        loaded.diagnostics.append(_error(file, 0, 0, "file is empty; a spec starts with 'seamline: 1'"))
+        what = "has only comments" if text.strip() else "is empty"
+        loaded.diagnostics.append(_error(file, 0, 0, f"file {what}; a spec starts with 'seamline: 1'"))
         return loaded
     builder = _Builder(loaded, yaml.SafeLoader(""))
     loaded.data = builder.build(node, ())
     return loaded
+
+
+def _position(text: str, index: int) -> tuple[int, int]:
+    """1-based line and column of a 0-based character index."""
+    index = max(0, min(index, len(text)))
+    return text.count("\n", 0, index) + 1, index - (text.rfind("\n", 0, index) + 1) + 1
 
 
 def _error(file: str, line: int, column: int, message: str, path: str = "", hint: str = "") -> Diagnostic:

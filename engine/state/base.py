@@ -119,6 +119,14 @@ class StateStore(Protocol):
         self, item_id: int, reason: str, *, error_kind: str, target: str = "", spec_version: str = ""
     ) -> int: ...
 
+    def requeue_inflight(self) -> int:
+        """Give back every claimed item at once (no attempt counted); returns how many.
+
+        For a store that only one daemon uses (the embedded SQLite file): at start, whatever is in
+        flight was left by a crash of the previous run. Shared stores rely on leases instead.
+        """
+        ...
+
     def reject(self, item: NewItem, reason: str) -> int:
         """Store an item that cannot even be read (a message that is not JSON) straight into dead letters."""
         ...

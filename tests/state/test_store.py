@@ -95,6 +95,13 @@ def test_release_returns_claimed_items_without_an_attempt(store: StateStore) -> 
     assert [(i.key, i.attempts) for i in again] == [("k1", 0), ("k2", 0)]
 
 
+def test_requeue_inflight_gives_everything_claimed_back(store: StateStore) -> None:
+    store.enqueue(items(("k1", "a"), ("k2", "b")))
+    assert len(store.claim("w", 10, lease=300)) == 2
+    assert store.requeue_inflight() == 2
+    assert [(i.key, i.attempts) for i in store.claim("w2", 10, lease=300)] == [("k1", 0), ("k2", 0)]
+
+
 def test_dead_letters_keep_the_reason_and_replay_puts_items_back(store: StateStore) -> None:
     store.enqueue(items(("k1", "a"), ("k2", "a")))
     (item,) = store.claim("w", 10, lease=30)
