@@ -248,7 +248,7 @@ class SqlStore:
     def requeue_inflight(self) -> int:
         with self._tx() as cur:
             cur.execute("UPDATE inbox SET status = 'pending', lease_until = NULL WHERE status = 'inflight'")
-            return max(cur.rowcount, 0)
+            return max(int(cur.rowcount), 0)
 
     def dead_letter(
         self, item_id: int, reason: str, *, error_kind: str, target: str = "", spec_version: str = ""
