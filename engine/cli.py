@@ -431,3 +431,7 @@ def _client_spec_path(client: str, specs_dir: Path) -> Path:
         return named
     known = sorted(p.parent.name for p in specs_dir.glob(f"*/{SPEC_FILENAME}")) if specs_dir.is_dir() else []
     raise UsageError(f"no client '{client}' (looked for {named})" + (f"; clients: {', '.join(known)}" if known else ""))
+
+
+if __name__ == "__main__":  # python -m engine.cli, as the tests run the daemon
+    main()
