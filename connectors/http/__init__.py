@@ -1,8 +1,24 @@
-"""A generic REST system: endpoints named in the spec, with auth, pagination and retries."""
+"""A generic REST system: endpoints named in the spec, with auth and pagination.
+
+Runnable: :mod:`connectors.http.client` implements the connection (opened lazily, so validating a
+spec never imports httpx), and :mod:`connectors.http.fake` is a real HTTP server that behaves like
+a generic REST API for tests and demos.
+
+How a read passes the cursor (``source.cursor`` and the value to start from):
+
+* ``none``, ``page``, ``offset``, ``next-link``, ``cursor``: a query parameter named by the endpoint's
+  ``since_param`` (default ``{field}_gte``, so ``updated_at_gte=2024-01-31T00:00:00Z``); the source's
+  ``filter`` entries become further query parameters.
+* ``odata``: ``$filter=<field> ge <literal>`` (``datetimeoffset'…'`` for a timestamp with a zone,
+  ``datetime'…'`` without one, a quoted string otherwise), and ``$orderby=<field>``.
+* ``magento``: a ``searchCriteria`` filter group ``<field> gteq <since>`` and a sort on the field;
+  each ``filter`` entry is one more group (``{field: value}`` is ``eq``; ``{field: {condition: value}}``
+  names the condition, e.g. ``{status: {in: [a, b]}}``).
+"""
 
 from __future__ import annotations
 
-from typing import Literal, Self
+from typing import TYPE_CHECKING, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -11,12 +27,16 @@ from engine.connector import (
     BasicAuth,
     BearerAuth,
     Capability,
+    ConnectContext,
     ConnectorKind,
     OAuth1Auth,
     OAuth2ClientCredentials,
     SystemOptions,
     Url,
 )
+
+if TYPE_CHECKING:
+    from engine.connector import Connection
 
 __all__ = ["CONNECTOR", "HttpOptions"]
 
@@ -30,8 +50,10 @@ class HttpAuth(_Strict):
 
     bearer: BearerAuth | None = None
     basic: BasicAuth | None = None
-    oauth2: OAuth2ClientCredentials | None = None
-    oauth1: OAuth1Auth | None = None
+    oauth2: OAuth2ClientCredentials | None = Field(
+        None, description="Client credentials: the token is fetched, cached until it expires, refreshed once on a 401."
+    )
+    oauth1: OAuth1Auth | None = Field(None, description="OAuth 1.0a, HMAC-SHA256 signatures (a Magento integration).")
     api_key: ApiKeyAuth | None = None
 
     @model_validator(mode="after")
@@ -46,18 +68,52 @@ class HttpAuth(_Strict):
 
 
 class Pagination(_Strict):
-    style: Literal["none", "page", "offset", "next-link", "cursor", "odata", "magento"] = "none"
-    page_size: int = Field(100, ge=1, le=10000)
-    page_param: str = "page"
-    size_param: str = "size"
-    items: str = Field("items", description="Where the records are in a response body (a dotted path).")
-    next: str | None = Field(None, description="Where the next link or cursor is, for next-link/cursor styles.")
+    """How a read walks through the pages of a collection."""
+
+    style: Literal["none", "page", "offset", "next-link", "cursor", "odata", "magento"] = Field(
+        "none",
+        description=(
+            "none: one request; page: page_param=1,2,… and size_param; "
+            "offset: offset_param (records so far) and size_param; "
+            "next-link: follow the link at `next` (or the Link header); cursor: send the token found at `next` "
+            "as cursor_param; odata: $top/$skip, following d.__next or @odata.nextLink; magento: "
+            "searchCriteria[currentPage]/[pageSize] until an empty page or total_count."
+        ),
+    )
+    page_size: int = Field(
+        100, ge=1, le=10000, description="Records per page; when left out, the flow's source.page_size is used."
+    )
+    page_param: str = Field("page", description="Query parameter with the page number (page style).")
+    size_param: str = Field("size", description="Query parameter with the page size (generic styles).")
+    first_page: int = Field(1, ge=0, description="Number of the first page (page style).")
+    offset_param: str = Field("offset", description="Query parameter with the offset (offset style).")
+    cursor_param: str = Field("cursor", description="Query parameter that sends the cursor back (cursor style).")
+    items: str = Field(
+        "items",
+        description="Where the records are in a response body (a dotted path); odata defaults to d.results or value.",
+    )
+    next: str | None = Field(
+        None,
+        description=(
+            "Where the next link or cursor is, for next-link/cursor styles (a dotted path); "
+            "default: 'next' or the Link header for next-link, 'next_cursor' for cursor."
+        ),
+    )
 
 
 class Endpoint(_Strict):
-    path: str = Field(description="Path under the system's url; {name} placeholders come from the record.")
+    path: str = Field(
+        description="Path under the system's url; {name} placeholders come from the record (URL-encoded).",
+        examples=["/products/{sku}"],
+    )
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "GET"
     pagination: Pagination | None = None
+    since_param: str = Field(
+        "{field}_gte",
+        description=(
+            "Query parameter that carries the cursor on reads (generic styles); {field} is the source's cursor field."
+        ),
+    )
 
 
 class HttpOptions(SystemOptions):
@@ -79,8 +135,18 @@ class HttpOptions(SystemOptions):
         return frozenset()
 
 
+def connect(options: SystemOptions, context: ConnectContext) -> Connection:
+    """Open a connection to one http system (one pooled client; no request is sent yet)."""
+    from connectors.http.client import HttpConnection
+
+    if not isinstance(options, HttpOptions):
+        raise TypeError(f"the http connector needs HttpOptions, not {type(options).__name__}")
+    return HttpConnection(options, context)
+
+
 CONNECTOR = ConnectorKind(
     name="http",
     options=HttpOptions,
-    description="Any REST API: endpoints, auth, pagination and retries declared in the spec",
+    description="Any REST API: endpoints, auth and pagination declared in the spec",
+    connect=connect,
 )
