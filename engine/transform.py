@@ -25,6 +25,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any, Literal, Protocol
 
 from engine.errors import TransformError, UsageError
@@ -69,6 +70,7 @@ _ASSIGNED = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)\s*:=")
 _PARAMS = re.compile(r"function\s*\(([^)]*)\)")
 _STRINGS_AND_COMMENTS = re.compile(r'"(?:\\.|[^"\\])*"|\'(?:\\.|[^\'\\])*\'|/\*.*?\*/', re.S)
 _MAX_SAFE_INTEGER = 2**53
+_JS_EXPONENT_FROM = 1e21  # JavaScript writes integral numbers in full below this, with an exponent from it
 BINDING_NAMES = frozenset({"client", "flow", "constants", "lookups"})
 
 
@@ -113,6 +115,7 @@ class Bindings:
     """What a transform sees besides its input: ``$constants``, ``$lookups``, ``$client``, ``$flow``.
 
     ``now`` fixes ``$now()`` and ``$millis()`` (an ISO timestamp); golden tests always fix it.
+    A ``now`` that is not an ISO 8601 timestamp is a UsageError here, before any record is read.
     """
 
     client: str = ""
@@ -120,6 +123,10 @@ class Bindings:
     constants: Mapping[str, Any] = field(default_factory=dict)
     lookups: Mapping[str, Any] = field(default_factory=dict)
     now: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.now is not None:
+            _parse_now(self.now)
 
     def values(self, names: frozenset[str] = BINDING_NAMES) -> dict[str, Any] | None:
         """The bindings an expression reads (``names``); None when it reads none."""
@@ -160,22 +167,37 @@ def called_functions(text: str) -> list[tuple[str, int]]:
 def canonical(value: Any) -> Any:
     """Plain JSON values in one form, whichever backend produced them.
 
-    Integral floats become ints (``2457.0`` -> ``2457``), as JSON and JavaScript see them;
-    engine-specific sequence types become lists; functions (not JSON) become None.
+    Numbers are what JavaScript makes of them: a double. Integral ones below 1e21 become ints
+    written as JavaScript writes them (``2457.0`` -> ``2457``, ``1e16`` -> ``10000000000000000``);
+    an int beyond 2**53 is rounded to the nearest double first, as jlens and JSONata do
+    (``12345678901234567890`` -> ``12345678901234567000``). Infinities and NaN (not JSON) become
+    None, as do functions; engine-specific sequence types become lists.
     """
     if isinstance(value, bool) or value is None or isinstance(value, str):
         return value
     if isinstance(value, float):
-        if math.isfinite(value) and value.is_integer() and abs(value) < _MAX_SAFE_INTEGER:
-            return int(value)
+        if not math.isfinite(value):
+            return None
+        if value.is_integer() and abs(value) < _JS_EXPONENT_FROM:
+            return _js_integer(value)
         return value
     if isinstance(value, int):
-        return value
+        if abs(value) <= _MAX_SAFE_INTEGER:
+            return value
+        try:
+            return canonical(float(value))
+        except OverflowError:
+            return None
     if isinstance(value, Mapping):
         return {str(k): canonical(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [canonical(v) for v in value]
     return None
+
+
+def _js_integer(value: float) -> int:
+    """An integral double as JavaScript prints it: its shortest round-trip digits, then zeros."""
+    return int(Decimal(repr(value)))
 
 
 def canonical_json(value: Any, *, indent: int | None = 2) -> str:
@@ -206,7 +228,15 @@ def resolve_backend(name: str | None = None) -> str:
     if choice == "auto":
         return "jlens" if "jlens" in installed else "jsonata-python"
     if choice not in BACKENDS:
-        raise UsageError(f"unknown transform backend '{choice}'; choose one of: auto, {', '.join(BACKENDS)}")
+        from engine.connector import closest
+
+        guess = closest(choice, ("auto", *BACKENDS))
+        origin = "" if name else f" (from ${BACKEND_ENV})"
+        raise UsageError(
+            f"unknown transform backend '{choice}'{origin}"
+            + (f" — did you mean '{guess}'?" if guess else "")
+            + f"; choose one of: auto, {', '.join(BACKENDS)}"
+        )
     if choice not in installed:
         hint = " (pip install 'seamline[fast]')" if choice == "jlens" else ""
         raise UsageError(f"transform backend '{choice}' is not installed{hint}")
@@ -240,6 +270,7 @@ class Expression:
         offset = exc.line  # backends report a 0-based offset here; turn it into file:line:col
         if offset < 0:
             offset = _call_site(self.source.text, exc.message)
+        offset = _call_start(self.source.text, offset)
         line, column = self.source.position(offset) if offset >= 0 else (self.source.line, self.source.column)
         return TransformError(
             exc.message,
@@ -280,6 +311,18 @@ def _call_site(text: str, message: str) -> int:
     return -1
 
 
+_CALLEE = re.compile(r"\$[A-Za-z_]\w*\s*$")
+
+
+def _call_start(text: str, offset: int) -> int:
+    """A call's position is its ``$name``: jsonata-python reports the ``(``, jlens the ``$``."""
+    if 0 <= offset < len(text) and text[offset] == "(":
+        callee = _CALLEE.search(text, 0, offset)
+        if callee:
+            return callee.start()
+    return offset
+
+
 def _offset_error(message: str, offset: int, code: str = "") -> TransformError:
     """An error whose ``line`` carries a 0-based offset until Expression locates it."""
     return TransformError(message, line=offset, code=code)
@@ -290,13 +333,20 @@ def _describe(code: str, message: str) -> str:
     return f"JSONata {kind} {code}: {message}" if code else f"JSONata {kind}: {message}"
 
 
+def _parse_now(now: str) -> datetime:
+    try:
+        stamp = datetime.fromisoformat(now.replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(
+            f"the fixed time '{now}' (--now) is not an ISO 8601 timestamp; write e.g. 2025-01-15T08:00:00Z"
+        ) from None
+    return stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
+
+
 def _now_ms(bindings: Bindings) -> int | None:
     if bindings.now is None:
         return None
-    stamp = datetime.fromisoformat(bindings.now.replace("Z", "+00:00"))
-    if stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=UTC)
-    return int(stamp.timestamp() * 1000)
+    return int(_parse_now(bindings.now).timestamp() * 1000)
 
 
 # jsonata-python ---------------------------------------------------------------------------------
@@ -314,7 +364,7 @@ class _JsonataPyCompiled:
             raise _from_jexception(exc) from None
         except (ValueError, TypeError, IndexError, KeyError, RecursionError) as exc:
             # jsonata-python raises raw exceptions on a few malformed inputs (an unclosed comment)
-            raise _offset_error(f"JSONata syntax error: {_describe_raw(exc, text)}", len(text)) from None
+            raise _raw_syntax_error(exc, text) from None
         for name, helper in HELPERS.items():
             self._expr.register_lambda(name, helper)
         for name, fixed in _jsonata_python_fixes().items():
@@ -356,13 +406,54 @@ def _from_jexception(exc: Any) -> TransformError:
     code = str(getattr(exc, "error", "") or "")
     location = getattr(exc, "location", None)
     offset = int(location) - 1 if isinstance(location, int) and location > 0 else -1
-    return _offset_error(_describe(code, str(exc)), offset, code)
+    return _offset_error(_describe(code, _jexception_message(exc, code)), offset, code)
 
 
-def _describe_raw(exc: Exception, text: str) -> str:
-    if "/*" in text and text.count("/*") > text.count("*/"):
-        return "comment '/*' is not closed with '*/'"
-    return f"{type(exc).__name__}: {exc}"
+_PLACEHOLDER = re.compile(r"\{\{\w+\}\}")
+
+
+def _jexception_message(exc: Any, code: str) -> str:
+    """jsonata-python's message as JSONata (and jlens) words it.
+
+    Its templates say "Object" where JSONata says "function" (``Argument 1 of Object uppercase``)
+    and fill ``{{value}}`` raw where JSONata writes the value as JSON (``got "e"``).
+    """
+    from jsonata.jexception import JException
+
+    template = JException.error_codes.get(code)
+    if not isinstance(template, str) or "{{{" in template:
+        return str(exc)
+    args = iter((exc.current, exc.expected, exc.extra))
+    return _PLACEHOLDER.sub(lambda _: _js_stringify(next(args, None)), template.replace("Object", "function"))
+
+
+def _js_stringify(value: Any) -> str:
+    """A value inside an error message, as JavaScript's JSON.stringify writes it."""
+    if isinstance(value, float | int) and not isinstance(value, bool):
+        return js_number_string(value) if math.isfinite(value) else "null"
+    try:
+        return json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _raw_syntax_error(exc: Exception, text: str) -> TransformError:
+    """A raw exception from jsonata-python's parser, as jlens reports the same text."""
+    comment = _unclosed_comment(text)
+    if comment >= 0:
+        return _offset_error(_describe("S0106", "Comment has no closing tag"), comment, "S0106")
+    return _offset_error(f"JSONata syntax error: {type(exc).__name__}: {exc}", len(text))
+
+
+def _unclosed_comment(text: str) -> int:
+    """Offset of the ``/*`` that has no ``*/``; -1 when every comment is closed."""
+    start = text.find("/*")
+    while start >= 0:
+        end = text.find("*/", start + 2)
+        if end < 0:
+            return start
+        start = text.find("/*", end + 2)
+    return -1
 
 
 def _fixed_now(now_ms: int) -> Callable[..., Any]:
@@ -396,8 +487,10 @@ def _jsonata_python_fixes() -> dict[str, Callable[..., Any]]:
         if arr is None:
             return None
         items = list(arr) if isinstance(arr, list) else [arr]
+        if len(items) <= 1:
+            return items  # as JSONata: nothing to compare, whatever the type
         if comparator is None:
-            if any(isinstance(x, dict | list) for x in items):
+            if not (all(_is_number(x) for x in items) or all(isinstance(x, str) for x in items)):
                 raise jexception.JException("D3070", -1)
             return Functions.sort(items, None)
         return _merge_sort(items, lambda a, b: bool(Functions.func_apply(comparator, [a, b])))
@@ -405,12 +498,17 @@ def _jsonata_python_fixes() -> dict[str, Callable[..., Any]]:
     return {"number": number, "string": string, "sort": sort}
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 _JSON_NUMBER = re.compile(r"^-?(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?$")
 
 
 def _parse_jsonata_number(text: str) -> int | float | None:
-    """$number's rules: JSON number syntax, or 0x/0o/0b prefixed integers; anything else is D3030."""
-    s = text.strip()
+    """$number's rules: JSON number syntax (no surrounding blanks) or 0x/0o/0b prefixed integers, and
+    finite; anything else is D3030."""
+    s = text
     try:
         if re.fullmatch(r"0[xX][0-9a-fA-F]+", s):
             return int(s[2:], 16)
@@ -423,17 +521,26 @@ def _parse_jsonata_number(text: str) -> int | float | None:
     if not _JSON_NUMBER.match(s):
         return None
     value = float(s)
+    if not math.isfinite(value):
+        return None
     return int(value) if value.is_integer() and "." not in s and "e" not in s.lower() else value
 
 
 def js_number_string(value: float) -> str:
-    """A number as JSONata's $string writes it: 15 significant digits, no exponent below 1e21."""
-    if isinstance(value, int):
+    """A number as $string writes it: integral ones in full below 1e21 (ids keep every digit a double
+    holds, as jlens writes them), others to 15 significant digits; no exponent from 1e-7 to 1e21."""
+    if isinstance(value, int) and abs(value) <= _MAX_SAFE_INTEGER:
         return str(value)
-    if not math.isfinite(value):
-        raise TransformError("JSONata error D3001: attempting to invoke $string on an infinite number", code="D3001")
-    rounded = float(f"{value:.15g}")
-    if rounded.is_integer() and abs(rounded) < 1e21:
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise _offset_error("JSONata error D3001: attempting to invoke $string on an infinite number", -1, "D3001")
+    if number.is_integer() and abs(number) < _JS_EXPONENT_FROM:
+        return str(_js_integer(number))
+    rounded = float(f"{number:.15g}")
+    if rounded.is_integer() and abs(rounded) < _JS_EXPONENT_FROM:
         return str(int(rounded))
     text = repr(rounded)
     if "e" in text:
