@@ -134,19 +134,23 @@ def _read_csv(path: Path, text: str) -> list[dict[str, str]]:
     sample = text[:4096]
     delimiter = ";" if sample.count(";") > sample.count(",") else ","
     reader = csv.reader(io.StringIO(text), delimiter=delimiter)
-    rows = list(reader)
-    if not rows:
-        raise GoldenInputError(f"{path}:1:1: golden CSV input is empty; it needs a header row")
-    header = rows[0]
-    records = []
-    for number, row in enumerate(rows[1:], start=2):
-        if not row:
-            continue
-        if len(row) != len(header):
-            raise GoldenInputError(
-                f"{path}:{number}:1: golden CSV row has {len(row)} fields, the header has {len(header)}"
-            )
-        records.append(dict(zip(header, row, strict=True)))
+    try:
+        header = next(reader, None)
+        if header is None:
+            raise GoldenInputError(f"{path}:1:1: golden CSV input is empty; it needs a header row")
+        records = []
+        for row in reader:
+            if not row:
+                continue
+            if len(row) != len(header):
+                # a quoted field may span lines: name the line where the row starts
+                first = reader.line_num - sum(field.count("\n") for field in row)
+                raise GoldenInputError(
+                    f"{path}:{first}:1: golden CSV row has {len(row)} fields, the header has {len(header)}"
+                )
+            records.append(dict(zip(header, row, strict=True)))
+    except csv.Error as exc:
+        raise GoldenInputError(f"{path}:{reader.line_num}:1: golden input is not valid CSV: {exc}") from None
     return records
 
 
@@ -225,6 +229,7 @@ class GoldenReport:
     mapping_files: dict[tuple[str, str], list[str]]  # (client, flow) -> files holding its mappings
     untested: list[str]  # clients with a spec but no golden cases
     update: bool = False
+    shared_mappings: frozenset[str] = frozenset()  # mapping files written outside a client's own folder
 
     @property
     def ok(self) -> bool:
@@ -297,7 +302,7 @@ class GoldenReport:
             if result.status not in ("failed", "error"):
                 continue
             for path in self.mapping_files.get((result.case.client, result.case.flow), []):
-                if "/_" in path.replace("\\", "/"):  # specs/_base/...: shared by clients
+                if path in self.shared_mappings:
                     by_file.setdefault(path, set()).add(result.case.client)
         return [
             f"shared mapping {path} is used by failing cases of: {', '.join(sorted(clients))}"
@@ -340,10 +345,14 @@ def run_golden(
     if client is not None and client not in spec_of:
         known = ", ".join(spec_of) or "none"
         raise UsageError(f"no client '{client}' (looked for {specs_dir / client / 'seamline.yaml'}); clients: {known}")
-    cases = discover_cases(golden_dir, client, flow)
+    every_case = discover_cases(golden_dir, client)
+    cases = [case for case in every_case if flow is None or case.flow == flow]
     results: list[CaseResult] = []
     mapping_files: dict[tuple[str, str], list[str]] = {}
-    for name in clients_in(cases):
+    shared: set[str] = set()
+    flows_seen: set[str] = set()
+    # every client with golden cases is loaded, even with --flow, so a misspelt flow is named
+    for name in sorted({*clients_in(every_case), *([client] if client else [])}):
         client_cases = [c for c in cases if c.client == name]
         if name not in spec_of:
             results.extend(
@@ -361,14 +370,31 @@ def run_golden(
             first = exc.diagnostics[0].render() if exc.diagnostics else str(exc)
             results.extend(CaseResult(c, "error", error=f"the spec is invalid: {first}") for c in client_cases)
             continue
-        if flow is not None and flow not in compiled.flows:
+        flows_seen.update(compiled.flows)
+        if client is not None and flow is not None and flow not in compiled.flows:
             compiled.flow(flow)  # raises UsageError with did-you-mean
+        own_dir = spec_of[name].parent.resolve()
         for flow_name, compiled_flow in compiled.flows.items():
             mapping_files[(name, flow_name)] = compiled_flow.mapping_files
+            shared.update(f for f in compiled_flow.mapping_files if not Path(f).resolve().is_relative_to(own_dir))
         results.extend(run_case(compiled, case, update=update) for case in client_cases)
+    if flow is not None and flows_seen and flow not in flows_seen:
+        _no_such_flow(flow, flows_seen)
     tested = set(clients_in(cases))
     untested = [] if client is not None or flow is not None else [c for c in spec_of if c not in tested]
-    return GoldenReport(results, mapping_files, untested, update)
+    return GoldenReport(results, mapping_files, untested, update, frozenset(shared))
+
+
+def _no_such_flow(flow: str, known: set[str]) -> None:
+    from engine.connector import closest
+    from engine.errors import UsageError
+
+    guess = closest(flow, known)
+    raise UsageError(
+        f"no client has a flow '{flow}'"
+        + (f" — did you mean '{guess}'?" if guess else "")
+        + f"; flows: {', '.join(sorted(known))}"
+    )
 
 
 def golden_extension(case: GoldenCase, text: str) -> Any:
