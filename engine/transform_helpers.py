@@ -46,10 +46,20 @@ def _is_nothing(value: Any) -> bool:
     return value is None or (isinstance(value, str) and not value.strip())
 
 
+def _text(value: Any) -> str:
+    """A helper's argument as text, the same under both backends: jsonata-python hands over an
+    integral number as a float (``4711.0``), jlens as an int; both must read as ``4711``."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e21:
+        return str(int(value))
+    return str(value).strip()
+
+
 def sap_date(value: Any = None) -> str | None:
     if _is_nothing(value):
         return None
-    text = str(value).strip()
+    text = _text(value)
     if text in ("00000000", "0000-00-00", "00.00.0000"):
         return None
     odata = _ODATA_DATE.match(text)
@@ -71,7 +81,7 @@ def sap_date(value: Any = None) -> str | None:
 def sap_timestamp(value: Any = None) -> str | None:
     if _is_nothing(value):
         return None
-    text = str(value).strip()
+    text = _text(value)
     odata = _ODATA_DATE.match(text)
     try:
         if odata:
@@ -99,11 +109,18 @@ def decimal(value: Any = None, separator: Any = None) -> int | float | None:
         return None
     if separator not in (None, ",", "."):
         raise HelperError("D3030", f"$decimal: the decimal separator must be ',' or '.', not {separator!r}")
-    text = str(value).strip().replace(" ", "").replace("\u00a0", "").replace("'", "")
+    text = _text(value).replace(" ", "").replace("\u00a0", "").replace("'", "")
     negative = text.endswith("-") or text.startswith("-")
     body = text.strip("+-")
     decimal_sep = separator or _guess_separator(body)
     thousands = "." if decimal_sep == "," else ","
+    fraction = body.partition(decimal_sep)[2]
+    if thousands in fraction or decimal_sep in fraction:
+        raise HelperError(
+            "D3030",
+            f"$decimal: cannot read '{value}' with '{decimal_sep}' as the decimal separator"
+            + (f"; is it written with '{thousands}'?" if separator else ""),
+        )
     normalised = body.replace(thousands, "").replace(decimal_sep, ".")
     if not _NUMBER_TEXT.match(normalised):
         raise HelperError("D3030", f"$decimal: cannot read '{value}' as a number")
@@ -144,7 +161,7 @@ def uom(quantity: Any = None, unit: Any = None, table: Any = None) -> int | floa
 def material_number(value: Any = None) -> str | None:
     if _is_nothing(value):
         return None
-    text = str(value).strip()
+    text = _text(value)
     if text.isdigit():
         return text.lstrip("0") or "0"
     return text
@@ -153,7 +170,7 @@ def material_number(value: Any = None) -> str | None:
 def pad_material(value: Any = None, length: Any = 18) -> str | None:
     if _is_nothing(value):
         return None
-    text = str(value).strip()
+    text = _text(value)
     width = int(length) if isinstance(length, int | float) and not isinstance(length, bool) else 18
     if text.isdigit():
         if len(text.lstrip("0")) > width:

@@ -135,6 +135,12 @@ HELPER_ERRORS = [
     ),
     ('$decimal("12 pcs")', "D3030", "$decimal: cannot read '12 pcs' as a number"),
     ('$decimal("1", ";")', "D3030", "$decimal: the decimal separator must be ',' or '.', not ';'"),
+    (
+        '$decimal("1.234,50", ".")',  # a US-format mapping fed German data must not read 1.2345
+        "D3030",
+        "$decimal: cannot read '1.234,50' with '.' as the decimal separator; is it written with ','?",
+    ),
+    ('$decimal("1,234.50", ",")', "D3030", "$decimal: cannot read '1,234.50' with ',' as the decimal separator"),
     ("$decimal(true)", "D3030", "$decimal: expected a number or a numeric string, got a boolean"),
     ('$uom(2, "XX", $lookups.units)', "D3032", "$uom: unit 'XX' is not in the table (known: KAR, PAL, PC, ST)"),
     ('$uom(2, "KAR", "units")', "D3031", "$uom: the third argument must be a code table, e.g. $lookups.units"),
@@ -149,6 +155,23 @@ def test_helper_errors(expression: str, code: str, message: str, backend: str) -
     assert exc.code == code
     assert exc.message.startswith(f"JSONata error {code}: {message}"), exc.message
     assert (exc.client, exc.flow, exc.record_id) == ("acme", "inventory", "R-1")
+
+
+@pytest.mark.parametrize(
+    ("expression", "expected"),
+    [
+        ("$materialNumber(material)", "4711"),
+        ("$padMaterial(material)", "000000000000004711"),
+        ("$sapDate(date)", "2024-01-31"),
+        ("$sapTimestamp(stamp)", "2024-01-31T14:30:00Z"),
+        ("$decimal(qty)", 2),
+        ('$uom(qty, "KAR", $lookups.units)', 24),
+    ],
+)
+def test_helpers_read_integral_numbers_alike_under_both_backends(expression: str, expected: Any, backend: str) -> None:
+    # an ERP export that writes every number as a float: 4711.0, 20240131.0
+    data = {"material": 4711.0, "date": 20240131.0, "stamp": 20240131143000.0, "qty": 2.0}
+    assert evaluate(expression, backend, data) == expected
 
 
 def test_a_helper_error_points_at_the_call(backend: str) -> None:
