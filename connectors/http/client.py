@@ -451,7 +451,7 @@ class HttpConnection:
             return items
         keys = ", ".join(sorted(body)) if isinstance(body, dict) else type(body).__name__
         raise TerminalError(
-            f"{self.system}: GET {response.url.path}: no list of records at '{path}' in the response "
+            f"{self.system}: GET {_path(response.url)}: no list of records at '{path}' in the response "
             f"(it has: {keys}); set the endpoint's pagination.items"
         )
 
@@ -505,7 +505,7 @@ class HttpConnection:
                 token = _query_value(token_value)
                 query = [*params, (pagination.size_param, str(size)), (pagination.cursor_param, token)]
             if token in tokens:
-                raise TerminalError(f"{self.system}: GET {url.path}: the server sent the same next page twice")
+                raise TerminalError(f"{self.system}: GET {_path(url)}: the server sent the same next page twice")
             tokens.add(token)
 
     async def _read_odata(
@@ -560,7 +560,7 @@ class HttpConnection:
         target = response.url.join(link)
         if (target.scheme, target.host, target.port) != (self.base_url.scheme, self.base_url.host, self.base_url.port):
             raise TerminalError(
-                f"{self.system}: GET {response.url.path}: the next page is on another server ({target.host}); "
+                f"{self.system}: GET {_path(response.url)}: the next page is on another server ({target.host}); "
                 "credentials are only sent to the system's own url"
             )
         return target
@@ -611,7 +611,7 @@ class HttpConnection:
             try:
                 content = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
             except (TypeError, ValueError) as exc:
-                raise TerminalError(f"{self.system}: {method} {url.path}: the record is not JSON: {exc}") from exc
+                raise TerminalError(f"{self.system}: {method} {_path(url)}: the record is not JSON: {exc}") from exc
             request_headers["Content-Type"] = "application/json"
         try:
             request = self._client.build_request(
@@ -634,7 +634,7 @@ class HttpConnection:
             if response.status_code == 401:
                 raise TerminalError(
                     self._mask(
-                        f"{self.system}: {method} {request.url.path} -> 401 even with a freshly fetched OAuth2 token "
+                        f"{self.system}: {method} {_path(request.url)} -> 401 even with a freshly fetched OAuth2 token "
                         f"(check the client's grants and scope): {self._message(response)}"
                     ),
                     status=401,
@@ -692,7 +692,7 @@ class HttpConnection:
                 form["scope"] = settings.scope
             request = self._client.build_request("POST", settings.token_url, data=form)
             response = await self._send(request, sensitive=True)
-            where = f"{self.system}: OAuth2 token request to {request.url.host}{request.url.path}"
+            where = f"{self.system}: OAuth2 token request to {request.url.host}{_path(request.url)}"
             if not response.is_success:
                 message = self._message(response)
                 status = response.status_code
@@ -720,7 +720,7 @@ class HttpConnection:
             return token
 
     async def _send(self, request: httpx.Request, *, sensitive: bool = False) -> httpx.Response:
-        where = f"{self.system}: {request.method} {request.url.path}"
+        where = f"{self.system}: {request.method} {_path(request.url)}"
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
                 "%s",
@@ -761,7 +761,7 @@ class HttpConnection:
         if 200 <= status < 300:
             return
         message = self._message(response)
-        text = f"{self.system}: {request.method} {request.url.path} -> {status} {response.reason_phrase}"
+        text = f"{self.system}: {request.method} {_path(request.url)} -> {status} {response.reason_phrase}"
         if message:
             text += f": {message}"
         text = self._mask(text)
@@ -778,7 +778,7 @@ class HttpConnection:
         if not response.content.strip():
             if allow_empty:
                 return None
-            raise TerminalError(f"{self.system}: {response.request.method} {response.url.path}: empty answer")
+            raise TerminalError(f"{self.system}: {response.request.method} {_path(response.url)}: empty answer")
         try:
             return json.loads(response.content)
         except ValueError:
@@ -786,7 +786,7 @@ class HttpConnection:
                 return response.text
             kind = response.headers.get("Content-Type", "no content type")
             raise TerminalError(
-                f"{self.system}: {response.request.method} {response.url.path}: the answer is not JSON ({kind}): "
+                f"{self.system}: {response.request.method} {_path(response.url)}: the answer is not JSON ({kind}): "
                 + self._mask(server_message(None, response.text))
             ) from None
 
@@ -865,6 +865,11 @@ def _record_id(body: Any) -> str | None:
     if isinstance(body, int | str) and not isinstance(body, bool) and str(body) and len(str(body)) <= 64:
         return str(body)
     return None
+
+
+def _path(url: httpx.URL) -> str:
+    """The path as sent (percent-encoded, so '/a%2Fb' and '/a/b' stay apart), without the query."""
+    return url.raw_path.decode("ascii").split("?", 1)[0]
 
 
 def _clip(content: bytes) -> str:
