@@ -394,8 +394,14 @@ class _JsonataPyCompiled:
             raise _offset_error(f"JSONata error: {type(exc).__name__}: {exc}", -1) from None
 
     def evaluate_json(self, text: str, bindings: Bindings, limits: Limits) -> str | None:
-        result = self.evaluate(json.loads(text), bindings, limits)
-        return None if result is None else canonical_json(result, indent=None)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise _offset_error(f"input is not valid JSON: {exc}", -1) from None
+        result = self.evaluate(data, bindings, limits)
+        if result is None:
+            return None
+        return json.dumps(canonical(result), ensure_ascii=False, separators=(",", ":"))  # compact, as jlens
 
 
 def _from_helper(exc: HelperError) -> TransformError:
@@ -612,7 +618,8 @@ class _JlensCompiled:
         except self._jlens.JlensError as exc:
             raise _from_jlens(exc) from None
         except ValueError as exc:
-            raise _offset_error(f"input is not valid JSON: {exc}", -1) from None
+            reason = str(exc).removeprefix("input is not valid JSON: ")
+            raise _offset_error(f"input is not valid JSON: {reason}", -1) from None
 
 
 def _from_jlens(exc: Any) -> TransformError:

@@ -784,3 +784,24 @@ def test_a_backend_that_is_not_installed(monkeypatch: pytest.MonkeyPatch) -> Non
         UsageError, match=r"transform backend 'jlens' is not installed \(pip install 'seamline\[fast\]'\)"
     ):
         resolve_backend("jlens")
+
+
+def test_json_in_json_out_agrees_across_backends() -> None:
+    texts = {}
+    for name in BACKENDS:
+        expression = compile_expression(ExpressionSource(ERP_TO_MAGENTO, "product.jsonata"), backend=name)
+        texts[name] = [expression.evaluate_json(json.dumps(r), ERP_BINDINGS) for r in ERP_RECORDS]
+        assert texts[name][0] is not None and texts[name][0].startswith('{"sku":"4711","erp_id":1234567890123456,')
+        assert compile_expression(ExpressionSource("nothing", "x.jsonata"), backend=name).evaluate_json("{}") is None
+    first, *others = texts.values()
+    assert all(other == first for other in others)
+
+
+@pytest.mark.parametrize("text", ['{"a": ', "{'a': 1}", ""])
+def test_json_in_that_is_not_json_is_a_transform_error(text: str, backend: str) -> None:
+    expression = compiled("a", backend)
+    with pytest.raises(TransformError) as caught:
+        expression.evaluate_json(text, Bindings(client="acme", flow="orders"), record_id="line 7")
+    exc = caught.value
+    assert exc.message.startswith("input is not valid JSON: ") and "JSON: input is not" not in exc.message
+    assert (exc.client, exc.record_id) == ("acme", "line 7")
