@@ -30,6 +30,7 @@ from engine.testing import GOLDEN_NOW, discover_cases
 ROOT = Path(__file__).resolve().parent.parent
 STOCK = Path("specs/acme/transforms/stock.jsonata")
 LIST_PRICE = Path("specs/_base/transforms/list-price.jsonata")
+RECEIPT = "golden/acme/inventory/receipt-in-cartons"
 
 
 def run(*args: str) -> tuple[int, str]:
@@ -281,6 +282,35 @@ def test_a_client_mapping_is_not_reported_as_shared_wherever_the_checkout_lives(
     assert "shared mapping" not in output, output
 
 
+def test_clients_without_cases_and_cases_without_a_client_are_named(scratch: Path) -> None:
+    add_client(scratch, "globex")
+    shutil.rmtree("golden/globex")
+    orphan = Path("golden/initech/inventory")
+    orphan.mkdir(parents=True)
+    shutil.copy(f"{RECEIPT}.input.json", orphan)
+    code, output = run("test", "--all")
+    assert code == 1
+    assert (
+        "ERROR initech/inventory/receipt-in-cartons: no spec for client 'initech' "
+        "(expected specs/initech/seamline.yaml)"
+    ) in output
+    assert "note: client 'globex' has no golden cases (add golden/globex/<flow>/<case>.input.json)" in output
+    assert summary(output) == f"{len(ACME_CASES)} passed, 0 failed, 1 errors"
+    code, output = run("test", "acme", "--all")
+    assert code == 2 and "give a CLIENT or --all, not both" in output
+
+
+def test_an_invalid_spec_fails_every_case_of_its_client_with_the_problem(scratch: Path) -> None:
+    edit(Path("specs/_base/sap-to-magento.yaml"), "connector: http\n", "connector: htp\n")
+    code, output = run("test", "acme")
+    assert code == 1
+    assert (
+        "ERROR acme/inventory/receipt-in-cartons: the spec is invalid: specs/_base/sap-to-magento.yaml:19:16: "
+        "error: unknown connector 'htp'"
+    ) in output
+    assert summary(output) == f"0 passed, 0 failed, {len(ACME_CASES)} errors"
+
+
 # -- `seamline test --update` and pytest's syrupy write the same files ----------------------------
 
 SYRUPY_TEST = """
@@ -350,8 +380,6 @@ def test_syrupy_and_update_write_byte_identical_snapshots(tmp_path: Path, monkey
 
 
 # -- seamline map -------------------------------------------------------------------------------
-
-RECEIPT = "golden/acme/inventory/receipt-in-cartons"
 
 
 def test_map_prints_what_each_target_would_be_sent(repo_root: Path) -> None:
