@@ -366,7 +366,7 @@ class _JsonataPyCompiled:
             # jsonata-python raises raw exceptions on a few malformed inputs (an unclosed comment)
             raise _raw_syntax_error(exc, text) from None
         for name, helper in HELPERS.items():
-            self._expr.register_lambda(name, helper)
+            self._expr.register_lambda(name, _placed(helper))
         for name, fixed in _jsonata_python_fixes().items():
             self._expr.register_lambda(name, fixed)
 
@@ -405,14 +405,33 @@ class _JsonataPyCompiled:
 
 
 def _from_helper(exc: HelperError) -> TransformError:
-    return _offset_error(_describe(exc.code, str(exc)), -1, exc.code)
+    position = getattr(exc, "position", None)  # jlens marks a host function's exception with its call
+    offset = position - 1 if isinstance(position, int) and position > 0 else -1
+    return _offset_error(_describe(exc.code, str(exc)), offset, exc.code)
+
+
+def _placed(helper: Callable[..., Any]) -> Callable[..., Any]:
+    """A helper whose failure jsonata-python places at the call: it does so for a JException only."""
+    from jsonata.jexception import JException
+
+    def call(*args: Any) -> Any:
+        try:
+            return helper(*args)
+        except HelperError as exc:
+            failure = JException(exc.code, -1)
+            failure.helper_error = exc
+            raise failure from None
+
+    return call
 
 
 def _from_jexception(exc: Any) -> TransformError:
     code = str(getattr(exc, "error", "") or "")
     location = getattr(exc, "location", None)
     offset = int(location) - 1 if isinstance(location, int) and location > 0 else -1
-    return _offset_error(_describe(code, _jexception_message(exc, code)), offset, code)
+    helper = getattr(exc, "helper_error", None)
+    message = str(helper) if isinstance(helper, HelperError) else _jexception_message(exc, code)
+    return _offset_error(_describe(code, message), offset, code)
 
 
 _PLACEHOLDER = re.compile(r"\{\{\w+\}\}")
