@@ -181,7 +181,7 @@ def test_a_helper_error_points_at_the_call(backend: str) -> None:
 
 
 def test_a_helper_called_more_than_once_is_placed_at_the_call_that_failed(backend: str) -> None:
-    text = '{\n  "created": $sapDate(created),\n  "changed": $sapDate(changed),\n  "qty": [1].$decimal(qty)\n}'
+    text = '{\n  "created": $sapDate(created),\n  "changed": $sapDate(changed),\n  "qty": [1].$decimal($$.qty)\n}'
     exc = failure(text, backend, {"created": "20240101", "changed": "gestern"})
     assert (exc.line, exc.column, exc.code) == (3, 14, "D3140")
     exc = failure(text, backend, {"created": "20240101", "changed": "20240102", "qty": "zwölf"})
