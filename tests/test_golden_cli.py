@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -186,6 +187,22 @@ def test_update_rewrites_snapshots_and_the_next_run_passes(scratch: Path) -> Non
     code, output = run("test", "acme")
     assert code == 0, output
     assert summary(output) == f"{len(ACME_CASES) + 1} passed, 0 failed"
+
+
+def test_golden_runs_fix_now_and_map_does_only_when_asked(scratch: Path) -> None:
+    edit(STOCK, '"sku": $materialNumber(material),', '"sku": $materialNumber(material),\n  "at": $now(),')
+    code, output = run("test", "acme", "--flow", "inventory", "--update")
+    assert code == 0, output
+    snapshot = json.loads(Path(f"{RECEIPT}.snapshot.json").read_text(encoding="utf-8"))
+    assert snapshot["commerce.source-items"]["at"] == GOLDEN_NOW == "2025-01-15T08:00:00.000Z"
+    code, output = run("test", "acme", "--flow", "inventory")
+    assert code == 0, output
+    args = ["map", "--client", "acme", "--flow", "inventory", "--input", f"{RECEIPT}.input.json"]
+    code, output = run(*args)
+    at = datetime.fromisoformat(json.loads(output)["commerce.source-items"]["at"].replace("Z", "+00:00"))
+    assert abs((datetime.now(UTC) - at).total_seconds()) < 60  # the clock, not the golden time
+    code, output = run(*args, "--now", "2030-06-01T12:00:00Z")
+    assert json.loads(output)["commerce.source-items"]["at"] == "2030-06-01T12:00:00.000Z"
 
 
 BROKEN_INPUTS = {
