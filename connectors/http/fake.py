@@ -368,7 +368,8 @@ class FakeHttpServer:
             return {p: v for p, v in self._resources.items() if p.startswith(prefix)}
 
     def writes(self, path_prefix: str = "") -> list[dict[str, Any]]:
-        """The write log (every write that reached the store, duplicates included), oldest first."""
+        """The write log, oldest first: every write that got past the faults and auth, with its status,
+        whether it was an idempotent replay (``duplicate``), and its body (None when not JSON)."""
         with self._lock:
             return [dict(entry) for entry in self._log if entry["path"].startswith(path_prefix)]
 
@@ -535,6 +536,8 @@ class FakeHttpServer:
         if key is not None and key in self._idempotency:
             first = self._idempotency[key]
             if (first["method"], first["path"]) != (request.method, path):
+                self._append_log(request, path, 422, key, duplicate=False)
+                self._save()
                 return FakeResponse(
                     422, _message("Idempotency-Key %1 was used for %2 %3", key, first["method"], first["path"])
                 )
@@ -545,6 +548,8 @@ class FakeHttpServer:
         try:
             body = request.json()
         except ValueError as exc:
+            self._append_log(request, path, 400, key, duplicate=False)
+            self._save()
             return FakeResponse(400, _message("Decoding error: %1", exc))
         response = self._apply(request.method, path, body)
         self._append_log(request, path, response.status, key, duplicate=False, body=body)
@@ -591,7 +596,7 @@ class FakeHttpServer:
     def _append_log(
         self, request: FakeRequest, path: str, status: int, key: str | None, *, duplicate: bool, body: Any = None
     ) -> None:
-        if duplicate:
+        if body is None:
             try:
                 body = request.json()
             except ValueError:
