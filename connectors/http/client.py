@@ -613,17 +613,14 @@ class HttpConnection:
             except (TypeError, ValueError) as exc:
                 raise TerminalError(f"{self.system}: {method} {_path(url)}: the record is not JSON: {exc}") from exc
             request_headers["Content-Type"] = "application/json"
-        try:
-            request = self._client.build_request(
-                method,
-                url,
-                params=tuple(params) if params else None,
-                content=content,
-                headers=request_headers,
-                timeout=httpx.Timeout(timeout) if timeout is not None else httpx.USE_CLIENT_DEFAULT,
-            )
-        except (httpx.InvalidURL, httpx.HTTPError) as exc:
-            raise TerminalError(self._mask(f"{self.system}: {method} {url}: cannot build the request: {exc}")) from exc
+        request = self._build(
+            method,
+            url,
+            params=tuple(params) if params else None,
+            content=content,
+            headers=request_headers,
+            timeout=httpx.Timeout(timeout) if timeout is not None else httpx.USE_CLIENT_DEFAULT,
+        )
         used = await self._authorize(request)
         response = await self._send(request)
         if response.status_code == 401 and self._oauth2 is not None and used is not None:
@@ -641,6 +638,12 @@ class HttpConnection:
                 )
         self._raise_for_status(request, response)
         return response
+
+    def _build(self, method: str, url: httpx.URL | str, **kwargs: Any) -> httpx.Request:
+        try:
+            return self._client.build_request(method, url, **kwargs)
+        except (httpx.InvalidURL, httpx.HTTPError) as exc:
+            raise TerminalError(self._mask(f"{self.system}: {method} {url}: cannot build the request: {exc}")) from exc
 
     async def _authorize(self, request: httpx.Request) -> str | None:
         """Put the credentials on ``request``; returns the OAuth2 token used, if any."""
@@ -690,7 +693,7 @@ class HttpConnection:
             }
             if settings.scope:
                 form["scope"] = settings.scope
-            request = self._client.build_request("POST", settings.token_url, data=form)
+            request = self._build("POST", settings.token_url, data=form)
             response = await self._send(request, sensitive=True)
             where = f"{self.system}: OAuth2 token request to {request.url.host}{_path(request.url)}"
             if not response.is_success:
@@ -733,7 +736,9 @@ class HttpConnection:
         try:
             response = await self._client.send(request)
         except httpx.TimeoutException as exc:
-            raise TransientError(f"{where}: no answer in time ({type(exc).__name__}: {exc!s})") from exc
+            limits = request.extensions.get("timeout", {})
+            seconds = limits.get("read") or limits.get("connect") or self.timeout
+            raise TransientError(f"{where}: no answer within {seconds:g}s ({type(exc).__name__})") from exc
         except httpx.ConnectError as exc:
             raise TransientError(
                 self._mask(f"{where}: could not connect to {request.url.host}:{request.url.port or ''} ({exc})")
