@@ -69,14 +69,14 @@ def _resolve(path: Path, display: str, seen: list[Path]) -> MergedSpec:
     if not loaded.ok:
         return merged
     if not isinstance(loaded.data, dict):
-        kind = type(loaded.data).__name__
+        start = loaded.marks.get((), Mark(display, 1, 1))
         merged.diagnostics.append(
             Diagnostic(
                 Severity.ERROR,
-                f"a spec is a map of keys (seamline:, client:, flows: ...), not a {kind}",
+                f"a spec is a map of keys (seamline:, client:, flows: ...), not {_kind_of(loaded.data)}",
                 display,
-                1,
-                1,
+                start.line,
+                start.column,
                 code="shape",
             )
         )
@@ -113,6 +113,17 @@ def _resolve(path: Path, display: str, seen: list[Path]) -> MergedSpec:
         base.file, base.chain = merged.file, [display, *base.chain]
         return base
     return _overlay(base, merged)
+
+
+def _kind_of(value: Any) -> str:
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, int | float):
+        return f"the number {value}"
+    text = str(value)
+    return f"the text {text[:37] + '...' if len(text) > 40 else text!r}"
 
 
 def _display_path(target: Path, display: str, ref: str) -> str:

@@ -12,7 +12,10 @@ map, undefined aliases.
 
 from __future__ import annotations
 
+import re
+from bisect import bisect_right
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +24,17 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from engine.errors import Diagnostic, Severity
 
-__all__ = ["JsonPath", "LoadedYaml", "Mark", "ScalarInfo", "format_path", "load_yaml", "load_yaml_text"]
+__all__ = [
+    "JsonPath",
+    "LoadedYaml",
+    "Mark",
+    "ScalarInfo",
+    "format_path",
+    "load_yaml",
+    "load_yaml_text",
+    "position_of",
+    "value_places",
+]
 
 JsonPath = tuple[str | int, ...]
 
@@ -47,6 +60,8 @@ class ScalarInfo:
     start: Mark
     raw: str
     resolved: str
+    start_index: int = 0  # character index in its file where the scalar starts (at its quote or '|')
+    end_index: int = 0  # just past its end
 
 
 @dataclass(slots=True)
@@ -115,7 +130,7 @@ def load_yaml_text(text: str, file: str) -> LoadedYaml:
         finally:
             loader.dispose()
     except yaml.MarkedYAMLError as exc:
-        loaded.diagnostics.append(_translate_yaml_error(exc, file, text))
+        loaded.diagnostics.append(_unclosed_quote(exc, file, text) or _translate_yaml_error(exc, file, text))
         return loaded
     except yaml.reader.ReaderError as exc:
         line, column = _position(text, exc.position)
@@ -134,24 +149,143 @@ def load_yaml_text(text: str, file: str) -> LoadedYaml:
     return loaded
 
 
-def _position(text: str, index: int) -> tuple[int, int]:
-    """1-based line and column of a 0-based character index."""
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+@lru_cache(maxsize=16)
+def _line_starts(text: str) -> list[int]:
+    return [0, *(m.end() for m in _LINE_BREAK.finditer(text))]
+
+
+def position_of(text: str, index: int) -> tuple[int, int]:
+    """1-based line and column of a 0-based character index.
+
+    Lines break at '\\n', '\\r\\n' and '\\r', as editors (and Python's text files) count them; not
+    at U+2028 or U+0085, which PyYAML's own marks also count.
+    """
     index = max(0, min(index, len(text)))
-    return text.count("\n", 0, index) + 1, index - (text.rfind("\n", 0, index) + 1) + 1
+    starts = _line_starts(text)
+    line = bisect_right(starts, index)
+    return line, index - starts[line - 1] + 1
+
+
+_position = position_of
+_ESCAPE_LENGTH = {"x": 4, "u": 6, "U": 10}
+
+
+def value_places(text: str, info: ScalarInfo, value: str) -> list[int] | None:
+    """For each character of ``value`` (a scalar as YAML read it), its character index in ``text``.
+
+    YAML changes a scalar on the way in: it drops quotes, indentation and the '|' header, folds
+    line breaks into spaces and decodes escapes ('\\n', "''"). Walking the source beside the value
+    undoes that: each character of the value is found where it was written, so an error at offset
+    *i* of a multi-line or quoted transform points at the right line and column. None when the two
+    cannot be aligned (then callers fall back to the scalar's start).
+    """
+    end = info.end_index
+    if end <= info.start_index:
+        return None
+    source = text[:end]
+    block = info.style in ("|", ">")
+    j = info.start_index
+    indent = 0
+    if block:
+        j = source.find("\n", j) + 1  # the content starts on the line after the '|' header
+        if j == 0:
+            return None
+        content = re.search(r"^( *)\S", source[j:], re.M)
+        indent = len(content.group(1)) if content else 0
+
+    def after_break(k: int) -> int:
+        """Past the indentation YAML drops at the start of a line: the block's, or all of it in a flow scalar."""
+        skipped = 0
+        while k < end and source[k] in (" " if block else " \t") and (not block or skipped < indent):
+            k += 1
+            skipped += 1
+        return k
+
+    def past_break(k: int) -> int:
+        """Past the line break at ``k``, or at ``k + 1`` after an escaping backslash."""
+        k += source[k] == "\\"
+        return k + 2 if source.startswith("\r\n", k) else k + 1
+
+    if block:
+        j = after_break(j)
+    places: list[int] = []
+    for char in value:
+        while True:
+            if j >= end:
+                return None
+            here = source[j]
+            if info.style == '"' and here == "\\":
+                nxt = source[j + 1 : j + 2]
+                if nxt in ("\n", "\r"):  # an escaped line break joins the lines
+                    j = after_break(past_break(j))
+                    continue
+                places.append(j)
+                j += _ESCAPE_LENGTH.get(nxt, 2)
+                break
+            if here == char or (here in "\r\n" and char in " \n"):  # the same, or a folded line break
+                places.append(j)
+                j = after_break(past_break(j)) if here in "\r\n" else j + 1
+                break
+            if here in "\r\n":  # a line break YAML dropped (folded into a neighbour)
+                j = after_break(past_break(j))
+                continue
+            if here in " \t\"'":  # trailing spaces, quotes
+                j += 1
+                continue
+            return None
+    return places
 
 
 def _error(file: str, line: int, column: int, message: str, path: str = "", hint: str = "") -> Diagnostic:
     return Diagnostic(Severity.ERROR, message, file, line, column, path=path, code="yaml", hint=hint)
 
 
+def _unclosed_quote(exc: yaml.MarkedYAMLError, file: str, text: str) -> Diagnostic | None:
+    """A quote left open swallows the lines after it, and YAML fails only where that value ends.
+
+    When the error is on the line where a quoted value spanning several lines ends, the missing
+    closing quote is the likely mistake: point at the quote that opened it.
+    """
+    if exc.problem_mark is None:
+        return None
+    error_line = position_of(text, exc.problem_mark.index)[0]
+    suspect: yaml.ScalarToken | None = None
+    try:
+        for token in yaml.scan(text, Loader=yaml.SafeLoader):
+            if token.start_mark.index > exc.problem_mark.index:
+                break
+            if isinstance(token, yaml.ScalarToken) and token.style in ('"', "'"):
+                suspect = token
+    except yaml.YAMLError:
+        pass
+    if suspect is None:
+        return None
+    start = position_of(text, suspect.start_mark.index)
+    end = position_of(text, suspect.end_mark.index)
+    if start[0] == end[0] or end[0] != error_line:
+        return None
+    quote = suspect.style
+    return _error(
+        file,
+        *start,
+        f"this {quote} is not closed on its line: YAML reads the value on to line {end[0]}, where it fails; "
+        f"add the closing {quote}",
+        hint=f"a quoted value runs across lines until the next {quote}",
+    )
+
+
 def _translate_yaml_error(exc: yaml.MarkedYAMLError, file: str, text: str) -> Diagnostic:
     mark = exc.problem_mark or exc.context_mark
-    line = mark.line + 1 if mark else 0
-    column = mark.column + 1 if mark else 0
-    problem = (exc.problem or "").strip()
-    context = (exc.context or "").strip()
+    line, column = _position(text, mark.index) if mark else (1, 1)
+    problem = " ".join((exc.problem or "").split())
+    context = " ".join((exc.context or "").split())
+    opened_at = _position(text, exc.context_mark.index) if exc.context_mark else None
     hint = ""
-    line_text = text.splitlines()[line - 1] if mark and 0 < line <= len(text.splitlines()) else ""
+    lines = text.splitlines()
+    line_text = lines[line - 1] if mark and 0 < line <= len(lines) else ""
     if "'\\t'" in problem or ("\t" in line_text and "cannot start any token" in problem):
         message = "tab character in indentation; YAML indents with spaces only"
         hint = "replace the tab with spaces (configure your editor to insert spaces in YAML files)"
@@ -159,14 +293,36 @@ def _translate_yaml_error(exc: yaml.MarkedYAMLError, file: str, text: str) -> Di
         if tab_at >= 0:
             column = tab_at + 1
     elif "undefined alias" in problem:
-        alias = problem.split("alias", 1)[1].strip() if "alias" in problem else ""
+        alias = problem.split("alias", 1)[1].strip().strip("'\"")
         message = f"alias *{alias} refers to an anchor that is not defined above it"
         hint = f"define '&{alias}' on a value earlier in this file, or remove the '*'"
+    elif "duplicate anchor" in context and opened_at:
+        anchor = context.split("anchor", 1)[1].split(";")[0].strip().strip("'\"")
+        message = f"anchor &{anchor} is defined twice (first at line {opened_at[0]}); rename one of them"
     elif "expected a single document" in context or "but found another document" in problem:
         message = "more than one YAML document ('---') in this file; a spec file holds exactly one"
     elif "mapping values are not allowed" in problem:
         message = "a ':' here starts a map where a value was expected; quote the value if it contains ': '"
         hint = 'for example  description: "Note: see ERP"'
+    elif context.startswith(("while parsing a flow mapping", "while parsing a flow sequence")) and opened_at:
+        bracket, closer = ("{", "}") if "mapping" in context else ("[", "]")
+        found = problem.rsplit("but got", 1)[-1].strip()
+        where = "the end of the file" if found == "'<stream end>'" else f"{found} at line {line}, column {column}"
+        message = f"'{bracket}' is not closed: expected ',' or '{closer}' but found {where}"
+        line, column = opened_at
+        hint = f"close it with '{closer}' on the same line, or quote a value that contains {bracket} or ','"
+    elif context.startswith("while scanning a quoted scalar") and opened_at:
+        message = "this quoted value is never closed; add the closing quote"
+        line, column = opened_at
+    elif context.startswith(("while parsing a block mapping", "while parsing a block collection")) and opened_at:
+        kind = "map" if "mapping" in context else "list"
+        found = problem.rsplit("but found", 1)[-1].strip()
+        found = {"'?'": "a key", "'-'": "a list item", "'<block sequence start>'": "a list"}.get(found, found)
+        message = (
+            f"{found} here does not fit the {kind} that starts at line {opened_at[0]}, column "
+            f"{opened_at[1]}; check the indentation (a list's items start with '- ', a map's entries "
+            "with 'key:')"
+        )
     elif "found character '%'" in problem or "found character '@'" in problem or "found character '`'" in problem:
         message = f"YAML cannot start a plain value with this character ({problem}); quote the value"
     else:
@@ -182,7 +338,10 @@ class _Builder:
         self.constructor = constructor
 
     def mark(self, node: Node) -> Mark:
-        return Mark(self.loaded.file, node.start_mark.line + 1, node.start_mark.column + 1)
+        # From the character index, counting lines at '\n' as editors do; PyYAML's own line also
+        # breaks at U+0085, U+2028 and U+2029, so it can disagree with the editor and with JSONata's.
+        line, column = _position(self.loaded.text, node.start_mark.index)
+        return Mark(self.loaded.file, line, column)
 
     def build(self, node: Node, path: JsonPath) -> Any:
         self.loaded.marks[path] = self.mark(node)
@@ -196,14 +355,19 @@ class _Builder:
     def build_scalar(self, node: ScalarNode, path: JsonPath) -> Any:
         try:
             value = self.constructor.construct_object(node, deep=True)
-        except yaml.YAMLError as exc:
+        except (yaml.YAMLError, ValueError, TypeError, AttributeError, OverflowError) as exc:
+            # A tag YAML cannot honour ('!!int x', '!custom x') or a date that does not exist ('2024-13-45').
             m = self.mark(node)
             self.loaded.diagnostics.append(
-                _error(m.file, m.line, m.column, f"cannot read value {node.value!r}: {exc}", format_path(path))
+                _error(
+                    m.file, m.line, m.column, self._unreadable(node, exc), format_path(path), hint=self._tag_hint(node)
+                )
             )
             return node.value
         resolved = type(value).__name__ if value is not None else "null"
-        self.loaded.scalars[path] = ScalarInfo(node.style, self.mark(node), node.value, resolved)
+        self.loaded.scalars[path] = ScalarInfo(
+            node.style, self.mark(node), node.value, resolved, node.start_mark.index, node.end_mark.index
+        )
         return value
 
     def build_mapping(self, node: MappingNode, path: JsonPath) -> dict[str, Any]:
@@ -261,6 +425,20 @@ class _Builder:
             result[key] = self.build(value_node, (*path, key))
             self.loaded.key_marks[(*path, key)] = key_mark
         return result
+
+    @staticmethod
+    def _unreadable(node: ScalarNode, exc: Exception) -> str:
+        if node.tag == "tag:yaml.org,2002:timestamp":
+            detail = f" ({exc})" if isinstance(exc, ValueError) else ""
+            return f"{node.value!r} looks like a date but is not one{detail}; quote it if it is text"
+        if not node.tag.startswith("tag:yaml.org,2002:"):
+            return f"unknown YAML tag '{node.tag}' on {node.value!r}; specs use plain values, remove the tag"
+        kind = node.tag.removeprefix("tag:yaml.org,2002:")
+        return f"{node.value!r} cannot be read as !!{kind}"
+
+    @staticmethod
+    def _tag_hint(node: ScalarNode) -> str:
+        return "" if node.tag == "tag:yaml.org,2002:timestamp" else f"write the value without the tag: {node.value}"
 
     @staticmethod
     def _is_unquoted_template(node: MappingNode) -> bool:
