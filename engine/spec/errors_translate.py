@@ -11,6 +11,7 @@ import re
 import types
 import typing
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -26,8 +27,8 @@ _TYPE_WORDS = {
     "str": "a string",
     "int": "a whole number",
     "float": "a number",
-    "bool": "true or false",
-    "NoneType": "nothing (null)",
+    "bool": "a boolean",
+    "NoneType": "an empty value",
     "dict": "a map",
     "list": "a list",
     "date": "a date",
@@ -54,12 +55,38 @@ _EXPECTED = {
 
 def _describe_value(value: Any) -> str:
     word = _TYPE_WORDS.get(type(value).__name__, type(value).__name__)
-    if isinstance(value, dict | list):
+    if isinstance(value, dict | list) or value is None:
         return word
+    return f"{word} ({_show(value)})"
+
+
+def _show(value: Any) -> str:
+    """A value as the spec author wrote it: strings quoted, booleans lower-case, long text cut."""
+    if value is None:
+        return "null"
     text = repr(value) if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else str(value)
-    if len(text) > 40:
-        text = text[:37] + "..."
-    return f"{word} ({text})"
+    return text[:37] + "..." if len(text) > 40 else text
+
+
+def _field(path: JsonPath) -> str:
+    return str(path[-1]) if path and isinstance(path[-1], str) else "the value"
+
+
+def _nearest(value: str, valid: Sequence[str]) -> str | None:
+    """closest(), and a case-only difference ('get' for 'GET') counts as near."""
+    by_case = [v for v in valid if v.lower() == value.lower()]
+    return by_case[0] if by_case else closest(value, valid)
+
+
+_YAML_WORDS = {"bool": "a boolean", "int": "a number", "float": "a number", "date": "a date", "null": "null"}
+
+
+def _yaml_retyped(merged: MergedSpec, path: JsonPath) -> tuple[str, str] | None:
+    """(raw text, what YAML made of it) when an unquoted scalar was read as a non-string."""
+    info = merged.scalars.get(path)
+    if info is not None and info.style is None and info.resolved in _YAML_WORDS:
+        return info.raw, _YAML_WORDS[info.resolved]
+    return None
 
 
 def _unwrap(annotation: Any) -> list[Any]:
@@ -151,7 +178,11 @@ def translate_validation_error(
         if path in seen:
             continue  # one message per place: union branches repeat each other
         seen.add(path)
-        diagnostics.append(_one(err, error_type, path, rel, model_path, merged, model))
+        diagnostic = _one(err, error_type, path, rel, model_path, merged, model)
+        if "[key]" in err["loc"]:  # the name of an entry is wrong ('Price:'): point at the name, not its body
+            key = merged.key_mark(path)
+            diagnostic = replace(diagnostic, file=key.file, line=key.line, column=key.column)
+        diagnostics.append(diagnostic)
     return diagnostics
 
 
@@ -186,13 +217,21 @@ def _one(
         return _diag(message, merged.key_mark(path), where, "unknown-key", hint)
     value = err.get("input")
     mark = merged.mark(path)
+    ctx = err.get("ctx") or {}
+    field = _field(path)
+    retyped = _yaml_retyped(merged, path)
     if error_type == "literal_error":
-        options = re.findall(r"'([^']*)'|(\d+)", str(err.get("ctx", {}).get("expected", "")))
+        options = re.findall(r"'([^']*)'|(\d+)", str(ctx.get("expected", "")))
         valid = [a or b for a, b in options]
-        guess = closest(str(value), valid)
-        field = f"{path[-1]} " if path and isinstance(path[-1], str) else ""
-        shown = repr(value) if isinstance(value, str) else _describe_value(value)
-        message = f"{field}{shown} is not valid; expected one of: {', '.join(valid)}"
+        expected = f"expected one of: {', '.join(valid)}"
+        if retyped is not None and retyped[0] in valid:
+            raw, word = retyped  # 'b2b: yes' is the boolean true to YAML, not the text 'yes'
+            message = f"{field}: YAML read the unquoted {raw} as {word} ({_show(value)}); quote it: '{raw}'"
+            return _diag(message, mark, where, "type", f"{field} takes the text values: {', '.join(valid)}")
+        if isinstance(value, str) and value in valid:
+            return _diag(f"{field} '{value}' is quoted text; write it without quotes: {value}", mark, where, "type")
+        guess = _nearest(str(value), valid)
+        message = f"{field} {_show(value)} is not valid; {expected}"
         if guess and guess != str(value):
             message += f" — did you mean '{guess}'?"
         return _diag(message, mark, where, "invalid-value")
@@ -202,37 +241,53 @@ def _one(
     if error_type in _EXPECTED:
         expected = _EXPECTED[error_type]
         message = f"expected {expected}, got {_describe_value(value)}"
-        info = merged.scalars.get(path)
-        if info is not None and info.style is None and info.resolved in ("bool", "int", "float", "NoneType", "date"):
-            word = {"bool": "a boolean", "int": "a number", "float": "a number", "date": "a date"}.get(
-                info.resolved, "null"
-            )
-            if path and path[-1] == "transform":
+        if retyped is not None:
+            raw, word = retyped
+            if field == "transform":
                 message = (
-                    f"transform was read by YAML as {word} ({info.raw}), not as JSONata text; "
+                    f"transform was read by YAML as {word} ({raw}), not as JSONata text; "
                     "quote it or write it as a '|' block"
                 )
+            elif value is None:
+                hint = f"write a value after '{field}:', or remove the key"
             else:
-                hint = f"YAML read the unquoted {info.raw!r} as {word}; quote it: '{info.raw}'"
+                message = (
+                    f"{field}: YAML read the unquoted {raw} as {word} ({_show(value)}), but {expected} is expected; "
+                    f"quote it: '{raw}'"
+                )
         return _diag(message, mark, where, "type", hint)
     if error_type == "string_pattern_mismatch":
-        pattern = err.get("ctx", {}).get("pattern", "")
-        message = f"{_describe_value(value)} does not have the expected form ({pattern})"
+        pattern = str(ctx.get("pattern", ""))
+        if pattern.startswith("^/") and isinstance(value, str) and not value.startswith("/"):
+            return _diag(f"{field} {_show(value)} must start with '/'", mark, where, "invalid-value")
+        message = f"{field} {_show(value)} does not have the expected form ({pattern})"
         return _diag(message, mark, where, "invalid-value")
-    if error_type in (
-        "too_short",
-        "too_long",
-        "greater_than_equal",
-        "less_than_equal",
-        "greater_than",
-        "less_than",
-        "string_too_short",
-        "string_too_long",
-    ):
-        message = f"{_describe_value(value)}: " + str(err.get("msg", "")).lower()
-        return _diag(message, mark, where, "invalid-value")
+    if error_type in _BOUNDS:
+        key, words = _BOUNDS[error_type]
+        return _diag(f"{field} {_show(value)} is {words} {ctx.get(key)}", mark, where, "invalid-value")
+    if error_type in ("too_short", "too_long", "string_too_short", "string_too_long"):
+        unit = "character" if error_type.startswith("string") else "item"
+        if error_type.endswith("short"):
+            need = f"at least {_count(ctx.get('min_length'), unit)}"
+        else:
+            need = f"at most {_count(ctx.get('max_length'), unit)}"
+        size = ctx.get("actual_length", len(value) if isinstance(value, str | list | dict) else None)
+        has = "is empty" if size == 0 else f"has {_count(size, unit)}"
+        return _diag(f"{field} {has}; it needs {need}", mark, where, "invalid-value")
     message = str(err.get("msg", "invalid value"))
     return _diag(message, mark, where, error_type)
+
+
+def _count(n: Any, unit: str) -> str:
+    return f"{n} {unit}" + ("" if n == 1 else "s")
+
+
+_BOUNDS = {
+    "greater_than_equal": ("ge", "below the minimum"),
+    "less_than_equal": ("le", "above the maximum"),
+    "greater_than": ("gt", "not above"),
+    "less_than": ("lt", "not below"),
+}
 
 
 def _diag(message: str, mark: Any, where: str, code: str, hint: str = "") -> Diagnostic:
