@@ -82,10 +82,20 @@ def analyse_template(text: str) -> tuple[list[TemplateRef], list[TemplateProblem
     except TemplateSyntaxError as exc:
         message = exc.message or "syntax error"
         prefix = "template error" if isinstance(exc, TemplateAssertionError) else "template syntax error"
-        return [], [TemplateProblem(f"{prefix}: {message}", exc.lineno or 1)]
+        hint = "a template reads {{ env.NAME }} or {{ secret.NAME }}; each '{{' needs its '}}'"
+        return [], [TemplateProblem(f"{prefix}: {message}", exc.lineno or 1, hint=hint)]
     refs: list[TemplateRef] = []
     problems: list[TemplateProblem] = []
+    # In env[name] the problem is the subscript (reported below), not that 'name' is undefined.
+    subscripts = {
+        id(name)
+        for item in tree.find_all(nodes.Getitem)
+        if isinstance(item.node, nodes.Name) and item.node.name in TEMPLATE_ROOTS
+        for name in (item.arg, *item.arg.find_all(nodes.Name))
+    }
     for name_node in tree.find_all(nodes.Name):
+        if id(name_node) in subscripts:
+            continue
         if name_node.ctx == "load" and name_node.name not in TEMPLATE_ROOTS:
             guess = closest(name_node.name, TEMPLATE_ROOTS)
             problems.append(

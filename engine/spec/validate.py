@@ -20,7 +20,7 @@ import io
 import os
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -33,7 +33,7 @@ from engine.spec.errors_translate import translate_validation_error
 from engine.spec.model import LookupTable, Source, SpecDocument, Target, Trigger
 from engine.spec.overlay import MergedSpec, resolve_spec
 from engine.spec.templates import analyse_template, find_template_strings, secret_available
-from engine.spec.yamlsource import JsonPath, Mark, format_path
+from engine.spec.yamlsource import JsonPath, Mark, format_path, position_of, value_places
 from engine.transform import (
     JSONATA_BUILTINS,
     SEAMLINE_FUNCTIONS,
@@ -126,6 +126,7 @@ class _Checker:
         self.environ = environ
         self.diags = self.report.diagnostics
         self.lookup_names: set[str] = set()
+        self.unusable: set[str] = set()  # sections the shape check rejected: references into them are not judged
 
     # -- plumbing ------------------------------------------------------------------------------
     def add(
@@ -161,14 +162,21 @@ class _Checker:
 
     # -- the checks ----------------------------------------------------------------------------
     def run(self) -> SpecReport:
+        self.check()
+        # One line per problem, whatever the spec contains: a key such as "\n" is shown escaped.
+        self.diags[:] = sorted((_one_line(d) for d in self.diags), key=Diagnostic.sort_key)
+        return self.report
+
+    def check(self) -> None:
         self.diags.extend(self.merged.diagnostics)
         if not self.merged.ok or not isinstance(self.merged.data, dict):
-            return self.report
+            return
         data: dict[str, Any] = self.merged.data
         try:
             self.report.document = SpecDocument.model_validate(data)
         except ValidationError as exc:
             self.diags.extend(translate_validation_error(exc, self.merged, SpecDocument))
+        self.unusable = _unusable_sections(data)
         systems = data.get("systems")
         if isinstance(systems, dict):
             for name, entry in systems.items():
@@ -182,8 +190,6 @@ class _Checker:
             self.check_flows(flows)
         self.check_templates(data)
         self.note_not_runnable()
-        self.diags.sort(key=Diagnostic.sort_key)
-        return self.report
 
     def check_system(self, name: str, entry: Any) -> None:
         path: JsonPath = ("systems", name)
@@ -276,21 +282,32 @@ class _Checker:
         location = self.spec_dir(file_path) / table.file
         if not location.is_file():
             self.error(
-                f"lookup file '{table.file}' not found (looked for {location})",
+                f"lookup file '{table.file}' not found (looked for {location})"
+                + _did_you_mean_file(location, table.file),
                 file_path,
                 code="missing-file",
                 hint="lookup paths are relative to the spec file that names them",
             )
             return
         problem = _check_table_file(location, table)
-        if problem:
-            line, message = problem
-            if line:
-                self.diags.append(
-                    Diagnostic(Severity.ERROR, message, str(location), line, 1, path=format_path(path), code="lookup")
+        if problem is None:
+            return
+        if problem.column:  # the spec names a column the header lacks: the spec's key:/value: is what to fix
+            self.error(f"lookup '{name}': {problem.message}", (*path, problem.column), code="lookup")
+        elif problem.line:
+            self.diags.append(
+                Diagnostic(
+                    Severity.ERROR,
+                    problem.message,
+                    str(location),
+                    problem.line,
+                    1,
+                    path=format_path(path),
+                    code="lookup",
                 )
-            else:
-                self.error(f"lookup '{name}': {message}", file_path, code="lookup")
+            )
+        else:
+            self.error(f"lookup '{name}': {problem.message}", file_path, code="lookup")
 
     def check_flows(self, flows: dict[str, Any]) -> None:
         served: dict[str, JsonPath] = {}
@@ -352,6 +369,8 @@ class _Checker:
     def system_ref(
         self, system: str, declared: set[str], path: JsonPath
     ) -> tuple[ConnectorKind | None, SystemOptions | None]:
+        if "systems" in self.unusable:
+            return None, None  # 'sytems:' is one mistake, already reported; not one more per flow
         if system not in declared:
             guess = closest(system, declared)
             message = f"system '{system}' is not declared under systems:"
@@ -445,6 +464,8 @@ class _Checker:
             ("constants", set(constants), _CONSTANTS_VAR, "$constants reads"),
         )
         for section, declared, pattern, what in kinds:
+            if section in self.unusable:
+                continue
             for match in pattern.finditer(source.text):
                 name = next(g for g in match.groups()[1:] if g is not None)
                 if name in declared:
@@ -472,7 +493,8 @@ class _Checker:
             location = self.spec_dir(path) / stripped
             if not location.is_file():
                 self.error(
-                    f"transform file '{stripped}' not found (looked for {location})",
+                    f"transform file '{stripped}' not found (looked for {location})"
+                    + _did_you_mean_file(location, stripped),
                     path,
                     code="missing-file",
                     hint="transform paths are relative to the spec file that names them",
@@ -480,24 +502,35 @@ class _Checker:
                 return None
             try:
                 text = location.read_text(encoding="utf-8-sig")
-            except (OSError, UnicodeDecodeError) as exc:
-                self.error(f"cannot read transform file '{stripped}': {exc}", path, code="missing-file")
+            except UnicodeDecodeError as exc:
+                raw: bytes = exc.object
+                before = raw[: exc.start].decode("utf-8", errors="replace")
+                line, column = position_of(before, len(before))
+                message = f"byte 0x{raw[exc.start]:02x} is not UTF-8 text; save the transform as UTF-8"
+                self.diags.append(
+                    Diagnostic(Severity.ERROR, message, str(location), line, column, format_path(path), "encoding")
+                )
+                return None
+            except OSError as exc:
+                self.error(f"cannot read transform file '{stripped}': {exc.strerror or exc}", path, code="missing-file")
                 return None
             return ExpressionSource(text, str(location))
-        info = self.merged.scalars.get(path)
         mark = self.merged.mark(path)
-        if info is not None and info.style in ("|", ">"):
-            lines = self.merged.texts.get(mark.file, "").splitlines()
-            first_content = mark.line  # the line after the '|' indicator (1-based index == 0-based next)
-            indent = 0
-            while first_content < len(lines) and not lines[first_content].strip():
-                first_content += 1
-            if first_content < len(lines):
-                indent = len(lines[first_content]) - len(lines[first_content].lstrip(" "))
-            leading_blank = len(value) - len(value.lstrip("\n"))
-            return ExpressionSource(value, mark.file, first_content + 1 - leading_blank, indent + 1, "block")
-        quote = 1 if info is not None and info.style in ("'", '"') else 0
-        return ExpressionSource(value, mark.file, mark.line, mark.column + quote, "inline")
+        places = self._value_places(path, value)
+        if places is not None:
+            return _PlacedSource(value, mark.file, mark.line, mark.column, "inline", places)
+        return ExpressionSource(value, mark.file, mark.line, mark.column, "inline")
+
+    def _value_places(self, path: JsonPath, value: str) -> tuple[tuple[int, int], ...] | None:
+        """(line, column) in the spec file of each character of the string at ``path``, when known."""
+        info = self.merged.scalars.get(path)
+        if info is None:
+            return None
+        text = self.merged.texts.get(info.start.file, "")
+        indexes = value_places(text, info, value)
+        if indexes is None:
+            return None
+        return tuple(position_of(text, i) for i in indexes)
 
     def check_templates(self, data: dict[str, Any]) -> None:
         missing: dict[tuple[str, str], list[tuple[JsonPath, Mark]]] = {}
@@ -536,15 +569,65 @@ class _Checker:
             self.add(severity, message, path, code=f"missing-{root}", mark=mark, hint=hint)
 
     def _template_mark(self, path: JsonPath, text: str) -> Mark:
+        """Where the template's first '{' is written, or the value's start."""
         mark = self.merged.mark(path)
-        info = self.merged.scalars.get(path)
-        if info is not None and info.style in (None, "'", '"') and "\n" not in text:
-            quote = 0 if info.style is None else 1
-            return Mark(mark.file, mark.line, mark.column + quote + max(text.find("{"), 0))
-        return mark
+        places = self._value_places(path, text)
+        if places is None:
+            return mark
+        line, column = places[max(text.find("{"), 0)] if places else (mark.line, mark.column)
+        return Mark(mark.file, line, column)
 
 
 M = TypeVar("M", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class _PlacedSource(ExpressionSource):
+    """An expression written in the spec, with the file position of each of its characters.
+
+    YAML folds, unquotes and unescapes what it reads, so an offset in the expression is mapped
+    through ``places`` rather than by counting lines from the value's start.
+    """
+
+    places: tuple[tuple[int, int], ...] = ()
+
+    def position(self, offset: int) -> tuple[int, int]:
+        if not self.places:
+            return self.line, self.column
+        if offset < len(self.places):
+            return self.places[max(offset, 0)]
+        last = len(self.text.rstrip()) - 1  # the end of the expression: just past its last character
+        if last < 0:
+            return self.places[0]
+        line, column = self.places[min(last, len(self.places) - 1)]
+        return line, column + 1
+
+
+def _printable(text: str) -> str:
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def _one_line(d: Diagnostic) -> Diagnostic:
+    """``d`` with control and invisible characters in its message, path and hint escaped."""
+    if d.message.isprintable() and d.path.isprintable() and d.hint.isprintable():
+        return d
+    return replace(d, message=_printable(d.message), path=_printable(d.path), hint=_printable(d.hint))
+
+
+_SECTIONS = ("constants", "systems", "lookups", "flows")
+
+
+def _unusable_sections(data: dict[str, Any]) -> set[str]:
+    """Sections named under a misspelt key ('sytems:') or that are not a map: the shape check said so."""
+    out = {name for name in _SECTIONS if name in data and not isinstance(data[name], dict)}
+    for key in data:
+        if key not in SpecDocument.model_fields:
+            guess = closest(key, _SECTIONS)
+            if guess is not None and guess not in data:
+                out.add(guess)
+    return out
 
 
 def _valid(model: type[M], raw: Any) -> M | None:
@@ -580,40 +663,78 @@ def _capability_hint(kind: ConnectorKind, capability: str) -> str:
     return f"connector '{kind.name}' does not support {capability}"
 
 
-def _check_table_file(location: Path, table: LookupTable) -> tuple[int, str] | None:
-    """None when the code table reads cleanly; else (line in that file or 0, message)."""
+def _did_you_mean_file(location: Path, written: str) -> str:
+    """' — did you mean ...?' naming a file beside the missing one, as the spec would write it."""
+    try:
+        siblings = [p.name for p in location.parent.iterdir() if p.is_file() and p.suffix == location.suffix]
+    except OSError:
+        return ""
+    guess = closest(location.name, siblings)
+    if guess is None:
+        return ""
+    head, sep, _ = written.rpartition("/")
+    return f" — did you mean '{head}{sep}{guess}'?"
+
+
+@dataclass(frozen=True, slots=True)
+class _TableProblem:
+    """What is wrong with a code table: at ``line`` of its file, or with the spec's ``column`` (key/value)."""
+
+    message: str
+    line: int = 0
+    column: str = ""
+
+
+def _check_table_file(location: Path, table: LookupTable) -> _TableProblem | None:
+    """None when the code table reads cleanly."""
     try:
         text = location.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        return 0, f"cannot read {location}: {exc}"
+    except UnicodeDecodeError as exc:
+        raw: bytes = exc.object
+        line = raw.count(b"\n", 0, exc.start) + 1
+        return _TableProblem(f"byte 0x{raw[exc.start]:02x} is not UTF-8 text; save the code table as UTF-8", line)
+    except OSError as exc:
+        return _TableProblem(f"cannot read {location}: {exc.strerror or exc}")
     suffix = location.suffix.lower()
     if suffix in (".yaml", ".yml", ".json"):
         try:
             data = yaml.safe_load(text)
         except yaml.MarkedYAMLError as exc:
-            line = exc.problem_mark.line + 1 if exc.problem_mark else 0
-            return line, f"code table is not valid YAML/JSON: {exc.problem}"
-        except yaml.YAMLError as exc:
-            return 0, f"code table is not valid YAML/JSON: {exc}"
+            line = exc.problem_mark.line + 1 if exc.problem_mark else 1
+            return _TableProblem(f"code table is not valid YAML/JSON: {exc.problem}", line)
+        except (yaml.YAMLError, ValueError, TypeError, AttributeError, OverflowError) as exc:
+            return _TableProblem(f"code table is not valid YAML/JSON: {' '.join(str(exc).split())}", 1)
+        if data is None:
+            return _TableProblem("the code table is empty; write it as a map of key: value", 1)
         if not isinstance(data, dict):
-            return 0, "a YAML code table is a map of key: value"
+            kind = "a list" if isinstance(data, list) else f"a single value ({data!r})"
+            return _TableProblem(f"a YAML code table is a map of key: value, not {kind}", 1)
         return None
     if suffix != ".csv":
-        return 0, f"code tables are .csv, .yaml or .json files, not '{suffix or location.name}'"
-    rows = list(csv.reader(io.StringIO(text)))
+        return _TableProblem(f"code tables are .csv, .yaml or .json files, not '{suffix or location.name}'")
+    reader = csv.reader(io.StringIO(text))
+    rows: list[tuple[int, list[str]]] = []  # (line in the file where the row starts, fields)
+    try:
+        start = 1
+        for row in reader:
+            rows.append((start, row))
+            start = reader.line_num + 1
+    except csv.Error as exc:
+        return _TableProblem(f"the CSV code table cannot be read: {exc}", reader.line_num or 1)
     if not rows:
-        return 1, "the CSV code table is empty; it needs a header row"
-    header = rows[0]
-    for column in (table.key, table.value):
+        return _TableProblem("the CSV code table is empty; it needs a header row", 1)
+    header = rows[0][1]
+    for field_name, column in (("key", table.key), ("value", table.value)):
         if column is not None and column not in header:
             guess = closest(column, header)
-            return 1, (
-                f"column '{column}' is not in the header ({', '.join(header)})"
-                + (f" — did you mean '{guess}'?" if guess else "")
+            return _TableProblem(
+                f"column '{column}' is not in the header of {location} ({', '.join(header)})"
+                + (f" — did you mean '{guess}'?" if guess else ""),
+                column=field_name,
             )
     if len(header) < 2 and table.value is None:
-        return 1, "a CSV code table needs at least two columns (key, value)"
-    for number, row in enumerate(rows[1:], start=2):
+        return _TableProblem("a CSV code table needs at least two columns (key, value)", 1)
+    for line, row in rows[1:]:
         if row and len(row) != len(header):
-            return number, f"row has {len(row)} fields, the header has {len(header)}"
+            return _TableProblem(f"row has {len(row)} fields, the header has {len(header)}", line)
     return None
