@@ -691,7 +691,8 @@ def _check_table_file(location: Path, table: LookupTable) -> _TableProblem | Non
         text = location.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         raw: bytes = exc.object
-        line = raw.count(b"\n", 0, exc.start) + 1
+        before = raw[: exc.start].decode("utf-8", errors="replace")
+        line = position_of(before, len(before))[0]
         return _TableProblem(f"byte 0x{raw[exc.start]:02x} is not UTF-8 text; save the code table as UTF-8", line)
     except OSError as exc:
         return _TableProblem(f"cannot read {location}: {exc.strerror or exc}")
@@ -700,7 +701,7 @@ def _check_table_file(location: Path, table: LookupTable) -> _TableProblem | Non
         try:
             data = yaml.safe_load(text)
         except yaml.MarkedYAMLError as exc:
-            line = exc.problem_mark.line + 1 if exc.problem_mark else 1
+            line = position_of(text, exc.problem_mark.index)[0] if exc.problem_mark else 1
             return _TableProblem(f"code table is not valid YAML/JSON: {exc.problem}", line)
         except (yaml.YAMLError, ValueError, TypeError, AttributeError, OverflowError) as exc:
             return _TableProblem(f"code table is not valid YAML/JSON: {' '.join(str(exc).split())}", 1)

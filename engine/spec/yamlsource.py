@@ -109,13 +109,10 @@ def load_yaml(path: Path, display: str | None = None) -> LoadedYaml:
 def _not_utf8(file: str, exc: UnicodeDecodeError) -> Diagnostic:
     """Where the first byte that is not UTF-8 is, as an editor counts lines and columns."""
     data: bytes = exc.object  # without the BOM, as ``start`` counts
-    line_start = data.rfind(b"\n", 0, exc.start) + 1
-    line = data.count(b"\n", 0, exc.start) + 1
-    column = len(data[line_start : exc.start].decode("utf-8", errors="replace")) + 1
+    before = data[: exc.start].decode("utf-8", errors="replace")
     return _error(
         file,
-        line,
-        column,
+        *position_of(before, len(before)),
         f"byte 0x{data[exc.start]:02x} is not UTF-8 text; save the file as UTF-8",
         hint="an editor's 'Save with Encoding' (or iconv -f latin1 -t utf-8) converts it",
     )
