@@ -48,8 +48,20 @@ class DaemonProcess:
     def start(self) -> DaemonProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "engine.cli", "run", str(self.spec), "--dev", "--port", str(self.port),
-             "--state", self.state_url, "--workers", str(self.workers)],
+            [
+                sys.executable,
+                "-m",
+                "engine.cli",
+                "run",
+                str(self.spec),
+                "--dev",
+                "--port",
+                str(self.port),
+                "--state",
+                self.state_url,
+                "--workers",
+                str(self.workers),
+            ],
             stdout=log,
             stderr=log,
             env=self.env,
