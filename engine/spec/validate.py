@@ -30,10 +30,11 @@ from pydantic import BaseModel, ValidationError
 from engine.connector import ConnectorKind, Registry, SystemOptions, closest, default_registry
 from engine.errors import Diagnostic, Severity, TransformError, UsageError
 from engine.spec.errors_translate import translate_validation_error
+from engine.spec.expressions import did_you_mean_file, expression_source, value_positions
 from engine.spec.model import LookupTable, Source, SpecDocument, Target, Trigger
 from engine.spec.overlay import MergedSpec, resolve_spec
 from engine.spec.templates import analyse_template, find_template_strings, secret_available
-from engine.spec.yamlsource import JsonPath, Mark, format_path, position_of, value_places
+from engine.spec.yamlsource import JsonPath, Mark, format_path, position_of
 from engine.transform import (
     JSONATA_BUILTINS,
     SEAMLINE_FUNCTIONS,
@@ -283,7 +284,7 @@ class _Checker:
         if not location.is_file():
             self.error(
                 f"lookup file '{table.file}' not found (looked for {location})"
-                + _did_you_mean_file(location, table.file),
+                + did_you_mean_file(location, table.file),
                 file_path,
                 code="missing-file",
                 hint="lookup paths are relative to the spec file that names them",
@@ -488,49 +489,16 @@ class _Checker:
                 )
 
     def expression_source(self, value: str, path: JsonPath) -> ExpressionSource | None:
-        stripped = value.strip()
-        if stripped.endswith(".jsonata") and "\n" not in stripped:
-            location = self.spec_dir(path) / stripped
-            if not location.is_file():
-                self.error(
-                    f"transform file '{stripped}' not found (looked for {location})"
-                    + _did_you_mean_file(location, stripped),
-                    path,
-                    code="missing-file",
-                    hint="transform paths are relative to the spec file that names them",
-                )
-                return None
-            try:
-                text = location.read_text(encoding="utf-8-sig")
-            except UnicodeDecodeError as exc:
-                raw: bytes = exc.object
-                before = raw[: exc.start].decode("utf-8", errors="replace")
-                line, column = position_of(before, len(before))
-                message = f"byte 0x{raw[exc.start]:02x} is not UTF-8 text; save the transform as UTF-8"
-                self.diags.append(
-                    Diagnostic(Severity.ERROR, message, str(location), line, column, format_path(path), "encoding")
-                )
-                return None
-            except OSError as exc:
-                self.error(f"cannot read transform file '{stripped}': {exc.strerror or exc}", path, code="missing-file")
-                return None
-            return ExpressionSource(text, str(location))
-        mark = self.merged.mark(path)
-        places = self._value_places(path, value)
-        if places is not None:
-            return _PlacedSource(value, mark.file, mark.line, mark.column, "inline", places)
-        return ExpressionSource(value, mark.file, mark.line, mark.column, "inline")
-
-    def _value_places(self, path: JsonPath, value: str) -> tuple[tuple[int, int], ...] | None:
-        """(line, column) in the spec file of each character of the string at ``path``, when known."""
-        info = self.merged.scalars.get(path)
-        if info is None:
-            return None
-        text = self.merged.texts.get(info.start.file, "")
-        indexes = value_places(text, info, value)
-        if indexes is None:
-            return None
-        return tuple(position_of(text, i) for i in indexes)
+        ref = expression_source(self.merged, value, path)
+        if ref.source is not None:
+            return ref.source
+        if ref.file:
+            self.diags.append(
+                Diagnostic(Severity.ERROR, ref.problem, ref.file, ref.line, ref.column, format_path(path), ref.code)
+            )
+        else:
+            self.error(ref.problem, path, code=ref.code, hint=ref.hint)
+        return None
 
     def check_templates(self, data: dict[str, Any]) -> None:
         missing: dict[tuple[str, str], list[tuple[JsonPath, Mark]]] = {}
@@ -571,7 +539,7 @@ class _Checker:
     def _template_mark(self, path: JsonPath, text: str) -> Mark:
         """Where the template's first '{' is written, or the value's start."""
         mark = self.merged.mark(path)
-        places = self._value_places(path, text)
+        places = value_positions(self.merged, path, text)
         if places is None:
             return mark
         line, column = places[max(text.find("{"), 0)] if places else (mark.line, mark.column)
@@ -579,28 +547,6 @@ class _Checker:
 
 
 M = TypeVar("M", bound=BaseModel)
-
-
-@dataclass(frozen=True)
-class _PlacedSource(ExpressionSource):
-    """An expression written in the spec, with the file position of each of its characters.
-
-    YAML folds, unquotes and unescapes what it reads, so an offset in the expression is mapped
-    through ``places`` rather than by counting lines from the value's start.
-    """
-
-    places: tuple[tuple[int, int], ...] = ()
-
-    def position(self, offset: int) -> tuple[int, int]:
-        if not self.places:
-            return self.line, self.column
-        if offset < len(self.places):
-            return self.places[max(offset, 0)]
-        last = len(self.text.rstrip()) - 1  # the end of the expression: just past its last character
-        if last < 0:
-            return self.places[0]
-        line, column = self.places[min(last, len(self.places) - 1)]
-        return line, column + 1
 
 
 def _printable(text: str) -> str:
@@ -661,19 +607,6 @@ def _capability_hint(kind: ConnectorKind, capability: str) -> str:
         where = "endpoints" if kind.name == "http" else "drops"
         return f"declare it under the system's {where}:"
     return f"connector '{kind.name}' does not support {capability}"
-
-
-def _did_you_mean_file(location: Path, written: str) -> str:
-    """' — did you mean ...?' naming a file beside the missing one, as the spec would write it."""
-    try:
-        siblings = [p.name for p in location.parent.iterdir() if p.is_file() and p.suffix == location.suffix]
-    except OSError:
-        return ""
-    guess = closest(location.name, siblings)
-    if guess is None:
-        return ""
-    head, sep, _ = written.rpartition("/")
-    return f" — did you mean '{head}{sep}{guess}'?"
 
 
 @dataclass(frozen=True, slots=True)
