@@ -218,6 +218,13 @@ def map_command(
     help="State store URL (default: $SEAMLINE_STATE_URL, the spec's state.url, or sqlite:///.seamline/<client>.db).",
 )
 @click.option("--workers", default=8, show_default=True, type=click.IntRange(1, 256))
+@click.option(
+    "--lease",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(1, 3600),
+    help="Seconds a claimed record stays a worker's; after a crash, a shared store waits this long.",
+)
 @click.option("--specs", "specs_dir", type=click.Path(path_type=Path), default=Path("specs"), show_default=True)
 @_handle_errors
 def run(
@@ -231,6 +238,7 @@ def run(
     token_file: Path | None,
     state_url: str | None,
     workers: int,
+    lease: float,
     specs_dir: Path,
 ) -> None:
     """Run CLIENT's flows: the daemon (until SIGTERM), or one batch pass with --once."""
@@ -253,6 +261,7 @@ def run(
         workers=workers,
         flows=list(flows) or None,
         state_url=state_url,
+        lease=lease,
     )
     spec = _client_spec_path(client, specs_dir)
     if once:

@@ -47,6 +47,7 @@ class DaemonOptions:
     flows: list[str] | None = None  # None: every flow
     state_url: str | None = None
     drain_timeout: float = 20.0
+    lease: float = 60.0  # how long a claimed item stays a worker's before another may take it
     backoff: Backoff = field(default_factory=Backoff)
     serve_http: bool = True
     schedules: bool = True
@@ -215,7 +216,7 @@ class Daemon:
             spec_version=self.spec_version,
             backoff=self.options.backoff,
         )
-        self.pool = WorkerPool(delivery, size=self.options.workers, flows=self.flow_names)
+        self.pool = WorkerPool(delivery, size=self.options.workers, flows=self.flow_names, lease=self.options.lease)
         self.pool.start()
         if self.options.schedules:
             for schedule in self.schedules.values():

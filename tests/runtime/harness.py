@@ -32,9 +32,19 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str, interval:
 
 
 class DaemonProcess:
-    def __init__(self, spec: Path, state: Path, *, env: dict[str, str] | None = None, workers: int = 4) -> None:
+    def __init__(
+        self,
+        spec: Path,
+        state: Path,
+        *,
+        env: dict[str, str] | None = None,
+        workers: int = 4,
+        state_url: str | None = None,
+        lease: float = 60.0,
+    ) -> None:
         self.spec = spec
-        self.state_url = f"sqlite:///{state}"
+        self.state_url = state_url or f"sqlite:///{state}"
+        self.lease = lease
         self.port = free_port()
         self.env = {**os.environ, **(env or {})}
         self.workers = workers
@@ -61,6 +71,8 @@ class DaemonProcess:
                 self.state_url,
                 "--workers",
                 str(self.workers),
+                "--lease",
+                str(self.lease),
             ],
             stdout=log,
             stderr=log,

@@ -1,0 +1,272 @@
+"""The daemon as a real subprocess against real HTTP fakes: crashes, outages, poison records, shutdown.
+
+Every scenario counts what the target applied: each record exactly once (a resend with the same
+Idempotency-Key is not applied twice by the fake, as a well-behaved API would do), nothing lost.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+from click.testing import CliRunner
+
+from connectors.http.fake import FakeHttpServer
+from engine.cli import main
+from engine.state import open_store
+from tests.runtime.harness import DaemonProcess, wait_for
+
+SPEC = """\
+seamline: 1
+client: crashtest
+systems:
+  erp:
+    connector: http
+    url: "{{{{ env.ERP_URL }}}}"
+    endpoints:
+      products: {{ path: /products, pagination: {{ style: page, page_size: 25 }} }}
+  shop:
+    connector: http
+    url: "{{{{ env.SHOP_URL }}}}"
+    limits: {{ concurrency: 4, timeout: {timeout} }}
+    endpoints:
+      products: {{ path: "/products/{{sku}}", method: PUT }}
+      stock: {{ path: "/stock/{{sku}}", method: PUT }}
+flows:
+  catalog:
+    trigger: {{ schedule: {{ every: 1h }} }}
+    source: {{ system: erp, read: products, cursor: changed, id: Product }}
+    transform: transforms/product.jsonata
+    target: {{ system: shop, write: products, key: sku }}
+  stock:
+    trigger: {{ event: {{ webhook: /hooks/stock, id: material }} }}
+    transform: '{{ "sku": material, "qty": $number(qty) }}'
+    target: {{ system: shop, write: stock, key: sku }}
+"""
+MAPPING = '{ "sku": Product, "price": $number(price) }'
+FIXED_MAPPING = '{ "sku": Product, "price": price = "n/a" ? null : $number(price) }'
+PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def products(count: int, poison: set[int] | None = None) -> list[dict[str, str]]:
+    # Many records share one 'changed' second: the overlap window must neither miss nor repeat them.
+    return [
+        {
+            "id": f"P{i:04d}",
+            "Product": f"P{i:04d}",
+            "changed": f"2025-01-01T00:00:{i // 40:02d}Z",
+            "price": "n/a" if poison and i in poison else f"{i}.50",
+        }
+        for i in range(count)
+    ]
+
+
+@pytest.fixture
+def fakes() -> Iterator[tuple[FakeHttpServer, FakeHttpServer]]:
+    with FakeHttpServer(port=0) as erp, FakeHttpServer(port=0) as shop:
+        yield erp, shop
+
+
+def write_spec(root: Path, *, timeout: str = "2s", mapping: str = MAPPING) -> Path:
+    (root / "transforms").mkdir(parents=True, exist_ok=True)
+    (root / "transforms" / "product.jsonata").write_text(mapping, encoding="utf-8")
+    (root / "seamline.yaml").write_text(SPEC.format(timeout=timeout), encoding="utf-8")
+    return root
+
+
+def daemon_for(root: Path, erp: FakeHttpServer, shop: FakeHttpServer, **kwargs: object) -> DaemonProcess:
+    env = {"ERP_URL": erp.url, "SHOP_URL": shop.url}
+    return DaemonProcess(root, root / "state.db", env=env, **kwargs)  # type: ignore[arg-type]
+
+
+def applied_once(shop: FakeHttpServer, prefix: str) -> Counter[str]:
+    """How many times each resource was applied (idempotent replays excluded)."""
+    return Counter(w["path"] for w in shop.writes(prefix) if not w["duplicate"] and 200 <= int(w["status"]) < 300)
+
+
+@pytest.mark.parametrize("store", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_kill_9_in_the_middle_of_a_batch_loses_and_duplicates_nothing(
+    tmp_path: Path, fakes: tuple[FakeHttpServer, FakeHttpServer], store: str
+) -> None:
+    erp, shop = fakes
+    erp.seed("/products", products(300))
+    shop.configure(latency=0.01)
+    root = write_spec(tmp_path)
+    state_url = None
+    if store == "postgres":
+        state_url = f"{PG_DSN}?schema=t_{uuid.uuid4().hex[:10]}"
+    daemon = daemon_for(root, erp, shop, state_url=state_url, lease=2.0)
+    try:
+        daemon.start()
+        wait_for(lambda: shop.applied_count("/products/") >= 60, 30, "the first writes")
+        daemon.kill9()
+        assert shop.applied_count("/products/") < 300, "the batch finished before the kill; make it slower"
+        daemon.start()
+        wait_for(lambda: shop.applied_count("/products/") >= 300, 60, "every product written")
+        time.sleep(0.5)  # anything extra would arrive now
+    finally:
+        daemon.stop()
+        if state_url:
+            with psycopg.connect(PG_DSN, autocommit=True) as conn:
+                conn.execute(f'DROP SCHEMA IF EXISTS "{state_url.rsplit("=", 1)[1]}" CASCADE')
+    counts = applied_once(shop, "/products/")
+    assert len(counts) == 300
+    assert set(counts.values()) == {1}, [p for p, n in counts.items() if n > 1]
+
+
+def test_kill_9_in_the_middle_of_an_event_stream(tmp_path: Path, fakes: tuple[FakeHttpServer, FakeHttpServer]) -> None:
+    erp, shop = fakes
+    shop.configure(latency=0.005)
+    daemon = daemon_for(write_spec(tmp_path), erp, shop)
+    sent = threading.Event()
+
+    def sender() -> None:
+        # An upstream that resends until it gets its 202, as a webhook source or a queue does.
+        with httpx.Client(timeout=2) as client:
+            for i in range(200):
+                event = {"material": f"M{i:03d}", "qty": str(i)}
+                while True:
+                    try:
+                        response = client.post(
+                            f"{daemon.url}/hooks/stock", json=event, headers={"X-Message-Id": f"msg-{i}"}
+                        )
+                        if response.status_code == 202:
+                            break
+                    except httpx.HTTPError:
+                        pass
+                    time.sleep(0.05)
+        sent.set()
+
+    try:
+        daemon.start()
+        thread = threading.Thread(target=sender, daemon=True)
+        thread.start()
+        wait_for(lambda: shop.applied_count("/stock/") >= 40, 30, "the first events written")
+        daemon.kill9()
+        time.sleep(0.3)
+        daemon.start()
+        assert sent.wait(60), "the sender could not deliver every event"
+        wait_for(lambda: shop.applied_count("/stock/") >= 200, 60, "every event written")
+        time.sleep(0.5)
+    finally:
+        daemon.stop()
+    counts = applied_once(shop, "/stock/")
+    assert len(counts) == 200
+    assert set(counts.values()) == {1}
+    assert shop.resource("/stock/M199") == {"sku": "M199", "qty": 199}
+
+
+def test_target_outage_opens_the_breaker_and_everything_arrives_after(
+    tmp_path: Path, fakes: tuple[FakeHttpServer, FakeHttpServer]
+) -> None:
+    erp, shop = fakes
+    erp.seed("/products", products(50))
+    shop.configure(error_rate=1.0, error_status=500)
+    daemon = daemon_for(write_spec(tmp_path, timeout="500ms"), erp, shop)
+    try:
+        daemon.start()
+        wait_for(lambda: daemon.metric("seamline_breaker_state", system="shop") == 2, 20, "the breaker to open")
+        shop.configure(error_rate=0.0, latency=2.0)  # now it answers, but too slowly: timeouts
+        time.sleep(1.5)
+        shop.configure(latency=0.0)
+        wait_for(lambda: shop.applied_count("/products/") >= 50, 90, "every product written after the outage")
+        assert daemon.metric("seamline_dead_lettered_total") == 0
+        assert daemon.metric("seamline_retried_total") > 0
+    finally:
+        daemon.stop()
+    assert set(applied_once(shop, "/products/").values()) == {1}
+    store = open_store(daemon.state_url)
+    try:
+        assert store.dead_letters() == []
+    finally:
+        store.close()
+
+
+def test_poison_records_are_dead_lettered_and_replayed_once_after_the_fix(
+    tmp_path: Path, fakes: tuple[FakeHttpServer, FakeHttpServer]
+) -> None:
+    erp, shop = fakes
+    erp.seed("/products", products(200, poison={17, 123}))
+    root = write_spec(tmp_path)
+    daemon = daemon_for(root, erp, shop)
+    runner = CliRunner()
+    state = ["--state", daemon.state_url]
+    try:
+        daemon.start()
+        wait_for(lambda: shop.applied_count("/products/") >= 198, 30, "the good records")
+        wait_for(lambda: daemon.metric("seamline_dead_lettered_total") >= 2, 10, "the poison records")
+        listing = runner.invoke(main, ["dlq", "list", str(root), *state])
+        assert listing.exit_code == 0, listing.output
+        assert "2 dead letter(s)" in listing.output
+        assert "D3030" in listing.output and "P0017" in listing.output and "P0123" in listing.output
+        letter_id = listing.output.split()[0]
+        shown = json.loads(runner.invoke(main, ["dlq", "show", str(root), letter_id, *state]).output)
+        assert shown["record"]["price"] == "n/a" and shown["kind"] == "terminal"
+        assert "transforms/product.jsonata" in shown["reason"]
+        daemon.terminate()
+
+        # The architect fixes the mapping; the daemon restarts with it; the operator replays.
+        (root / "transforms" / "product.jsonata").write_text(FIXED_MAPPING, encoding="utf-8")
+        daemon.start()
+        replay = runner.invoke(main, ["dlq", "replay", str(root), "--flow", "catalog", *state])
+        assert replay.output.strip() == "replayed 2 dead letter(s)"
+        wait_for(lambda: shop.applied_count("/products/") >= 200, 30, "the replayed records")
+        again = runner.invoke(main, ["dlq", "replay", str(root), "--flow", "catalog", *state])
+        assert again.output.strip() == "replayed 0 dead letter(s)"
+        time.sleep(0.5)
+    finally:
+        daemon.stop()
+    counts = applied_once(shop, "/products/")
+    assert len(counts) == 200 and set(counts.values()) == {1}
+    assert shop.resource("/products/P0017") == {"sku": "P0017", "price": None}
+
+
+def test_sigterm_under_load_drains_and_loses_nothing(
+    tmp_path: Path, fakes: tuple[FakeHttpServer, FakeHttpServer]
+) -> None:
+    erp, shop = fakes
+    erp.seed("/products", products(300))
+    shop.configure(latency=0.01)
+    daemon = daemon_for(write_spec(tmp_path), erp, shop)
+    try:
+        daemon.start()
+        wait_for(lambda: shop.applied_count("/products/") >= 50, 30, "the first writes")
+        assert daemon.terminate() == 0
+        events = [e["event"] for e in daemon.log_events()]
+        assert "stopping" in events and events[-1] == "stopped"
+        daemon.start()
+        wait_for(lambda: shop.applied_count("/products/") >= 300, 60, "every product written")
+        time.sleep(0.5)
+    finally:
+        daemon.stop()
+    counts = applied_once(shop, "/products/")
+    assert len(counts) == 300 and set(counts.values()) == {1}
+
+
+def test_api_needs_a_token_off_dev_and_serves_health_metrics_and_requests(
+    tmp_path: Path, fakes: tuple[FakeHttpServer, FakeHttpServer]
+) -> None:
+    erp, shop = fakes
+    root = write_spec(tmp_path)
+    daemon = daemon_for(root, erp, shop)
+    try:
+        daemon.start()
+        assert httpx.get(f"{daemon.url}/healthz").json() == {"status": "ok"}
+        response = httpx.post(f"{daemon.url}/hooks/stock", content=b"not json", headers={"X-Message-Id": "bad-1"})
+        assert response.status_code == 202  # acknowledged: the bad message is kept in dead letters
+        wait_for(lambda: daemon.metric("seamline_dead_lettered_total", flow="stock") == 1, 5, "the bad message")
+        assert "seamline_inbox_items" in httpx.get(f"{daemon.url}/metrics").text
+    finally:
+        daemon.stop()
+    result = CliRunner().invoke(main, ["run", str(root), "--host", "0.0.0.0", "--dev"])
+    assert result.exit_code == 2 and "only allowed on a loopback address" in result.output
+    result = CliRunner().invoke(main, ["run", str(root)], env={"SEAMLINE_API_TOKEN": ""})
+    assert result.exit_code == 2 and "needs a token" in result.output
