@@ -59,9 +59,12 @@ async def run_once(
         with _progress(console) as progress:
             for name in chosen:
                 task = progress.add_task(f"reading {name}", total=None)
-                counts = await daemon.schedules[name].run_once()
+                schedule = daemon.schedules[name]
+                counts = await schedule.run_once()
                 progress.update(task, description=f"read {name}: {counts['read']} records", total=1, completed=1)
-                rows[name] = {"read": counts["read"], "new": counts["new"]}
+                rows[name] = {"read": counts["read"], "new": counts["new"], "failed": 1 if schedule.last_error else 0}
+                if schedule.last_error:
+                    console.print(f"[red]{name}: reading the source failed[/red]: {schedule.last_error}")
             total = sum(r["new"] for r in rows.values())
             task = progress.add_task("delivering", total=total or 1)
             until = time.monotonic() + deadline
@@ -109,7 +112,7 @@ def _progress(console: Console) -> Progress:
 
 
 def _table(summary: OnceSummary) -> Table:
-    columns = ["read", "new", "written", "skipped", "retried", "dead_lettered", "pending"]
+    columns = ["read", "new", "written", "skipped", "retried", "dead_lettered", "pending", "failed"]
     table = Table(title=f"seamline run --once ({summary.seconds:.1f} s)")
     table.add_column("flow")
     for column in columns:
@@ -162,4 +165,5 @@ async def _dry_run(daemon: Daemon, console: Console, started: float) -> OnceSumm
     for flow, row in rows.items():
         table.add_row(flow, str(row["read"]), str(row["would_write"]), str(row["failed"]))
     console.print(table)
+    console.print("dry run: nothing was written (no target, no inbox, no cursor)")
     return summary

@@ -29,7 +29,7 @@ from engine.runtime.identity import identify, pick
 from engine.runtime.logs import JsonLog
 from engine.runtime.metrics import Metrics
 from engine.state import NewItem, StateStore
-from engine.transform import canonical_json
+from engine.transform import canonical
 
 __all__ = ["RequestHandler", "RequestResult", "ScheduleTrigger", "enqueue_event", "enqueue_records", "shift_cursor"]
 
@@ -109,6 +109,7 @@ class ScheduleTrigger:
     store: StateStore
     metrics: Metrics
     log: JsonLog
+    last_error: str = ""  # why the last pass failed; the next pass starts again from the same cursor
 
     def next_fire(self, after: float) -> float:
         schedule = self.flow.flow.trigger.schedule
@@ -125,6 +126,7 @@ class ScheduleTrigger:
         source = flow.source
         assert source is not None and source.read is not None and flow.trigger.schedule is not None
         run_id = self.store.start_run(self.flow.name, "schedule")
+        self.last_error = ""
         counts = {"read": 0, "new": 0, "pages": 0}
         cursor = self.store.get_cursor(self.flow.name)
         if cursor is None and flow.trigger.schedule.backfill_from is not None:
@@ -151,6 +153,7 @@ class ScheduleTrigger:
                         self.store.set_cursor(self.flow.name, cursor)  # only after the page is stored
         except (TransientError, TerminalError) as exc:
             status = "failed"
+            self.last_error = str(exc)
             self.log.error("schedule_failed", flow=self.flow.name, error=str(exc), **counts)
         finally:
             self.store.finish_run(run_id, status, counts)
@@ -200,7 +203,8 @@ class RequestHandler:
             self.metrics.observe("request", self.flow.name, time.perf_counter() - started)
 
     async def _handle(self, request: Any) -> RequestResult:
-        cache_key = canonical_json(request, indent=None)
+        # keyed by the request's content, whatever order its keys came in
+        cache_key = json.dumps(canonical(request), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         now = time.monotonic()
         hit = self._cache.get(cache_key)
         if hit is not None and hit[0] > now:
