@@ -146,3 +146,25 @@ def test_secrets_render_late_and_are_masked(tmp_path: pytest.TempPathFactory) ->
 def test_templates_cannot_reach_python() -> None:
     with pytest.raises(UsageError, match="cannot render the template"):
         render_values("{{ env.__class__.__mro__ }}", masker=Masker(), environ={})
+
+
+def test_schedule_next_fire_from_cron_and_interval() -> None:
+    from datetime import UTC, datetime
+
+    from engine.runtime.triggers import ScheduleTrigger
+
+    def trigger(schedule: object) -> ScheduleTrigger:
+        flow = Flow.model_validate(
+            {
+                "trigger": {"schedule": schedule},
+                "source": {"system": "erp", "read": "products"},
+                "target": {"system": "shop", "write": "products"},
+            }
+        )
+        compiled = type("C", (), {"flow": flow, "name": "catalog"})()
+        return ScheduleTrigger(compiled, None, None, None, None, None)  # type: ignore[arg-type]
+
+    noon = datetime(2025, 1, 15, 12, 10, tzinfo=UTC).timestamp()
+    assert trigger("0 */4 * * *").next_fire(noon) == datetime(2025, 1, 15, 16, 0, tzinfo=UTC).timestamp()
+    assert trigger("15m").next_fire(noon) == noon + 900
+    assert trigger({"cron": "30 2 * * 1"}).next_fire(noon) == datetime(2025, 1, 20, 2, 30, tzinfo=UTC).timestamp()
