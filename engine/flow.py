@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import Diagnostic, Severity, SpecError, TransformError
-from engine.lookups import TableError, load_table
 from engine.spec import SpecReport, validate_spec
 from engine.spec.expressions import expression_source
+from engine.spec.lookups import TableError, load_table
 from engine.spec.model import Flow, LookupTable, Target
 from engine.spec.yamlsource import JsonPath, format_path
 from engine.transform import Bindings, Expression, Limits, compile_expression, resolve_backend

@@ -15,8 +15,6 @@ one mistake is reported once, where it was made):
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -24,17 +22,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
 from engine.connector import ConnectorKind, Registry, SystemOptions, closest, default_registry
 from engine.errors import Diagnostic, Severity, TransformError, UsageError
 from engine.spec.errors_translate import translate_validation_error
 from engine.spec.expressions import did_you_mean_file, expression_source, value_positions
+from engine.spec.lookups import TableError, read_table_file
 from engine.spec.model import LookupTable, Source, SpecDocument, Target, Trigger
 from engine.spec.overlay import MergedSpec, resolve_spec
 from engine.spec.templates import analyse_template, find_template_strings, secret_available
-from engine.spec.yamlsource import JsonPath, Mark, format_path, position_of
+from engine.spec.yamlsource import JsonPath, Mark, format_path
 from engine.transform import (
     JSONATA_BUILTINS,
     SEAMLINE_FUNCTIONS,
@@ -290,9 +288,14 @@ class _Checker:
                 hint="lookup paths are relative to the spec file that names them",
             )
             return
-        problem = _check_table_file(location, table)
-        if problem is None:
-            return
+        try:
+            read_table_file(location, table)
+        except TableError as problem:
+            self.report_table_problem(name, path, file_path, location, problem)
+
+    def report_table_problem(
+        self, name: str, path: JsonPath, file_path: JsonPath, location: Path, problem: TableError
+    ) -> None:
         if problem.column:  # the spec names a column the header lacks: the spec's key:/value: is what to fix
             self.error(f"lookup '{name}': {problem.message}", (*path, problem.column), code="lookup")
         elif problem.line:
@@ -607,68 +610,3 @@ def _capability_hint(kind: ConnectorKind, capability: str) -> str:
         where = "endpoints" if kind.name == "http" else "drops"
         return f"declare it under the system's {where}:"
     return f"connector '{kind.name}' does not support {capability}"
-
-
-@dataclass(frozen=True, slots=True)
-class _TableProblem:
-    """What is wrong with a code table: at ``line`` of its file, or with the spec's ``column`` (key/value)."""
-
-    message: str
-    line: int = 0
-    column: str = ""
-
-
-def _check_table_file(location: Path, table: LookupTable) -> _TableProblem | None:
-    """None when the code table reads cleanly."""
-    try:
-        text = location.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raw: bytes = exc.object
-        before = raw[: exc.start].decode("utf-8", errors="replace")
-        line = position_of(before, len(before))[0]
-        return _TableProblem(f"byte 0x{raw[exc.start]:02x} is not UTF-8 text; save the code table as UTF-8", line)
-    except OSError as exc:
-        return _TableProblem(f"cannot read {location}: {exc.strerror or exc}")
-    suffix = location.suffix.lower()
-    if suffix in (".yaml", ".yml", ".json"):
-        try:
-            data = yaml.safe_load(text)
-        except yaml.MarkedYAMLError as exc:
-            line = position_of(text, exc.problem_mark.index)[0] if exc.problem_mark else 1
-            return _TableProblem(f"code table is not valid YAML/JSON: {exc.problem}", line)
-        except (yaml.YAMLError, ValueError, TypeError, AttributeError, OverflowError) as exc:
-            return _TableProblem(f"code table is not valid YAML/JSON: {' '.join(str(exc).split())}", 1)
-        if data is None:
-            return _TableProblem("the code table is empty; write it as a map of key: value", 1)
-        if not isinstance(data, dict):
-            kind = "a list" if isinstance(data, list) else f"a single value ({data!r})"
-            return _TableProblem(f"a YAML code table is a map of key: value, not {kind}", 1)
-        return None
-    if suffix != ".csv":
-        return _TableProblem(f"code tables are .csv, .yaml or .json files, not '{suffix or location.name}'")
-    reader = csv.reader(io.StringIO(text))
-    rows: list[tuple[int, list[str]]] = []  # (line in the file where the row starts, fields)
-    try:
-        start = 1
-        for row in reader:
-            rows.append((start, row))
-            start = reader.line_num + 1
-    except csv.Error as exc:
-        return _TableProblem(f"the CSV code table cannot be read: {exc}", reader.line_num or 1)
-    if not rows:
-        return _TableProblem("the CSV code table is empty; it needs a header row", 1)
-    header = rows[0][1]
-    for field_name, column in (("key", table.key), ("value", table.value)):
-        if column is not None and column not in header:
-            guess = closest(column, header)
-            return _TableProblem(
-                f"column '{column}' is not in the header of {location} ({', '.join(header)})"
-                + (f" — did you mean '{guess}'?" if guess else ""),
-                column=field_name,
-            )
-    if len(header) < 2 and table.value is None:
-        return _TableProblem("a CSV code table needs at least two columns (key, value)", 1)
-    for line, row in rows[1:]:
-        if row and len(row) != len(header):
-            return _TableProblem(f"row has {len(row)} fields, the header has {len(header)}", line)
-    return None
