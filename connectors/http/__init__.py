@@ -18,7 +18,7 @@ How a read passes the cursor (``source.cursor`` and the value to start from):
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -108,6 +108,12 @@ class Endpoint(_Strict):
     )
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "GET"
     pagination: Pagination | None = None
+    schema_: dict[str, Any] | None = Field(
+        None,
+        alias="schema",
+        description="JSON Schema (draft 2020-12) a record must satisfy before it is written here; a record that "
+        "does not is dead-lettered with the failing JSON path and never sent.",
+    )
     since_param: str = Field(
         "{field}_gte",
         description=(

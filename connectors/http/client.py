@@ -38,6 +38,8 @@ from typing import Any, Final
 from urllib.parse import parse_qsl, quote
 
 import httpx
+import jsonschema
+import jsonschema.exceptions
 
 from connectors.http import Endpoint, HttpOptions, Pagination
 from engine.connector import ConnectContext, MessageHandler, OAuth2ClientCredentials, closest, parse_duration
@@ -286,6 +288,7 @@ class HttpConnection:
         self.timeout = parse_duration(limits.timeout) if limits and limits.timeout else DEFAULT_TIMEOUT
         pool = limits.concurrency if limits and limits.concurrency else 16
         self._secrets: set[str] = set()
+        self._validators: dict[str, jsonschema.Draft202012Validator] = {}
         self._masked_headers = set(_SENSITIVE_HEADERS)
         auth = options.auth
         self._oauth2 = _OAuth2Token(auth.oauth2) if auth is not None and auth.oauth2 is not None else None
@@ -314,6 +317,20 @@ class HttpConnection:
         await self.close()
 
     # -- the Connection contract --------------------------------------------------------------
+    def check(self, entity: str, record: Any) -> None:
+        """Before a write: a record that fails the endpoint's ``schema`` is terminal and never sent."""
+        endpoint = self._endpoint(entity, "write")
+        if endpoint.schema_ is None:
+            return
+        validator = self._validators.get(entity)
+        if validator is None:
+            validator = self._validators[entity] = jsonschema.Draft202012Validator(endpoint.schema_)
+        error = jsonschema.exceptions.best_match(validator.iter_errors(record))
+        if error is not None:
+            raise TerminalError(
+                f"the record fails {self.system}.{entity}'s schema at {error.json_path}: {error.message}"
+            )
+
     async def write(self, entity: str, record: Any, *, key: Any, mode: str, idempotency_key: str) -> str:
         """Send ``record`` to the endpoint named ``entity`` (its method; JSON body; ``Idempotency-Key``).
 

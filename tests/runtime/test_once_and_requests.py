@@ -150,3 +150,25 @@ def test_request_trigger_answers_caches_and_fails_clearly(
         assert httpx.post(f"{daemon.url}/price", json={"sku": "P1", "customer": "C9"}).status_code == 200  # cached
     finally:
         daemon.stop()
+
+
+def test_a_payload_that_fails_the_targets_schema_never_leaves(tmp_path: Path) -> None:
+    spec = SPEC.replace(
+        '      products: { path: "/products/{sku}", method: PUT }',
+        "      products:\n"
+        '        path: "/products/{sku}"\n'
+        "        method: PUT\n"
+        "        schema: { type: object, required: [sku, name], properties: { name: { type: string, minLength: 3 } } }",
+    )
+    with FakeHttpServer(port=0) as erp, FakeHttpServer(port=0) as shop:
+        erp.seed(
+            "/products", [{"id": "A", "Product": "A", "name": "ok valve"}, {"id": "B", "Product": "B", "name": "x"}]
+        )
+        (tmp_path / "seamline.yaml").write_text(spec, encoding="utf-8")
+        env = {"ERP_URL": erp.url, "SHOP_URL": shop.url}
+        state = ["--state", f"sqlite:///{tmp_path / 'state.db'}"]
+        code, output = cli("run", str(tmp_path), "--once", *state, env=env)
+        assert code == 1, output  # a dead letter makes the pass fail
+        assert [w["path"] for w in shop.writes()] == ["/products/A"]
+        code, output = cli("dlq", "list", str(tmp_path), *state, env=env)
+        assert "fails shop.products's schema at $.name" in output and "1 dead letter(s)" in output
