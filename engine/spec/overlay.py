@@ -33,6 +33,9 @@ class MergedSpec:
     chain: list[str] = field(default_factory=list)  # the client file first, then its bases
     texts: dict[str, str] = field(default_factory=dict)
     diagnostics: list[Diagnostic] = field(default_factory=list)
+    # False when a file could not be read as YAML, or extends: failed: checking the rest would only
+    # report what is missing because of that. YAML traps (a duplicate key) leave it True.
+    complete: bool = True
 
     @property
     def ok(self) -> bool:
@@ -66,9 +69,11 @@ def resolve_spec(path: Path, display: str | None = None) -> MergedSpec:
 def _resolve(path: Path, display: str, seen: list[Path]) -> MergedSpec:
     loaded = load_yaml(path, display)
     merged = _from_loaded(loaded)
-    if not loaded.ok:
+    if loaded.data is None:
+        merged.complete = False
         return merged
     if not isinstance(loaded.data, dict):
+        merged.complete = False
         start = loaded.marks.get((), Mark(display, 1, 1))
         merged.diagnostics.append(
             Diagnostic(
@@ -87,6 +92,7 @@ def _resolve(path: Path, display: str, seen: list[Path]) -> MergedSpec:
     where = loaded.marks.get(("extends",), Mark(display, 1, 1))
     if not isinstance(base_ref, str) or not base_ref.strip():
         merged.diagnostics.append(_at(where, "extends: must be the path of a base spec file, relative to this file"))
+        merged.complete = False
         return merged
     base_path = (path.parent / base_ref).resolve()
     base_display = _display_path(base_path, display, base_ref)
@@ -94,9 +100,11 @@ def _resolve(path: Path, display: str, seen: list[Path]) -> MergedSpec:
     if base_path in chain:
         cycle = " -> ".join(p.name for p in [*chain, base_path])
         merged.diagnostics.append(_at(where, f"extends: forms a cycle ({cycle})"))
+        merged.complete = False
         return merged
     if len(chain) > MAX_DEPTH:
         merged.diagnostics.append(_at(where, f"extends: chain is deeper than {MAX_DEPTH} files"))
+        merged.complete = False
         return merged
     if not base_path.is_file():
         merged.diagnostics.append(
@@ -106,11 +114,13 @@ def _resolve(path: Path, display: str, seen: list[Path]) -> MergedSpec:
                 hint="paths in extends: are relative to the file that contains them",
             )
         )
+        merged.complete = False
         return merged
     base = _resolve(base_path, base_display, chain)
-    if not base.ok or not isinstance(base.data, dict):
+    if not base.complete or not isinstance(base.data, dict):
         base.diagnostics.extend(merged.diagnostics)
         base.file, base.chain = merged.file, [display, *base.chain]
+        base.complete = False
         return base
     return _overlay(base, merged)
 

@@ -162,13 +162,22 @@ class _Checker:
     # -- the checks ----------------------------------------------------------------------------
     def run(self) -> SpecReport:
         self.check()
+        # A YAML trap already explained a value (a date that is not one): do not report it twice.
+        explained = {(d.file, d.line, d.column) for d in self.merged.diagnostics if d.line}
+        self.diags[:] = [
+            d
+            for d in self.diags
+            if d in self.merged.diagnostics
+            or d.severity is not Severity.ERROR
+            or (d.file, d.line, d.column) not in explained
+        ]
         # One line per problem, whatever the spec contains: a key such as "\n" is shown escaped.
         self.diags[:] = sorted((_one_line(d) for d in self.diags), key=Diagnostic.sort_key)
         return self.report
 
     def check(self) -> None:
         self.diags.extend(self.merged.diagnostics)
-        if not self.merged.ok or not isinstance(self.merged.data, dict):
+        if not self.merged.complete or not isinstance(self.merged.data, dict):
             return
         data: dict[str, Any] = self.merged.data
         try:

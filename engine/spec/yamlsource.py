@@ -367,7 +367,7 @@ class _Builder:
         )
         return value
 
-    def build_mapping(self, node: MappingNode, path: JsonPath) -> dict[str, Any]:
+    def build_mapping(self, node: MappingNode, path: JsonPath) -> Any:
         try:
             self.constructor.flatten_mapping(node)  # resolves '<<' merge keys
         except yaml.MarkedYAMLError as exc:
@@ -385,7 +385,7 @@ class _Builder:
                     hint=f"write  '{template}'  (a value that starts with '{{' must be quoted)",
                 )
             )
-            return {}
+            return template  # what the author meant, so the checks after this one still run
         result: dict[str, Any] = {}
         first_seen: dict[str, Mark] = {}
         for key_node, value_node in node.value:
