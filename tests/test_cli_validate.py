@@ -109,3 +109,36 @@ def test_folder_of_clients_skips_underscore_bases(write_files: WriteFiles) -> No
     code, output = run("validate", "specs")
     assert code == 0, output
     assert "2 specs checked" in output
+
+
+def test_a_yaml_trap_does_not_hide_the_other_problems(write_files: WriteFiles) -> None:
+    write_files(
+        {
+            "seamline.yaml": """\
+seamline: 1
+client: acme
+systems:
+  erp:
+    connector: http
+    url: {{ env.ERP_URL }}
+    auth: { basic: { username: api, password: s3cret } }
+flows:
+  catalog:
+    trigger: { schedule: "0 */4 * * *" }
+    source: { system: erp, read: products }
+    transform: yes
+    target: { system: erp, write: products }
+"""
+        }
+    )
+    code, output = run("validate", "seamline.yaml")
+    assert code == 1
+    errors = [line.split(": error: ")[1].split("  [")[0] for line in output.splitlines() if ": error: " in line]
+    assert errors == [
+        "YAML read the unquoted template {{ env.ERP_URL }} as a map; quote it",
+        "'password' is written literally in the spec; secrets must not be committed",
+        "system 'erp' (http) has nothing to read",
+        "transform was read by YAML as a boolean (yes), not as JSONata text; quote it or write it as a '|' block",
+        "system 'erp' (http) has nothing to write",
+    ]
+    assert "s3cret" not in output
