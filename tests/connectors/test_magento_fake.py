@@ -6,10 +6,22 @@ Everything goes over real HTTP on loopback with a plain synchronous httpx client
 from __future__ import annotations
 
 import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from connectors.magento import derive_schema
+from connectors.magento.fake import FakeMagento
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_committed_schema_subset_is_what_the_generator_derives() -> None:
@@ -21,3 +33,382 @@ def test_committed_schema_subset_is_what_the_generator_derives() -> None:
     assert subset["origin"]["commit"] == "e2275b5623d47d248df025a9e2a276162e551699"
     for name in derive_schema.ROOTS:
         assert name in subset["definitions"]
+
+
+# -- the fake over HTTP ---------------------------------------------------------------------------
+
+TYPE_ERROR = 'The "%value" value\'s type is invalid. The "%type" type was expected. Verify and try again.'
+PRODUCT = {"sku": "A-1", "name": "Widget", "attribute_set_id": 4, "price": 9.5, "type_id": "simple"}
+
+
+@pytest.fixture
+def shop() -> Iterator[FakeMagento]:
+    with FakeMagento(port=0) as fake:
+        yield fake
+
+
+@pytest.fixture
+def client(shop: FakeMagento) -> Iterator[httpx.Client]:
+    headers = {"Authorization": f"Bearer {shop.issue_token()}"}
+    with httpx.Client(base_url=shop.url + "/rest/default/V1", headers=headers, timeout=5) as http:
+        yield http
+
+
+def test_products_upsert_by_sku_and_get(shop: FakeMagento, client: httpx.Client) -> None:
+    created = client.post("/products", json={"product": PRODUCT})
+    assert created.status_code == 200
+    body = created.json()
+    assert (body["sku"], body["id"], body["price"], body["status"]) == ("A-1", 1, 9.5, 1)
+    updated = client.put("/products/A-1", json={"product": {"name": "Widget 2", "custom_attributes": []}})
+    assert (updated.status_code, updated.json()["name"], updated.json()["id"]) == (200, "Widget 2", 1)
+    assert client.get("/products/A-1").json()["name"] == "Widget 2"
+    slashed = client.put("/products/B%2F2", json={"product": {**PRODUCT, "sku": "B/2"}})
+    assert slashed.json()["sku"] == "B/2"
+    assert client.get("/products/B%2F2").status_code == 200
+    assert [(w["method"], w["path"]) for w in shop.writes()][:2] == [
+        ("POST", "/rest/default/V1/products"),
+        ("PUT", "/rest/default/V1/products/A-1"),
+    ]
+    assert shop.writes()[0]["body"] == {"product": PRODUCT}
+    assert shop.applied_count() == 3
+
+
+def test_unknown_sku_is_magentos_404(client: httpx.Client) -> None:
+    response = client.get("/products/NOPE")
+    assert response.status_code == 404
+    assert response.json() == {
+        "message": "The product that was requested doesn't exist. Verify the product and try again."
+    }
+
+
+def test_a_new_product_needs_its_runtime_minimum(shop: FakeMagento, client: httpx.Client) -> None:
+    response = client.put("/products/C", json={"product": {"sku": "C", "name": "C"}})
+    assert response.status_code == 400
+    assert response.json() == {"message": 'The value of attribute "%1" must be set', "parameters": ["attribute_set_id"]}
+    assert shop.applied_count() == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (
+            {"product": {**PRODUCT, "price": "cheap"}},
+            {
+                "message": TYPE_ERROR,
+                "parameters": {"value": "cheap", "type": "float"},
+            },
+        ),
+        (
+            {"product": {**PRODUCT, "extension_attributes": {"website_ids": "1"}}},
+            {
+                "message": TYPE_ERROR,
+                "parameters": {"value": "1", "type": "array"},
+            },
+        ),
+        (
+            {"item": PRODUCT},
+            {"message": '"%fieldName" is required. Enter and try again.', "parameters": {"fieldName": "product"}},
+        ),
+        (
+            {"product": {**PRODUCT, "colour": "red"}},
+            {
+                "message": 'Property "%1" does not have accessor method "%2" in class "%3".',
+                "parameters": ["Colour", "getColour", "Magento\\Catalog\\Api\\Data\\ProductInterface"],
+            },
+        ),
+    ],
+    ids=["bad-number", "bad-array", "missing-wrapper", "unknown-field"],
+)
+def test_bodies_are_checked_against_the_schema_subset(
+    shop: FakeMagento, client: httpx.Client, body: dict[str, Any], expected: dict[str, Any]
+) -> None:
+    response = client.post("/products", json=body)
+    assert (response.status_code, response.json()) == (400, expected)
+    assert shop.applied_count() == 0
+
+
+def test_validation_is_lenient_where_magento_is(client: httpx.Client) -> None:
+    lenient = {
+        **PRODUCT,
+        "price": "12.50",  # numeric strings pass for numbers
+        "attribute_set_id": "4",
+        "name": 123,  # numbers pass for strings
+        "custom_attributes": [{"attribute_code": "category_ids", "value": ["3", "4"]}],  # arrays in value
+    }
+    response = client.post("/products", json={"product": lenient, "unknownTopLevel": 1})
+    assert response.status_code == 200, response.text
+    assert response.json()["price"] == 12.5
+
+
+def test_unknown_fields_can_be_ignored() -> None:
+    with FakeMagento(strict_unknown_fields=False, auth=False) as shop:
+        response = httpx.post(f"{shop.url}/rest/V1/products", json={"product": {**PRODUCT, "colour": "red"}})
+        assert response.status_code == 200
+
+
+def _seed_products(shop: FakeMagento, count: int) -> None:
+    for n in range(1, count + 1):
+        shop.seed_product({**PRODUCT, "sku": f"S-{n:02d}", "price": n, "name": "odd" if n % 2 else "even"})
+
+
+def test_search_criteria_filters_sorts_and_pages(shop: FakeMagento, client: httpx.Client) -> None:
+    _seed_products(shop, 7)
+    query = {
+        "searchCriteria[filter_groups][0][filters][0][field]": "price",
+        "searchCriteria[filter_groups][0][filters][0][value]": "3",
+        "searchCriteria[filter_groups][0][filters][0][condition_type]": "gteq",
+        "searchCriteria[sortOrders][0][field]": "price",
+        "searchCriteria[sortOrders][0][direction]": "DESC",
+        "searchCriteria[pageSize]": "2",
+        "searchCriteria[currentPage]": "1",
+    }
+    first = client.get("/products", params=query).json()
+    assert [p["sku"] for p in first["items"]] == ["S-07", "S-06"]
+    assert first["total_count"] == 5
+    assert first["search_criteria"]["page_size"] == 2
+    third = client.get("/products", params={**query, "searchCriteria[currentPage]": "3"}).json()
+    assert [p["sku"] for p in third["items"]] == ["S-03"]
+    past = client.get("/products", params={**query, "searchCriteria[currentPage]": "4"}).json()
+    assert (past["items"], past["total_count"]) == ([], 5)  # since 2.4.0: empty, not the last page again
+
+
+def test_search_conditions_like_in_eq_and_groups(shop: FakeMagento, client: httpx.Client) -> None:
+    _seed_products(shop, 5)
+
+    def skus(*filters: tuple[int, str, str, str]) -> list[str]:
+        params: dict[str, str] = {}
+        for n, (group, field, value, condition) in enumerate(filters):
+            prefix = f"searchCriteria[filterGroups][{group}][filters][{n}]"
+            params.update({f"{prefix}[field]": field, f"{prefix}[value]": value, f"{prefix}[conditionType]": condition})
+        return sorted(p["sku"] for p in client.get("/products", params=params).json()["items"])
+
+    assert skus((0, "sku", "S-0%", "like")) == ["S-01", "S-02", "S-03", "S-04", "S-05"]
+    assert skus((0, "sku", "S-01,S-04", "in")) == ["S-01", "S-04"]
+    assert skus((0, "name", "even", "eq")) == ["S-02", "S-04"]
+    assert skus((0, "sku", "S-01", "eq"), (0, "sku", "S-02", "eq")) == ["S-01", "S-02"]  # one group: OR
+    assert skus((0, "name", "odd", "eq"), (1, "price", "3", "gteq")) == ["S-03", "S-05"]  # groups: AND
+
+
+def test_source_items_answer_an_empty_list(shop: FakeMagento, client: httpx.Client) -> None:
+    items = [{"sku": "A-1", "source_code": "default", "quantity": 5, "status": 1}]
+    response = client.post("/inventory/source-items", json={"sourceItems": items})
+    assert (response.status_code, response.json()) == (200, [])
+    assert shop.source_items[("A-1", "default")]["quantity"] == 5
+    bad = client.post("/inventory/source-items", json={"sourceItems": [{"sku": "A-1", "source_code": "mars"}]})
+    assert bad.status_code == 400
+    assert bad.json()["errors"][0]["parameters"] == {"code": "mars"}
+    listed = client.get("/inventory/source-items", params={"searchCriteria[pageSize]": "10"}).json()
+    assert listed["total_count"] == 1
+
+
+def test_prices_answer_per_item_failures(shop: FakeMagento, client: httpx.Client) -> None:
+    shop.seed_product(PRODUCT)
+    base = client.post("/products/base-prices", json={"prices": [{"sku": "A-1", "price": 12, "store_id": 0}]})
+    assert (base.status_code, base.json()) == (200, [])
+    assert shop.products["A-1"]["price"] == 12
+    failed = client.post("/products/base-prices", json={"prices": [{"sku": "ZZ", "price": 1, "store_id": 0}]})
+    assert failed.json() == [{"message": "Invalid attribute %fieldName = %fieldValue.", "parameters": ["SKU", "ZZ"]}]
+    tier = {
+        "sku": "A-1",
+        "price": 8,
+        "price_type": "fixed",
+        "website_id": 0,
+        "customer_group": "ALL GROUPS",
+        "quantity": 10,
+    }
+    assert client.post("/products/tier-prices", json={"prices": [tier]}).json() == []
+    assert shop.products["A-1"]["tier_prices"][0]["qty"] == 10
+    special = {
+        "sku": "A-1",
+        "price": 7,
+        "store_id": 0,
+        "price_from": "2026-01-01 00:00:00",
+        "price_to": "2026-02-01 00:00:00",
+    }
+    assert client.post("/products/special-price", json={"prices": [special]}).json() == []
+    typed = client.post("/products/special-price", json={"prices": [{**special, "store_id": "x"}]})
+    assert typed.status_code == 400
+
+
+def test_customers_create_update_search(client: httpx.Client) -> None:
+    customer = {"email": "ann@example.com", "firstname": "Ann", "lastname": "Lee", "addresses": [{"city": "Paris"}]}
+    created = client.post("/customers", json={"customer": customer, "password": "Secret123!"})
+    assert created.status_code == 200, created.text
+    cid = created.json()["id"]
+    assert created.json()["addresses"][0]["customer_id"] == cid
+    duplicate = client.post("/customers", json={"customer": customer})
+    assert duplicate.status_code == 400
+    updated = client.put(f"/customers/{cid}", json={"customer": {**customer, "lastname": "Lee-Smith"}})
+    assert updated.json()["lastname"] == "Lee-Smith"
+    found = client.get(
+        "/customers/search",
+        params={
+            "searchCriteria[filterGroups][0][filters][0][field]": "email",
+            "searchCriteria[filterGroups][0][filters][0][value]": "ann@example.com",
+        },
+    ).json()
+    assert [c["id"] for c in found["items"]] == [cid]
+    missing = client.put("/customers/99", json={"customer": customer})
+    assert missing.status_code == 404
+    assert missing.json()["parameters"] == {"fieldName": "customerId", "fieldValue": "99"}
+
+
+COMPANY = {"company_name": "Acme", "company_email": "buy@acme.test", "super_user_id": 1, "street": ["1 Main"]}
+
+
+def test_companies_on_commerce_with_b2b(client: httpx.Client) -> None:
+    created = client.post("/company/", json={"company": COMPANY})
+    assert created.status_code == 200, created.text
+    company_id = created.json()["id"]
+    renamed = client.put(f"/company/{company_id}", json={"company": {**COMPANY, "company_name": "Acme Ltd"}})
+    assert renamed.json()["company_name"] == "Acme Ltd"
+    assert client.get(f"/company/{company_id}").json()["company_name"] == "Acme Ltd"
+    assert client.get("/company/").json()["total_count"] == 1
+    assert client.post("/company/", json={"company": {**COMPANY, "super_user_id": "x"}}).status_code == 400
+
+
+def test_companies_are_no_route_without_b2b() -> None:
+    with FakeMagento(b2b=False) as shop:
+        headers = {"Authorization": f"Bearer {shop.issue_token()}"}
+        response = httpx.post(f"{shop.url}/rest/V1/company/", json={"company": COMPANY}, headers=headers)
+        assert (response.status_code, response.json()) == (
+            404,
+            {"message": "Request does not match any route.", "trace": None},
+        )
+        assert httpx.get(f"{shop.url}/rest/V1/products/X", headers=headers).status_code == 404
+
+
+def test_orders_list_get_comment_ship_invoice(shop: FakeMagento, client: httpx.Client) -> None:
+    old = shop.seed_order({"customer_email": "a@x.test", "updated_at": "2026-01-01 10:00:00", "items": [{"sku": "A"}]})
+    new = shop.seed_order(
+        {"customer_email": "b@x.test", "grand_total": 20, "updated_at": "2026-03-01 10:00:00", "items": [{"sku": "A"}]}
+    )
+    since = client.get(
+        "/orders",
+        params={
+            "searchCriteria[filter_groups][0][filters][0][field]": "updated_at",
+            "searchCriteria[filter_groups][0][filters][0][value]": "2026-02-01 00:00:00",
+            "searchCriteria[filter_groups][0][filters][0][condition_type]": "gteq",
+        },
+    ).json()
+    assert [o["entity_id"] for o in since["items"]] == [new["entity_id"]]
+    assert client.get(f"/orders/{old['entity_id']}").json()["customer_email"] == "a@x.test"
+    assert client.get("/orders/999").status_code == 404
+    history = {"comment": "Sent to ERP", "is_customer_notified": 0, "is_visible_on_front": 0, "parent_id": 2}
+    commented = client.post(f"/orders/{new['entity_id']}/comments", json={"statusHistory": history})
+    assert (commented.status_code, commented.json()) == (200, True)
+    assert client.get(f"/orders/{new['entity_id']}").json()["status_histories"][0]["comment"] == "Sent to ERP"
+    shipped = client.post(f"/order/{new['entity_id']}/ship", json={})
+    assert (shipped.status_code, type(shipped.json())) == (200, int)
+    assert client.post(f"/order/{new['entity_id']}/ship", json={}).status_code == 400
+    invoiced = client.post(f"/order/{new['entity_id']}/invoice", json={"capture": True})
+    assert (invoiced.status_code, type(invoiced.json())) == (200, int)
+    order = client.get(f"/orders/{new['entity_id']}").json()
+    assert (order["state"], order["total_paid"]) == ("complete", 20)
+
+
+def test_bulk_products_report_each_operation(shop: FakeMagento, client: httpx.Client) -> None:
+    bodies = [{"product": PRODUCT}, {"product": {"sku": "NEW", "name": "no price or set"}}]
+    url = shop.url + "/rest/all/async/bulk/V1/products"
+    accepted = httpx.post(url, json=bodies, headers=client.headers)
+    assert accepted.status_code == 202
+    answer = accepted.json()
+    assert answer["errors"] is False
+    assert [(i["id"], i["status"]) for i in answer["request_items"]] == [(0, "accepted"), (1, "accepted")]
+    status = client.get(f"/bulk/{answer['bulk_uuid']}/status").json()
+    assert status["operation_count"] == 2
+    assert [op["status"] for op in status["operations_list"]] == [1, 3]
+    assert status["operations_list"][1]["result_message"] == 'The value of attribute "attribute_set_id" must be set'
+    assert "A-1" in shop.products and "NEW" not in shop.products
+    assert [w.get("bulk_uuid") for w in shop.writes()] == [answer["bulk_uuid"]]
+    bad = httpx.post(url, json=[{"product": {**PRODUCT, "price": []}}], headers=client.headers)
+    assert bad.status_code == 400
+    assert client.get("/bulk/nope/status").status_code == 400
+
+
+def test_bulk_operations_stay_open_until_the_consumer_runs() -> None:
+    with FakeMagento(bulk_auto_run=False, auth=False) as shop:
+        answer = httpx.post(f"{shop.url}/rest/async/V1/products", json={"product": PRODUCT})
+        assert answer.status_code == 202
+        status_url = f"{shop.url}/rest/V1/bulk/{answer.json()['bulk_uuid']}/status"
+        assert httpx.get(status_url).json()["operations_list"][0]["status"] == 4
+        assert shop.run_bulk() == 1
+        assert httpx.get(status_url).json()["operations_list"][0]["status"] == 1
+
+
+def test_admin_token_and_expiry() -> None:
+    with FakeMagento(users={"api": "pw"}, token_ttl=0.3) as shop:
+        base = shop.url + "/rest/V1"
+        denied = httpx.get(f"{base}/products/X")
+        assert denied.status_code == 401
+        assert denied.json() == {
+            "message": "The consumer isn't authorized to access %resources.",
+            "parameters": {"resources": "Magento_Catalog::products"},
+        }
+        assert (
+            httpx.post(f"{base}/integration/admin/token", json={"username": "api", "password": "no"}).status_code == 401
+        )
+        assert httpx.post(f"{base}/integration/admin/token", json={"username": "api"}).status_code == 400
+        token = httpx.post(f"{base}/integration/admin/token", json={"username": "api", "password": "pw"}).json()
+        assert isinstance(token, str)
+        headers = {"Authorization": f"Bearer {token}"}
+        assert httpx.get(f"{base}/products/X", headers=headers).status_code == 404  # authorized: not found
+        time.sleep(0.35)
+        assert httpx.get(f"{base}/products/X", headers=headers).status_code == 401  # expired
+
+
+def test_an_integration_token_never_expires() -> None:
+    with FakeMagento(integration_token="int-token", token_ttl=0) as shop:
+        response = httpx.get(f"{shop.url}/rest/V1/orders", headers={"Authorization": "Bearer int-token"})
+        assert response.status_code == 200
+
+
+def test_fault_knobs(shop: FakeMagento, client: httpx.Client) -> None:
+    shop.fail_next(1, status=429, retry_after="3")
+    limited = client.get("/orders")
+    assert (limited.status_code, limited.headers["Retry-After"]) == (429, "3")
+    assert limited.json() == {"message": "Too Many Requests", "trace": None}
+    shop.fail_next(2, status=503)
+    assert [client.get("/orders").status_code for _ in range(3)] == [503, 503, 200]
+    shop.configure(error_rate=1.0, error_status=500)
+    broken = client.get("/orders")
+    assert broken.status_code == 500 and broken.json()["message"].startswith("Internal Error.")
+    shop.configure(error_rate=0, latency=0.2)
+    started = time.monotonic()
+    assert client.get("/orders").status_code == 200
+    assert time.monotonic() - started >= 0.2
+    shop.configure(latency=0)
+    shop.drop_next()
+    with pytest.raises(httpx.TransportError):
+        client.post("/products", json={"product": PRODUCT})
+    assert shop.applied_count() == 0
+    assert client.get("/orders").status_code == 200
+    with pytest.raises(ValueError, match="unknown fault knob"):
+        shop.configure(slowness=1)
+
+
+def test_unknown_routes_and_methods(client: httpx.Client, shop: FakeMagento) -> None:
+    assert client.get("/nothing").json() == {"message": "Request does not match any route.", "trace": None}
+    assert client.delete("/orders/1").status_code == 404
+    assert httpx.get(shop.url + "/elsewhere").status_code == 404
+    broken = client.post("/products", content=b"{not json", headers={"Content-Type": "application/json"})
+    assert broken.status_code == 400
+
+
+def test_runs_standalone() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "connectors.magento.fake", "--port", str(port), "--no-auth"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        assert "fake magento on" in process.stdout.readline()
+        assert httpx.get(f"http://127.0.0.1:{port}/rest/V1/products").json()["items"] == []
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=5) == 0
