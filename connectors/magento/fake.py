@@ -27,7 +27,11 @@ be an array; an unknown field in a data object is a 400 ``Property "%1" does not
 method "%2" in class "%3".`` (``strict_unknown_fields=False`` ignores it). The schema's ``required``
 lists are docblock artefacts and are not enforced; the runtime minimum is (a new product needs a
 name, an attribute set and a price; a customer an email, first and last name; a company its name,
-email and super user).
+email and super user). Known fields are stored cast to their schema type, as PHP setters cast them.
+
+Answers are checked too, strictly (:func:`response_problems`: exact types, no unknown fields, the
+schema's required keys present): an answer of the fake that breaks the schema becomes a 500 naming
+the problem (``check_responses=False`` turns that off), so the fake cannot drift from Magento's shapes.
 
 Faults, applied before auth, in this order: ``drop_next`` closes the socket unanswered, ``latency``
 waits, ``fail_next`` answers N requests with a status (and ``Retry-After``), ``error_rate`` answers
@@ -58,7 +62,7 @@ from types import FrameType
 from typing import Any, Self
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-__all__ = ["FakeMagento", "main"]
+__all__ = ["FakeMagento", "main", "response_problems"]
 
 SCHEMA_FILE = Path(__file__).resolve().with_name("schema_subset.json")
 
@@ -134,20 +138,22 @@ class _Validator:
         self.definitions: dict[str, Any] = _schema()["definitions"]
         self.strict_unknown_fields = strict_unknown_fields
 
-    def body(self, value: Any, schema: dict[str, Any] | None) -> None:
+    def body(self, value: Any, schema: dict[str, Any] | None) -> Any:
+        """The body with every known field cast to its schema type (as PHP setters do); raises a 400."""
         if schema is None:
-            return
+            return value
         if not isinstance(value, dict):
             raise _error(400, "Decoding error: %1", ["the request body is not a JSON object"])
         for name in schema.get("required", []):
             if value.get(name) is None:
                 raise _error(400, REQUIRED, {"fieldName": name})
         properties = schema.get("properties", {})
-        for name, item in value.items():
-            if name in properties and item is not None:
-                self.check(item, properties[name], None)
+        return {
+            name: self.check(item, properties[name], None) if name in properties and item is not None else item
+            for name, item in value.items()
+        }
 
-    def check(self, value: Any, schema: dict[str, Any], owner: str | None) -> None:
+    def check(self, value: Any, schema: dict[str, Any], owner: str | None) -> Any:
         if "$ref" in schema:
             owner = str(schema["$ref"]).rsplit("/", 1)[-1]
             schema = self.definitions[owner]
@@ -156,41 +162,88 @@ class _Validator:
             if not isinstance(value, dict):
                 raise _error(400, TYPE_ERROR, {"value": _show(value), "type": _php_class(owner or "object")})
             properties = schema.get("properties", {})
+            out: dict[str, Any] = {}
             for name, item in value.items():
                 if name not in properties:
                     if self.strict_unknown_fields and owner is not None:
                         pascal = _accessor(name)[3:]
                         raise _error(400, NO_ACCESSOR, [pascal, _accessor(name), _php_class(owner)])
-                    continue
-                if item is None:
-                    continue
-                if owner == "framework-attribute-interface" and name == "value":
-                    continue  # typed as a string; real payloads send arrays (category_ids, multiselects)
-                self.check(item, properties[name], owner)
-        elif kind == "array":
+                    continue  # ignored, as Magento does when it does not complain
+                if item is None or (owner == "framework-attribute-interface" and name == "value"):
+                    out[name] = item  # value: typed as a string; real payloads send arrays (category_ids)
+                else:
+                    out[name] = self.check(item, properties[name], owner)
+            return out
+        if kind == "array":
             if not isinstance(value, list):
                 raise _error(400, TYPE_ERROR, {"value": _show(value), "type": "array"})
-            for item in value:
-                if item is not None:
-                    self.check(item, schema.get("items", {}), owner)
-        elif kind == "integer":
-            ok = (isinstance(value, int) and not isinstance(value, bool)) or (
-                isinstance(value, str) and _INT.match(value.strip()) is not None
-            )
-            ok = ok or (isinstance(value, float) and value.is_integer())
-            if not ok:
-                raise _error(400, TYPE_ERROR, {"value": _show(value), "type": "int"})
-        elif kind == "number":
-            ok = (isinstance(value, int | float) and not isinstance(value, bool)) or (
-                isinstance(value, str) and _NUMBER.match(value.strip()) is not None
-            )
-            if not ok:
-                raise _error(400, TYPE_ERROR, {"value": _show(value), "type": "float"})
-        elif kind == "boolean":
-            if not (isinstance(value, bool) or value in (0, 1, "0", "1", "true", "false")):
-                raise _error(400, TYPE_ERROR, {"value": _show(value), "type": "bool"})
-        elif kind == "string" and isinstance(value, dict | list):
-            raise _error(400, TYPE_ERROR, {"value": _show(value), "type": "string"})
+            return [None if item is None else self.check(item, schema.get("items", {}), owner) for item in value]
+        if kind == "integer":
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+            if isinstance(value, str) and _INT.match(value.strip()) is not None:
+                return int(value)
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise _error(400, TYPE_ERROR, {"value": _show(value), "type": "int"})
+        if kind == "number":
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                return value
+            if isinstance(value, str) and _NUMBER.match(value.strip()) is not None:
+                number = float(value)
+                return int(number) if number.is_integer() and "." not in value else number
+            raise _error(400, TYPE_ERROR, {"value": _show(value), "type": "float"})
+        if kind == "boolean":
+            if isinstance(value, bool):
+                return value
+            if value in (0, 1, "0", "1", "true", "false"):
+                return value in (1, "1", "true")
+            raise _error(400, TYPE_ERROR, {"value": _show(value), "type": "bool"})
+        if kind == "string":
+            if isinstance(value, dict | list):
+                raise _error(400, TYPE_ERROR, {"value": _show(value), "type": "string"})
+            if isinstance(value, bool):
+                return "1" if value else ""
+            return value if isinstance(value, str) else _show(value)
+        return value
+
+
+def response_problems(value: Any, schema: dict[str, Any] | None, where: str = "$") -> list[str]:
+    """What in an answer breaks a schema of the subset, checked strictly (exact types, no unknown fields,
+    required keys present; null stands for an absent value): how the fake keeps its own answers honest."""
+    if schema is None or value is None:
+        return []
+    owner = None
+    if "$ref" in schema:
+        owner = str(schema["$ref"]).rsplit("/", 1)[-1]
+        schema = _schema()["definitions"][owner]
+    kind = schema.get("type", "object" if "properties" in schema else None)
+    exact: dict[str, tuple[type, ...]] = {
+        "integer": (int,),
+        "number": (int, float),
+        "boolean": (bool,),
+        "string": (str,),
+        "array": (list,),
+        "object": (dict,),
+    }
+    wanted = exact.get(str(kind))
+    if wanted is not None and (
+        not isinstance(value, wanted) or (isinstance(value, bool) and kind in ("integer", "number"))
+    ):
+        return [f"{where}: {value!r} is not of type {kind}"]
+    problems: list[str] = []
+    if kind == "object":
+        properties = schema.get("properties", {})
+        problems += [f"{where}: missing required {n!r}" for n in schema.get("required", []) if n not in value]
+        for name, item in value.items():
+            if name not in properties:
+                problems.append(f"{where}: unknown field {name!r} for {owner or 'object'}")
+            elif not (owner == "framework-attribute-interface" and name == "value"):
+                problems += response_problems(item, properties[name], f"{where}.{name}")
+    elif kind == "array":
+        for index, item in enumerate(value):
+            problems += response_problems(item, schema.get("items", {}), f"{where}[{index}]")
+    return problems
 
 
 def _show(value: Any) -> str:
@@ -340,6 +393,10 @@ _RESOURCES = {
 }
 
 
+# customer group codes of a fresh install, and the id Magento uses for ALL GROUPS in tier prices
+_GROUPS = {"ALL GROUPS": 32000, "NOT LOGGED IN": 0, "GENERAL": 1, "WHOLESALE": 2, "RETAILER": 3}
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -413,6 +470,7 @@ class FakeMagento:
         token_ttl: float = 4 * 3600,
         integration_token: str | None = None,
         strict_unknown_fields: bool = True,
+        check_responses: bool = True,
         bulk_auto_run: bool = True,
         sources: tuple[str, ...] = ("default",),
         seed: int = 0,
@@ -425,6 +483,7 @@ class FakeMagento:
         self.token_ttl = token_ttl
         self.integration_token = integration_token
         self.bulk_auto_run = bulk_auto_run
+        self.check_responses = check_responses
         self.sources = set(sources)
         self._validator = _Validator(strict_unknown_fields)
         self._seed = seed
@@ -658,25 +717,32 @@ class FakeMagento:
             request.params = {k: unquote(v) for k, v in found.groupdict().items()}
             if handler != self._token:
                 self._authorize(request)
-            self._validator.body(request.body, self._body_schema(method, pattern))
+            entry = self._route_entry(method, pattern)
+            sent = copy.deepcopy(request.body)
+            request.body = self._validator.body(
+                request.body, None if method == "GET" or entry is None else entry["body"]
+            )
             status, body = handler(request)
+            if self.check_responses and entry is not None and entry["response"] is not None:
+                problems = response_problems(body, entry["response"])
+                if problems:
+                    raise _error(500, "The fake's answer breaks the schema: %1", ["; ".join(problems)])
             if method != "GET":
-                self._log.append(
-                    {"method": method, "path": request.path, "body": copy.deepcopy(request.body), "status": status}
-                )
+                self._log.append({"method": method, "path": request.path, "body": sent, "status": status})
             return _Response(status, body)
         raise _Answer(404, NO_ROUTE)
 
-    def _body_schema(self, method: str, pattern: re.Pattern[str]) -> dict[str, Any] | None:
-        if method == "GET":
-            return None
+    @staticmethod
+    @functools.cache
+    def _route_entry(method: str, pattern: re.Pattern[str]) -> dict[str, Any] | None:
+        """The subset's ``routes`` entry (body and 200 answer schemas) for one of our routes."""
         routes: dict[str, Any] = _schema()["routes"]
         for key, entry in routes.items():
             verb, _, route = key.partition(" ")
             candidate = re.sub(r"\{[^}]+\}", "1", route[len("/V1/") :])
             if verb == method and pattern.match(candidate):
-                body: dict[str, Any] | None = entry["body"]
-                return body
+                found: dict[str, Any] = entry
+                return found
         return None
 
     def _authorize(self, request: _Request) -> None:
@@ -813,6 +879,13 @@ class FakeMagento:
         required = ("price", "price_type", "website_id", "sku", "customer_group", "quantity")
         failures = self._price_failures(prices, required)
         for price in prices:
+            if str(price.get("customer_group", "ALL GROUPS")).upper() not in _GROUPS:
+                failures.append(
+                    {
+                        "message": "No such entity with Customer Group = %value.",
+                        "parameters": [str(price["customer_group"])],
+                    }
+                )
             if price.get("price_type") not in (None, "fixed", "discount"):
                 failures.append(
                     {
@@ -824,21 +897,21 @@ class FakeMagento:
             return 200, failures
         for price in prices:
             product = self.products[str(price["sku"])]
+            group_id = _GROUPS[str(price["customer_group"]).upper()]
             tiers = [
                 t
                 for t in product.get("tier_prices", [])
-                if (t.get("customer_group"), _number(t.get("qty")))
-                != (price["customer_group"], _number(price["quantity"]))
+                if (t["customer_group_id"], t["qty"]) != (group_id, price["quantity"])
             ]
-            tiers.append(
-                {
-                    "customer_group": price["customer_group"],
-                    "qty": price["quantity"],
-                    "value": price["price"],
-                    "price_type": price["price_type"],
-                    "website_id": price["website_id"],
-                }
-            )
+            tier: dict[str, Any] = {
+                "customer_group_id": group_id,
+                "qty": price["quantity"],
+                "value": price["price"],
+                "extension_attributes": {"website_id": price["website_id"]},
+            }
+            if price["price_type"] == "discount":
+                tier["extension_attributes"]["percentage_value"] = price["price"]
+            tiers.append(tier)
             product["tier_prices"] = tiers
         return 200, []
 
@@ -926,7 +999,14 @@ class FakeMagento:
         elif data.get("id") is not None and int(data["id"]) in self.companies:
             company = {**self.companies[int(data["id"])], **data}
         else:
-            company = {"status": 1, "customer_group_id": 1, "sales_representative_id": 1, **data}
+            company = {
+                "status": 1,
+                "customer_group_id": 1,
+                "sales_representative_id": 1,
+                "reject_reason": None,
+                "rejected_at": None,
+                **data,
+            }
             company["id"] = self._next_id("company")
         for name in ("company_name", "company_email", "super_user_id"):
             if company.get(name) in (None, ""):
@@ -1012,8 +1092,7 @@ class FakeMagento:
         if not isinstance(bodies, list):
             raise _error(400, "Decoding error: %1", ["a bulk request body is a JSON array of request bodies"])
         schema = _schema()["routes"]["POST /V1/products"]["body"]
-        for body in bodies:
-            self._validator.body(body, schema)
+        bodies = [self._validator.body(body, schema) for body in bodies]
         bulk_uuid = str(uuid.UUID(int=self._random.getrandbits(128), version=4))
         topic = "async.V1.products.POST"
         operations = []

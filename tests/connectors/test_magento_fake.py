@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from connectors.magento import derive_schema
-from connectors.magento.fake import FakeMagento
+from connectors.magento.fake import FakeMagento, response_problems
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -217,7 +217,10 @@ def test_prices_answer_per_item_failures(shop: FakeMagento, client: httpx.Client
         "quantity": 10,
     }
     assert client.post("/products/tier-prices", json={"prices": [tier]}).json() == []
-    assert shop.products["A-1"]["tier_prices"][0]["qty"] == 10
+    tiers = client.get("/products/A-1").json()["tier_prices"]
+    assert tiers == [{"customer_group_id": 32000, "qty": 10, "value": 8, "extension_attributes": {"website_id": 0}}]
+    unknown_group = client.post("/products/tier-prices", json={"prices": [{**tier, "customer_group": "VIP"}]})
+    assert unknown_group.json()[0]["parameters"] == ["VIP"]
     special = {
         "sku": "A-1",
         "price": 7,
@@ -412,3 +415,21 @@ def test_runs_standalone() -> None:
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=5) == 0
+
+
+def test_the_fake_checks_its_own_answers_strictly(shop: FakeMagento, client: httpx.Client) -> None:
+    broken = shop.seed_order({"customer_email": "a@x.test", "grand_total": "20", "items": [{"sku": "A"}]})
+    response = client.get(f"/orders/{broken['entity_id']}")
+    assert response.status_code == 500
+    assert response.json()["parameters"] == ["$.grand_total: '20' is not of type number"]
+    order_schema = {"$ref": "#/definitions/sales-data-order-interface"}
+    assert (
+        response_problems({"customer_email": "a", "grand_total": 1, "base_grand_total": 1, "items": []}, order_schema)
+        == []
+    )
+    assert response_problems({"items": [], "colour": "red"}, order_schema) == [
+        "$: missing required 'base_grand_total'",
+        "$: missing required 'customer_email'",
+        "$: missing required 'grand_total'",
+        "$: unknown field 'colour' for sales-data-order-interface",
+    ]
