@@ -33,6 +33,13 @@ Answers are checked too, strictly (:func:`response_problems`: exact types, no un
 schema's required keys present): an answer of the fake that breaks the schema becomes a 500 naming
 the problem (``check_responses=False`` turns that off), so the fake cannot drift from Magento's shapes.
 
+Auth (``auth=False`` turns it off): a bearer admin token from ``POST /V1/integration/admin/token``
+(``users``; it expires after ``token_ttl`` seconds, after which the caller is a guest: 401 "The
+consumer isn't authorized to access %resources."), a fixed ``integration_token`` used as a bearer
+token (never expires), or an integration's OAuth 1.0a signature (``oauth1=(consumer_key,
+consumer_secret, access_token, access_token_secret)``; HMAC-SHA256, query parameters signed, nonces
+single-use, timestamps within 600 s).
+
 Faults, applied before auth, in this order: ``drop_next`` closes the socket unanswered, ``latency``
 waits, ``fail_next`` answers N requests with a status (and ``Retry-After``), ``error_rate`` answers
 that share of requests with ``error_status`` (seeded, so runs repeat).
@@ -41,10 +48,12 @@ that share of requests with ``error_status`` (seeded, so runs repeat).
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import copy
 import functools
 import hashlib
+import hmac
 import json
 import random
 import re
@@ -60,7 +69,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType
 from typing import Any, Self
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 __all__ = ["FakeMagento", "main", "response_problems"]
 
@@ -246,6 +255,10 @@ def response_problems(value: Any, schema: dict[str, Any] | None, where: str = "$
     return problems
 
 
+def _oauth_enc(value: str) -> str:
+    return quote(value, safe="~")
+
+
 def _show(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
@@ -368,6 +381,7 @@ class _Request:
     query: list[tuple[str, str]]
     raw: bytes
     authorization: str
+    host: str
     params: dict[str, str] = field(default_factory=dict)
     body: Any = None
 
@@ -439,7 +453,9 @@ class _RequestHandler(BaseHTTPRequestHandler):
     def _handle(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
-        response = self.server.fake.handle(self.command, self.path, raw, self.headers.get("Authorization") or "")
+        response = self.server.fake.handle(
+            self.command, self.path, raw, self.headers.get("Authorization") or "", self.headers.get("Host") or ""
+        )
         if response is None:
             self.close_connection = True
             with contextlib.suppress(OSError):
@@ -469,6 +485,7 @@ class FakeMagento:
         users: dict[str, str] | None = None,
         token_ttl: float = 4 * 3600,
         integration_token: str | None = None,
+        oauth1: tuple[str, str, str, str] | None = None,
         strict_unknown_fields: bool = True,
         check_responses: bool = True,
         bulk_auto_run: bool = True,
@@ -482,6 +499,7 @@ class FakeMagento:
         self.users = dict(users if users is not None else {"admin": "admin123"})
         self.token_ttl = token_ttl
         self.integration_token = integration_token
+        self.oauth1 = oauth1
         self.bulk_auto_run = bulk_auto_run
         self.check_responses = check_responses
         self.sources = set(sources)
@@ -562,6 +580,7 @@ class FakeMagento:
         self.orders: dict[int, dict[str, Any]] = {}
         self.bulks: dict[str, dict[str, Any]] = {}
         self._tokens: dict[str, float] = {}
+        self._nonces: set[str] = set()
         self._log: list[dict[str, Any]] = []
         self._ids: dict[str, int] = {}
         self._faults = _Faults()
@@ -666,7 +685,7 @@ class FakeMagento:
         return {"message": f"Injected error {status}"}
 
     # -- the request path -----------------------------------------------------------------------
-    def handle(self, method: str, target: str, raw: bytes, authorization: str = "") -> _Response | None:
+    def handle(self, method: str, target: str, raw: bytes, authorization: str = "", host: str = "") -> _Response | None:
         """Answer one request; None means: drop the connection without answering."""
         with self._lock:
             faults = self._faults
@@ -684,11 +703,11 @@ class FakeMagento:
             if faults.error_rate > 0 and self._random.random() < faults.error_rate:
                 return _Response(faults.error_status, self._fault_body(faults.error_status))
             try:
-                return self._dispatch(method, target, raw, authorization)
+                return self._dispatch(method, target, raw, authorization, host or f"{self.host}:{self.port}")
             except _Answer as answer:
                 return _Response(answer.status, answer.body, answer.headers)
 
-    def _dispatch(self, method: str, target: str, raw: bytes, authorization: str) -> _Response:
+    def _dispatch(self, method: str, target: str, raw: bytes, authorization: str, host: str) -> _Response:
         parts = urlsplit(target)
         match = _PATH.match(parts.path)
         if match is None:
@@ -702,6 +721,7 @@ class FakeMagento:
             query=parse_qsl(parts.query, keep_blank_values=True),
             raw=raw,
             authorization=authorization,
+            host=host,
         )
         if raw.strip():
             try:
@@ -757,8 +777,44 @@ class FakeMagento:
                 if time.monotonic() < expires:
                     return
                 del self._tokens[token]  # an expired token makes the caller a guest
+        if scheme.lower() == "oauth" and self.oauth1 is not None and self._oauth1_valid(request, token):
+            return
         resource = _RESOURCES.get(request.route.split("/", 1)[0], "Magento_Backend::admin")
         raise _error(401, "The consumer isn't authorized to access %resources.", {"resources": resource})
+
+    def _oauth1_valid(self, request: _Request, header: str) -> bool:
+        """An integration's RFC 5849 signature (HMAC-SHA256, or SHA1), with its query parameters, a fresh
+        timestamp (600 s) and an unused nonce."""
+        assert self.oauth1 is not None
+        consumer_key, consumer_secret, access_token, token_secret = self.oauth1
+        given = {k: unquote(v) for k, v in re.findall(r'(\w+)="([^"]*)"', header)}
+        digests = {"HMAC-SHA256": hashlib.sha256, "HMAC-SHA1": hashlib.sha1}
+        method = given.get("oauth_signature_method", "")
+        if (
+            given.get("oauth_consumer_key") != consumer_key
+            or given.get("oauth_token") != access_token
+            or method not in digests
+            or not given.get("oauth_timestamp", "").isdigit()
+            or abs(time.time() - int(given["oauth_timestamp"])) > 600
+            or not given.get("oauth_nonce")
+            or given["oauth_nonce"] in self._nonces
+        ):
+            return False
+        params = [
+            *request.query,
+            *((k, v) for k, v in given.items() if k.startswith("oauth_") and k != "oauth_signature"),
+        ]
+        normalized = "&".join(f"{k}={v}" for k, v in sorted((_oauth_enc(k), _oauth_enc(v)) for k, v in params))
+        host = request.host.lower()
+        if host.endswith(":80"):
+            host = host[:-3]
+        base = "&".join((request.method.upper(), _oauth_enc(f"http://{host}{request.path}"), _oauth_enc(normalized)))
+        key = f"{_oauth_enc(consumer_secret)}&{_oauth_enc(token_secret)}"
+        expected = base64.b64encode(hmac.new(key.encode(), base.encode(), digests[method]).digest()).decode()
+        if not secrets.compare_digest(expected, given.get("oauth_signature", "")):
+            return False
+        self._nonces.add(given["oauth_nonce"])
+        return True
 
     # -- auth -----------------------------------------------------------------------------------
     def _token(self, request: _Request) -> tuple[int, Any]:

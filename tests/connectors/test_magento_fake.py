@@ -433,3 +433,25 @@ def test_the_fake_checks_its_own_answers_strictly(shop: FakeMagento, client: htt
         "$: missing required 'grand_total'",
         "$: unknown field 'colour' for sales-data-order-interface",
     ]
+
+
+def test_an_integration_signs_with_oauth1() -> None:
+    from connectors.http.client import oauth1_authorization  # the engine's own signer, to prove they agree
+
+    credentials = {"consumer_key": "ck", "consumer_secret": "cs", "token": "at", "token_secret": "ts"}
+    with FakeMagento(oauth1=("ck", "cs", "at", "ts")) as shop:
+        url = f"{shop.url}/rest/V1/products?searchCriteria%5BpageSize%5D=5&x=a%20b"
+        signed = oauth1_authorization("GET", url, **credentials)
+        assert httpx.get(url, headers={"Authorization": signed}).status_code == 200
+        assert httpx.get(url, headers={"Authorization": signed}).status_code == 401  # the nonce was used
+        forged = oauth1_authorization("GET", url, **{**credentials, "consumer_secret": "nope"})
+        assert httpx.get(url, headers={"Authorization": forged}).status_code == 401
+        other_query = oauth1_authorization("GET", url, **credentials)
+        assert httpx.get(url + "&y=1", headers={"Authorization": other_query}).status_code == 401
+        body = {"product": PRODUCT}
+        posted = httpx.post(
+            f"{shop.url}/rest/V1/products",
+            json=body,
+            headers={"Authorization": oauth1_authorization("POST", f"{shop.url}/rest/V1/products", **credentials)},
+        )
+        assert posted.status_code == 200
