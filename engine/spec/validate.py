@@ -162,6 +162,7 @@ class _Checker:
     # -- the checks ----------------------------------------------------------------------------
     def run(self) -> SpecReport:
         self.check()
+        self.diags[:] = _one_error_per_typo(self.diags)
         # A YAML trap already explained a value (a date that is not one): do not report it twice.
         explained = {(d.file, d.line, d.column) for d in self.merged.diagnostics if d.line}
         self.diags[:] = [
@@ -559,6 +560,21 @@ class _Checker:
 
 
 M = TypeVar("M", bound=BaseModel)
+
+
+def _one_error_per_typo(diags: list[Diagnostic]) -> list[Diagnostic]:
+    """'trigers:' is one mistake: keep "unknown key 'trigers' — did you mean 'trigger'?", drop the
+    "missing required key 'trigger'" it causes in the same map."""
+    meant = {
+        (d.path.rpartition(".")[0], match.group(1))
+        for d in diags
+        if d.code == "unknown-key" and (match := re.search(r"did you mean '([^']+)'", d.message))
+    }
+    return [
+        d
+        for d in diags
+        if not (d.code == "missing" and (d.path.rpartition(".")[0], d.path.rpartition(".")[2]) in meant)
+    ]
 
 
 def _printable(text: str) -> str:
