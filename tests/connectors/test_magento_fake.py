@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -455,3 +456,19 @@ def test_an_integration_signs_with_oauth1() -> None:
             headers={"Authorization": oauth1_authorization("POST", f"{shop.url}/rest/V1/products", **credentials)},
         )
         assert posted.status_code == 200
+
+
+def test_concurrent_writes_on_any_store_code(shop: FakeMagento, client: httpx.Client) -> None:
+    def write(store: str) -> None:
+        with httpx.Client(base_url=f"{shop.url}/rest/{store}/V1", headers=client.headers, timeout=5) as http:
+            for n in range(10):
+                sku = f"{store}-{n}"
+                assert http.put(f"/products/{sku}", json={"product": {**PRODUCT, "sku": sku}}).status_code == 200
+
+    threads = [threading.Thread(target=write, args=(store,)) for store in ("default", "all", "fr_fr", "de")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert shop.applied_count() == 40
+    assert len({p["id"] for p in shop.products.values()}) == 40
