@@ -316,7 +316,12 @@ def _matches(item: dict[str, Any], spec: dict[str, str]) -> bool:
 
 
 def _search(items: list[dict[str, Any]], query: list[tuple[str, str]]) -> dict[str, Any]:
-    """Magento's search result envelope for ``items`` under a searchCriteria query (empty past the end)."""
+    """Magento's search result envelope for ``items`` under a searchCriteria query (empty past the end).
+
+    A list route without any ``searchCriteria`` parameter is a 400, as on a live 2.4 instance (the
+    service parameter is not optional; ``?searchCriteria=`` or ``searchCriteria[pageSize]=N`` satisfy it)."""
+    if not any(name.startswith("searchCriteria") for name, _ in query):
+        raise _error(400, REQUIRED, {"fieldName": "searchCriteria"})
     groups: dict[int, dict[int, dict[str, str]]] = {}
     sorts: dict[int, dict[str, str]] = {}
     size: int | None = None

@@ -39,6 +39,7 @@ def test_committed_schema_subset_is_what_the_generator_derives() -> None:
 # -- the fake over HTTP ---------------------------------------------------------------------------
 
 TYPE_ERROR = 'The "%value" value\'s type is invalid. The "%type" type was expected. Verify and try again.'
+ALL = {"searchCriteria": ""}
 PRODUCT = {"sku": "A-1", "name": "Widget", "attribute_set_id": 4, "price": 9.5, "type_id": "simple"}
 
 
@@ -171,6 +172,9 @@ def test_search_criteria_filters_sorts_and_pages(shop: FakeMagento, client: http
     assert [p["sku"] for p in third["items"]] == ["S-03"]
     past = client.get("/products", params={**query, "searchCriteria[currentPage]": "4"}).json()
     assert (past["items"], past["total_count"]) == ([], 5)  # since 2.4.0: empty, not the last page again
+    assert len(client.get("/products", params=ALL).json()["items"]) == 7  # no pageSize: every match
+    bare = client.get("/products")
+    assert (bare.status_code, bare.json()["parameters"]) == (400, {"fieldName": "searchCriteria"})
 
 
 def test_search_conditions_like_in_eq_and_groups(shop: FakeMagento, client: httpx.Client) -> None:
@@ -267,7 +271,7 @@ def test_companies_on_commerce_with_b2b(client: httpx.Client) -> None:
     renamed = client.put(f"/company/{company_id}", json={"company": {**COMPANY, "company_name": "Acme Ltd"}})
     assert renamed.json()["company_name"] == "Acme Ltd"
     assert client.get(f"/company/{company_id}").json()["company_name"] == "Acme Ltd"
-    assert client.get("/company/").json()["total_count"] == 1
+    assert client.get("/company/", params=ALL).json()["total_count"] == 1
     assert client.post("/company/", json={"company": {**COMPANY, "super_user_id": "x"}}).status_code == 400
 
 
@@ -363,30 +367,30 @@ def test_admin_token_and_expiry() -> None:
 
 def test_an_integration_token_never_expires() -> None:
     with FakeMagento(integration_token="int-token", token_ttl=0) as shop:
-        response = httpx.get(f"{shop.url}/rest/V1/orders", headers={"Authorization": "Bearer int-token"})
+        response = httpx.get(f"{shop.url}/rest/V1/orders", params=ALL, headers={"Authorization": "Bearer int-token"})
         assert response.status_code == 200
 
 
 def test_fault_knobs(shop: FakeMagento, client: httpx.Client) -> None:
     shop.fail_next(1, status=429, retry_after="3")
-    limited = client.get("/orders")
+    limited = client.get("/orders", params=ALL)
     assert (limited.status_code, limited.headers["Retry-After"]) == (429, "3")
     assert limited.json() == {"message": "Too Many Requests", "trace": None}
     shop.fail_next(2, status=503)
-    assert [client.get("/orders").status_code for _ in range(3)] == [503, 503, 200]
+    assert [client.get("/orders", params=ALL).status_code for _ in range(3)] == [503, 503, 200]
     shop.configure(error_rate=1.0, error_status=500)
-    broken = client.get("/orders")
+    broken = client.get("/orders", params=ALL)
     assert broken.status_code == 500 and broken.json()["message"].startswith("Internal Error.")
     shop.configure(error_rate=0, latency=0.2)
     started = time.monotonic()
-    assert client.get("/orders").status_code == 200
+    assert client.get("/orders", params=ALL).status_code == 200
     assert time.monotonic() - started >= 0.2
     shop.configure(latency=0)
     shop.drop_next()
     with pytest.raises(httpx.TransportError):
         client.post("/products", json={"product": PRODUCT})
     assert shop.applied_count() == 0
-    assert client.get("/orders").status_code == 200
+    assert client.get("/orders", params=ALL).status_code == 200
     with pytest.raises(ValueError, match="unknown fault knob"):
         shop.configure(slowness=1)
 
@@ -412,7 +416,8 @@ def test_runs_standalone() -> None:
     try:
         assert process.stdout is not None
         assert "fake magento on" in process.stdout.readline()
-        assert httpx.get(f"http://127.0.0.1:{port}/rest/V1/products").json()["items"] == []
+        listed = httpx.get(f"http://127.0.0.1:{port}/rest/V1/products", params={"searchCriteria": ""})
+        assert listed.json()["items"] == []
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=5) == 0
