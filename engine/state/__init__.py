@@ -24,7 +24,7 @@ from engine.state.sql import Dialect, SqlStore
 __all__ = ["DeadLetter", "InboxItem", "NewItem", "RunRecord", "StateStore", "default_state_url", "open_store"]
 
 SQLITE = Dialect("sqlite", "INTEGER PRIMARY KEY AUTOINCREMENT", "REAL", "?", "")
-POSTGRES = Dialect("postgres", "BIGSERIAL PRIMARY KEY", "DOUBLE PRECISION", "%s", " FOR UPDATE SKIP LOCKED")
+POSTGRES = Dialect("postgres", "BIGSERIAL PRIMARY KEY", "DOUBLE PRECISION", "%s", " FOR UPDATE OF i SKIP LOCKED")
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 

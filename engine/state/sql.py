@@ -83,6 +83,15 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE dead_letters ADD COLUMN spec_version TEXT NOT NULL DEFAULT ''",
         "CREATE INDEX dead_letters_flow ON dead_letters (flow, replayed_at)",
     ],
+    [
+        # v3: delivered rows stay for dedupe; claims must not scan them. Partial indexes hold only the
+        # open rows (a claim with a one-flow filter used to read the flow's whole history).
+        "CREATE INDEX inbox_open_order ON inbox (flow, business_key, id) WHERE status IN ('pending', 'inflight')",
+        "CREATE INDEX inbox_open_ready ON inbox (available_at) WHERE status = 'pending'",
+        "CREATE INDEX inbox_open_lease ON inbox (lease_until) WHERE status = 'inflight'",
+        "DROP INDEX inbox_order",
+        "DROP INDEX inbox_ready",
+    ],
 ]
 
 _ITEM_COLUMNS = "id, flow, key, business_key, payload, source, status, attempts, created_at, last_error"
@@ -194,13 +203,17 @@ class SqlStore:
     def claim(self, worker: str, limit: int, lease: float, flows: Sequence[str] | None = None) -> list[InboxItem]:
         now = self._clock()
         flow_filter = ""
-        params: list[object] = [now, now]
+        params: list[object] = [now, now, now, now]
         if flows:
             flow_filter = f" AND i.flow IN ({', '.join('?' for _ in flows)})"
             params.extend(flows)
+        # Only open rows are looked at (partial indexes): delivered history never slows a claim.
         ready = (
-            "SELECT i.id FROM inbox i WHERE "
-            "((i.status = 'pending' AND i.available_at <= ?) OR (i.status = 'inflight' AND i.lease_until < ?))"
+            "SELECT i.id FROM (SELECT id FROM inbox WHERE status = 'pending' AND available_at <= ? "
+            "UNION ALL SELECT id FROM inbox WHERE status = 'inflight' AND lease_until < ?) r "
+            "CROSS JOIN inbox i WHERE i.id = r.id "
+            # checked again on i itself: PostgreSQL re-reads a locked row and must see it still open
+            "AND ((i.status = 'pending' AND i.available_at <= ?) OR (i.status = 'inflight' AND i.lease_until < ?))"
             f"{flow_filter} AND NOT EXISTS (SELECT 1 FROM inbox o WHERE o.flow = i.flow "
             "AND o.business_key = i.business_key AND o.id < i.id AND o.status IN ('pending', 'inflight')) "
             f"ORDER BY i.id LIMIT ?{self.dialect.skip_locked}"

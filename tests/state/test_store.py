@@ -181,7 +181,10 @@ def test_schema_is_migrated_in_place_not_recreated(tmp_path: Path) -> None:
     old.close()
     # Make it look like a v1 store holding data, then let a newer seamline open it.
     conn = sqlite3.connect(tmp_path / "old.db")
-    conn.execute("DROP INDEX dead_letters_flow")
+    for index in ("inbox_open_order", "inbox_open_ready", "inbox_open_lease", "dead_letters_flow"):
+        conn.execute(f"DROP INDEX {index}")
+    conn.execute("CREATE INDEX inbox_ready ON inbox (status, available_at)")
+    conn.execute("CREATE INDEX inbox_order ON inbox (flow, business_key, id)")
     conn.execute("ALTER TABLE dead_letters DROP COLUMN spec_version")
     conn.execute("UPDATE seamline_schema SET version = 1")
     conn.execute(
@@ -192,7 +195,7 @@ def test_schema_is_migrated_in_place_not_recreated(tmp_path: Path) -> None:
     conn.close()
     upgraded = open_store(url)
     try:
-        assert upgraded.schema_version() == len(MIGRATIONS) == 2
+        assert upgraded.schema_version() == len(MIGRATIONS) == 3
         assert upgraded.depth()["pending"] == 1  # the data survived the upgrade
         (item,) = upgraded.claim("w", 1, lease=10)
         upgraded.dead_letter(item.id, "x", error_kind="terminal", spec_version="v2")
