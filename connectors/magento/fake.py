@@ -65,11 +65,13 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from types import FrameType
 from typing import Any, Self
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
+
+from engine.fakeserver import TrackingHTTPServer
 
 __all__ = ["FakeMagento", "main", "response_problems"]
 
@@ -416,33 +418,11 @@ _RESOURCES = {
 _GROUPS = {"ALL GROUPS": 32000, "NOT LOGGED IN": 0, "GENERAL": 1, "WHOLESALE": 2, "RETAILER": 3}
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
+class _Server(TrackingHTTPServer):
+    fake: FakeMagento
 
     def __init__(self, address: tuple[str, int], fake: FakeMagento) -> None:
-        self.fake = fake
-        self.open_sockets: set[socket.socket] = set()
-        self.sockets_lock = threading.Lock()
-        super().__init__(address, _RequestHandler)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self.sockets_lock:
-            self.open_sockets.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        with self.sockets_lock:
-            self.open_sockets.discard(request)
-        super().shutdown_request(request)
-
-    def close_open_connections(self) -> None:
-        with self.sockets_lock:
-            sockets = list(self.open_sockets)
-            self.open_sockets.clear()
-        for sock in sockets:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+        super().__init__(address, _RequestHandler, fake)
 
 
 class _RequestHandler(BaseHTTPRequestHandler):
