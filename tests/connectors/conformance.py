@@ -1,6 +1,6 @@
 """One conformance suite every runnable connector passes (run by ``test_conformance.py``).
 
-A connector joins by adding a :class:`Harness` factory to :data:`HARNESSES`: a context manager
+A connector joins with a module ``harness_<kind>.py`` beside this file whose ``harness()`` is a context manager
 that starts the connector's fake (a real server), and knows how to open a connection to it, what to
 write, how to ask the fake what it applied, how to inject a transient and a terminal failure, and
 how to stop and start the fake on the same address. Each check in :data:`SUITE` then runs against
@@ -18,16 +18,15 @@ it. The checks hold the :class:`~engine.connector.Connection` contract:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
+import importlib
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import pytest
 
-from connectors.http import CONNECTOR as HTTP
-from connectors.http.fake import FakeHttpServer
-from engine.connector import ConnectContext, Connection
+from engine.connector import Connection
 from engine.errors import TerminalError, TransientError
 
 __all__ = ["HARNESSES", "SUITE", "Harness"]
@@ -59,56 +58,19 @@ class Harness(Protocol):
         ...
 
 
-# -- the http connector's harness -------------------------------------------------------------------
+# -- the harnesses: one module per connector, tests/connectors/harness_<kind>.py ---------------------
 
 
-@dataclass
-class HttpHarness:
-    fake: FakeHttpServer
-    entity: str = "orders"
-
-    def connect(self) -> Connection:
-        options = HTTP.options.model_validate(
-            {
-                "connector": "http",
-                "url": self.fake.url,
-                "auth": {"bearer": {"token": "conformance-token"}},
-                "limits": {"timeout": "5s"},
-                "endpoints": {"orders": {"path": "/orders/{number}", "method": "PUT"}},
-            }
-        )
-        assert HTTP.connect is not None
-        return HTTP.connect(options, ConnectContext(system="shop", client="conformance"))
-
-    def record(self, n: int) -> Any:
-        return {"number": f"SO-{n:04d}", "lines": [{"sku": "A", "qty": n}]}
-
-    def applied(self) -> int:
-        return self.fake.applied_count("/orders")
-
-    def fail_next(self, kind: Literal["transient", "terminal"]) -> None:
-        if kind == "transient":
-            self.fake.fail_next(1, status=503, retry_after="1")
-        else:
-            self.fake.fail_next(1, status=400, body={"message": "Invalid order: %1", "parameters": ["no lines"]})
-
-    def stop(self) -> None:
-        self.fake.stop()
-
-    def start(self) -> None:
-        self.fake.start()
+def _discover() -> dict[str, Callable[[], AbstractContextManager[Harness]]]:
+    """Every ``harness_<kind>.py`` beside this file; each exports ``harness()``, a context manager."""
+    found: dict[str, Callable[[], AbstractContextManager[Harness]]] = {}
+    for module in sorted(Path(__file__).parent.glob("harness_*.py")):
+        kind = module.stem.removeprefix("harness_")
+        found[kind] = importlib.import_module(f"tests.connectors.{module.stem}").harness
+    return found
 
 
-@contextmanager
-def http_harness() -> Iterator[HttpHarness]:
-    with FakeHttpServer(port=0) as fake:
-        fake.require_auth(bearer="conformance-token")
-        yield HttpHarness(fake)
-
-
-HARNESSES: dict[str, Callable[[], AbstractContextManager[Harness]]] = {
-    "http": http_harness,
-}
+HARNESSES = _discover()
 
 
 # -- the checks -----------------------------------------------------------------------------------
