@@ -1,4 +1,4 @@
-"""The http connector's connection: one pooled ``httpx.AsyncClient`` per system.
+"""The http connector's connection: httpx requests over one pooled transport per system (see ``transport.py``).
 
 Who calls what is documented on :class:`engine.connector.Connection`. This module adds how an http
 system answers are translated, right where they enter (no httpx exception ever leaves it)::
@@ -42,6 +42,7 @@ import jsonschema
 import jsonschema.exceptions
 
 from connectors.http import Endpoint, HttpOptions, Pagination
+from connectors.http.transport import AiohttpTransport
 from engine.connector import ConnectContext, MessageHandler, OAuth2ClientCredentials, closest, parse_duration
 from engine.errors import TerminalError, TransientError
 
@@ -283,7 +284,8 @@ class HttpConnection:
         self.options = options
         self.context = context
         self.system = context.system
-        self.base_url = httpx.URL(options.url.rstrip("/") + "/")
+        self._base = options.url.rstrip("/") + "/"
+        self.base_url = httpx.URL(self._base)
         limits = options.limits
         self.timeout = parse_duration(limits.timeout) if limits and limits.timeout else DEFAULT_TIMEOUT
         pool = limits.concurrency if limits and limits.concurrency else 16
@@ -297,18 +299,12 @@ class HttpConnection:
                 self._remember_secret(value)
             if auth.api_key is not None:
                 self._masked_headers.add(auth.api_key.header.lower())
-        headers = {"Accept": "application/json", "User-Agent": USER_AGENT, **options.headers}
-        self._client = httpx.AsyncClient(
-            headers=headers,
-            timeout=httpx.Timeout(self.timeout),
-            limits=httpx.Limits(max_connections=pool, max_keepalive_connections=pool),
-            follow_redirects=False,
-            transport=transport,
-        )
+        self._headers = httpx.Headers({"Accept": "application/json", "User-Agent": USER_AGENT, **options.headers})
+        self._transport = transport if transport is not None else AiohttpTransport(max_connections=pool)
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def close(self) -> None:
-        await self._client.aclose()
+        await self._transport.aclose()
 
     async def __aenter__(self) -> HttpConnection:
         return self
@@ -609,7 +605,8 @@ class HttpConnection:
         filled = _PLACEHOLDER.sub(fill, path)
         if "://" in filled:
             return httpx.URL(filled)
-        return self.base_url.join(filled.lstrip("/"))
+        # Concatenated, not URL.join(): the same result for a spec's paths, at a third of the cost on the hot path.
+        return httpx.URL(self._base + filled.lstrip("/"))
 
     async def _exchange(
         self,
@@ -636,7 +633,7 @@ class HttpConnection:
             params=tuple(params) if params else None,
             content=content,
             headers=request_headers,
-            timeout=httpx.Timeout(timeout) if timeout is not None else httpx.USE_CLIENT_DEFAULT,
+            timeout=timeout,
         )
         used = await self._authorize(request)
         response = await self._send(request)
@@ -656,10 +653,28 @@ class HttpConnection:
         self._raise_for_status(request, response)
         return response
 
-    def _build(self, method: str, url: httpx.URL | str, **kwargs: Any) -> httpx.Request:
+    def _build(
+        self,
+        method: str,
+        url: httpx.URL | str,
+        *,
+        params: tuple[tuple[str, str], ...] | None = None,
+        content: bytes | None = None,
+        data: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> httpx.Request:
+        """A request with the system's default headers and timeout (``timeout`` overrides the read and connect)."""
+        merged = self._headers.copy()
+        if headers:
+            merged.update(headers)
+        seconds = self.timeout if timeout is None else timeout
+        limits = {"connect": seconds, "read": seconds, "write": seconds, "pool": seconds}
         try:
-            return self._client.build_request(method, url, **kwargs)
-        except (httpx.InvalidURL, httpx.HTTPError) as exc:
+            return httpx.Request(
+                method, url, params=params, content=content, data=data, headers=merged, extensions={"timeout": limits}
+            )
+        except (httpx.InvalidURL, httpx.HTTPError, TypeError, ValueError) as exc:
             raise TerminalError(self._mask(f"{self.system}: {method} {url}: cannot build the request: {exc}")) from exc
 
     async def _authorize(self, request: httpx.Request) -> str | None:
@@ -751,7 +766,8 @@ class HttpConnection:
             )
         started = time.perf_counter()
         try:
-            response = await self._client.send(request)
+            response = await self._transport.handle_async_request(request)
+            await response.aread()
         except httpx.TimeoutException as exc:
             limits = request.extensions.get("timeout", {})
             seconds = limits.get("read") or limits.get("connect") or self.timeout
