@@ -107,7 +107,7 @@ def _webhook(daemon: Daemon, flow_name: str) -> Handler:
             return _json(503, {"error": "shutting down; send again"}, {"Retry-After": "5"})
         body = await request.read()
         message_id = request.headers.get("X-Message-Id") or request.headers.get("Idempotency-Key") or ""
-        added = daemon.accept_event(flow_name, body, source=f"webhook:{request.path}", message_id=message_id)
+        added = await daemon.accept_event(flow_name, body, source=f"webhook:{request.path}", message_id=message_id)
         return _json(202, {"accepted": added})  # answered only after the inbox has it
 
     return handle

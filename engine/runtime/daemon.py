@@ -27,7 +27,14 @@ from engine.runtime.api import build_app, check_exposure
 from engine.runtime.guards import Backoff, Breaker, Budget
 from engine.runtime.logs import JsonLog
 from engine.runtime.metrics import Metrics
-from engine.runtime.triggers import RequestHandler, ScheduleTrigger, consume_queue, enqueue_event
+from engine.runtime.triggers import (
+    RequestHandler,
+    ScheduleTrigger,
+    consume_queue,
+    count_received,
+    enqueue_event,
+    event_items,
+)
 from engine.runtime.worker import Delivery, WorkerPool
 from engine.secrets import Masker, render_values
 from engine.state import StateStore, default_state_url, open_store
@@ -171,13 +178,17 @@ class Daemon:
                     compiled, self.connections[system], self.budgets[system], self.breakers[system], self.metrics
                 )
 
-    def accept_event(self, flow_name: str, body: bytes, *, source: str, message_id: str = "") -> int:
-        assert self.store is not None
-        added = enqueue_event(
-            self.store, self.client.flows[flow_name], body, source=source, metrics=self.metrics, message_id=message_id
-        )
-        if self.pool is not None:
-            self.pool.wakeup.set()
+    async def accept_event(self, flow_name: str, body: bytes, *, source: str, message_id: str = "") -> int:
+        """A pushed event into the inbox (committed with the others of the same tick); returns how many were new."""
+        assert self.store is not None and self.pool is not None
+        flow = self.client.flows[flow_name]
+        items = event_items(flow, body, source=source, message_id=message_id)
+        if items is None:  # not JSON: straight to dead letters, with its reason
+            added = enqueue_event(self.store, flow, body, source=source, metrics=self.metrics, message_id=message_id)
+        else:
+            added = await self.pool.delivery.commits.enqueue(items)
+            count_received(self.metrics, flow_name, added, len(items))
+        self.pool.wakeup.set()
         return added
 
     def _gauges(self, store: StateStore) -> None:
@@ -263,6 +274,8 @@ class Daemon:
             await self._runner.cleanup()
         for connection in self.connections.values():
             await connection.close()
+        if self.pool is not None:
+            self.pool.delivery.commits.close()  # a batch still committing finishes before the store closes
         if self.store is not None:
             depth = self.store.depth()
             self.store.close()

@@ -31,20 +31,50 @@ from engine.runtime.metrics import Metrics
 from engine.state import NewItem, StateStore
 from engine.transform import canonical
 
-__all__ = ["RequestHandler", "RequestResult", "ScheduleTrigger", "enqueue_event", "enqueue_records", "shift_cursor"]
+__all__ = [
+    "RequestHandler",
+    "RequestResult",
+    "ScheduleTrigger",
+    "count_received",
+    "enqueue_event",
+    "enqueue_records",
+    "event_items",
+    "new_items",
+    "shift_cursor",
+]
+
+
+def new_items(flow: CompiledFlow, records: list[Any], *, source: str, message_id: str = "") -> list[NewItem]:
+    """Records as inbox items of ``flow``: each with its business key and its dedupe key."""
+    items = []
+    for record in records:
+        business, key = identify(flow.flow, record, message_id=message_id)
+        items.append(NewItem(flow.name, key, business, record, source))
+    return items
+
+
+def event_items(flow: CompiledFlow, body: bytes, *, source: str, message_id: str = "") -> list[NewItem] | None:
+    """A pushed event's body (one JSON record or a list of them) as inbox items; None when it is not JSON."""
+    try:
+        record = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    records = record if isinstance(record, list) else [record]
+    return new_items(flow, records, source=source, message_id=message_id)
+
+
+def count_received(metrics: Metrics, flow: str, added: int, offered: int) -> None:
+    metrics.inc("received", flow, added)
+    metrics.inc("duplicates", flow, offered - added)
 
 
 def enqueue_records(
     store: StateStore, flow: CompiledFlow, records: list[Any], *, source: str, metrics: Metrics, message_id: str = ""
 ) -> int:
     """Store records durably for ``flow``; returns how many were new."""
-    items = []
-    for record in records:
-        business, key = identify(flow.flow, record, message_id=message_id)
-        items.append(NewItem(flow.name, key, business, record, source))
+    items = new_items(flow, records, source=source, message_id=message_id)
     added = store.enqueue(items)
-    metrics.inc("received", flow.name, added)
-    metrics.inc("duplicates", flow.name, len(items) - added)
+    count_received(metrics, flow.name, added, len(items))
     return added
 
 

@@ -20,11 +20,12 @@ from typing import Any
 from engine.connector import Connection
 from engine.errors import TerminalError, TransformError, TransientError
 from engine.flow import CompiledClient, CompiledFlow, CompiledTarget
+from engine.runtime.commits import GroupCommit
 from engine.runtime.guards import Backoff, Breaker, Budget
 from engine.runtime.identity import pick
 from engine.runtime.logs import JsonLog
 from engine.runtime.metrics import Metrics
-from engine.state import InboxItem, StateStore
+from engine.state import Delivered, InboxItem, StateStore
 
 __all__ = ["Delivery", "Outcome", "WorkerPool"]
 
@@ -49,6 +50,10 @@ class Delivery:
     spec_version: str = ""
     backoff: Backoff = field(default_factory=Backoff)
     dry_run_sink: list[tuple[str, str, Any]] | None = None  # when set, writes are collected, not sent
+    commits: GroupCommit = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.commits = GroupCommit(self.store)
 
     async def process(self, item: InboxItem) -> Outcome:
         flow = self.client.flows.get(item.flow)
@@ -59,24 +64,30 @@ class Delivery:
         except TransformError as exc:
             return self._dead(item, str(exc), "terminal")
         if shaped is None:
-            self.store.complete(item.id)
+            await self.commits.complete(item.id)
             self.metrics.inc("skipped", item.flow)
             return Outcome("skipped", "the transform gave nothing to write")
-        for target in flow.targets:
-            if target.target is None:
-                continue  # a request flow answers its caller; nothing is written
-            if self.store.delivered(item.flow, item.key, target.label):
-                continue  # an earlier attempt delivered this target; never write it twice
+        pending = [t for t in flow.targets if t.target is not None and t.label not in item.delivered]
+        last: Delivered | None = None
+        for position, target in enumerate(pending):
             outcome = await self._deliver(item, flow, target, shaped)
-            if outcome is not None:
+            if isinstance(outcome, Outcome):
                 return outcome
-        self.store.complete(item.id)
+            if outcome is None:
+                continue  # a dry run: nothing was written, nothing goes into the ledger
+            if position < len(pending) - 1:
+                # Recorded at once: a later target's failure must never make this one be written twice.
+                self.store.record_delivery(outcome.flow, outcome.key, outcome.target, outcome.response)
+            else:
+                last = outcome  # the last target's entry and the completion share one transaction
+        await self.commits.complete(item.id, last)
         self.metrics.observe("latency", item.flow, max(0.0, time.time() - item.created_at))
         return Outcome("done")
 
     async def _deliver(
         self, item: InboxItem, flow: CompiledFlow, target: CompiledTarget, shaped: Any
-    ) -> Outcome | None:
+    ) -> Outcome | Delivered | None:
+        """Write ``shaped`` to one target: the ledger entry to record, None (dry run), or why not (an Outcome)."""
         spec = target.target
         assert spec is not None
         try:
@@ -88,8 +99,7 @@ class Delivery:
         except TransformError as exc:
             return self._dead(item, str(exc), "terminal", target.label)
         if payload is None:
-            self.store.record_delivery(item.flow, item.key, target.label, "skipped: nothing to write")
-            return None
+            return Delivered(item.flow, item.key, target.label, "skipped: nothing to write")
         key = _key_of(payload, spec.key)
         if self.dry_run_sink is not None:
             self.dry_run_sink.append((item.flow, target.label, payload))
@@ -127,9 +137,8 @@ class Delivery:
             breaker.success()  # the system answered: it is up, the record is what is wrong
             return self._dead(item, f"{target.label}: {exc}", "terminal", target.label)
         breaker.success()
-        self.store.record_delivery(item.flow, item.key, target.label, receipt)
         self.metrics.inc("written", item.flow)
-        return None
+        return Delivered(item.flow, item.key, target.label, receipt)
 
     def _dead(self, item: InboxItem, reason: str, kind: str, target: str = "") -> Outcome:
         self.store.dead_letter(item.id, reason, error_kind=kind, target=target, spec_version=self.spec_version)
@@ -186,7 +195,7 @@ class WorkerPool:
         store = self.delivery.store
         worker = f"{self.name}-{index}"
         while not self._stopping.is_set():
-            items = await asyncio.to_thread(store.claim, worker, self.batch, self.lease, self.flows)
+            items = await self.delivery.commits.run(store.claim, worker, self.batch, self.lease, self.flows)
             if not items:
                 self.wakeup.clear()
                 with contextlib.suppress(TimeoutError):

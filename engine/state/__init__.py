@@ -18,10 +18,19 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from engine.errors import UsageError
-from engine.state.base import DeadLetter, InboxItem, NewItem, RunRecord, StateStore
+from engine.state.base import DeadLetter, Delivered, InboxItem, NewItem, RunRecord, StateStore
 from engine.state.sql import Dialect, SqlStore
 
-__all__ = ["DeadLetter", "InboxItem", "NewItem", "RunRecord", "StateStore", "default_state_url", "open_store"]
+__all__ = [
+    "DeadLetter",
+    "Delivered",
+    "InboxItem",
+    "NewItem",
+    "RunRecord",
+    "StateStore",
+    "default_state_url",
+    "open_store",
+]
 
 SQLITE = Dialect("sqlite", "INTEGER PRIMARY KEY AUTOINCREMENT", "REAL", "?", "")
 POSTGRES = Dialect("postgres", "BIGSERIAL PRIMARY KEY", "DOUBLE PRECISION", "%s", " FOR UPDATE OF i SKIP LOCKED")

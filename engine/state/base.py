@@ -25,6 +25,7 @@ from typing import Any, Literal, Protocol
 
 __all__ = [
     "DeadLetter",
+    "Delivered",
     "InboxItem",
     "NewItem",
     "RunRecord",
@@ -57,6 +58,17 @@ class InboxItem:
     attempts: int
     created_at: float
     last_error: str = ""
+    delivered: frozenset[str] = frozenset()  # targets already in the ledger when the item was claimed
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """One ledger entry: ``target`` accepted the record ``key`` of ``flow``, answering ``response``."""
+
+    flow: str
+    key: str
+    target: str
+    response: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,10 +111,22 @@ class StateStore(Protocol):
         ...
 
     def claim(self, worker: str, limit: int, lease: float, flows: Sequence[str] | None = None) -> list[InboxItem]:
-        """Up to ``limit`` items ready to work on, the oldest first, one per business key."""
+        """Up to ``limit`` items ready to work on, the oldest first, one per business key.
+
+        Each item carries the targets the ledger already holds for it (``InboxItem.delivered``).
+        """
         ...
 
-    def complete(self, item_id: int) -> None: ...
+    def complete(self, item_id: int, *, delivery: Delivered | None = None) -> None:
+        """Mark the item done; ``delivery`` (its last target's receipt) goes into the ledger in the same transaction."""
+        ...
+
+    def commit_batch(
+        self, new: Sequence[NewItem] = (), done: Sequence[tuple[int, Delivered | None]] = ()
+    ) -> list[bool]:
+        """Enqueue ``new`` and complete ``done`` in one transaction (group commit); returns, per new item, whether
+        it was new."""
+        ...
 
     def retry_later(self, item_id: int, delay: float, error: str, *, count_attempt: bool = True) -> None:
         """Give the item back after ``delay`` seconds; its attempts count goes up by one.

@@ -11,10 +11,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from engine.state.base import DeadLetter, InboxItem, NewItem, RunRecord
+from engine.state.base import DeadLetter, Delivered, InboxItem, NewItem, RunRecord
 
 __all__ = ["MIGRATIONS", "Dialect", "SqlStore"]
 
@@ -185,42 +185,60 @@ class SqlStore:
 
     # -- inbox ---------------------------------------------------------------------------------
     def enqueue(self, items: Sequence[NewItem]) -> int:
+        with self._tx() as cur:
+            return sum(self._insert(cur, items))
+
+    def _insert(self, cur: Any, items: Sequence[NewItem]) -> list[bool]:
         now = self._clock()
-        inserted = 0
         sql = self._sql(
             "INSERT INTO inbox (flow, key, business_key, payload, source, available_at, created_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (flow, key) DO NOTHING"
         )
+        added = []
+        for item in items:
+            cur.execute(sql, (item.flow, item.key, item.business_key, json.dumps(item.payload), item.source, now, now))
+            added.append(cur.rowcount > 0)
+        return added
+
+    def commit_batch(
+        self, new: Sequence[NewItem] = (), done: Sequence[tuple[int, Delivered | None]] = ()
+    ) -> list[bool]:
         with self._tx() as cur:
-            for item in items:
-                cur.execute(
-                    sql,
-                    (item.flow, item.key, item.business_key, json.dumps(item.payload), item.source, now, now),
-                )
-                inserted += max(cur.rowcount, 0)
-        return inserted
+            added = self._insert(cur, new)
+            for item_id, delivery in done:
+                self._complete(cur, item_id, delivery)
+            return added
 
     def claim(self, worker: str, limit: int, lease: float, flows: Sequence[str] | None = None) -> list[InboxItem]:
         now = self._clock()
         flow_filter = ""
-        params: list[object] = [now, now, now, now]
+        flows_params: tuple[str, ...] = ()
         if flows:
-            flow_filter = f" AND i.flow IN ({', '.join('?' for _ in flows)})"
-            params.extend(flows)
-        # Only open rows are looked at (partial indexes): delivered history never slows a claim.
+            # Written as an expression so no planner walks the (flow, key) index, i.e. a flow's whole history.
+            flow_filter = f" AND (i.flow || '') IN ({', '.join('?' for _ in flows)})"
+            flows_params = tuple(flows)
+        # Two index walks, each stopping after ``limit`` hits: ready pending rows in available_at order
+        # (oldest first; rows waiting out a backoff are never read) and expired leases in lease order.
+        # Only open rows are in those partial indexes, so delivered history never slows a claim either.
+        # The business-key check keeps each key's changes in order whatever order the walk finds them in.
+        in_order = (
+            " AND NOT EXISTS (SELECT 1 FROM inbox o WHERE o.flow = i.flow AND o.business_key = i.business_key "
+            "AND o.id < i.id AND o.status IN ('pending', 'inflight'))"
+        )
         ready = (
-            "SELECT i.id FROM (SELECT id FROM inbox WHERE status = 'pending' AND available_at <= ? "
-            "UNION ALL SELECT id FROM inbox WHERE status = 'inflight' AND lease_until < ?) r "
-            "CROSS JOIN inbox i WHERE i.id = r.id "
-            # checked again on i itself: PostgreSQL re-reads a locked row and must see it still open
-            "AND ((i.status = 'pending' AND i.available_at <= ?) OR (i.status = 'inflight' AND i.lease_until < ?))"
-            f"{flow_filter} AND NOT EXISTS (SELECT 1 FROM inbox o WHERE o.flow = i.flow "
-            "AND o.business_key = i.business_key AND o.id < i.id AND o.status IN ('pending', 'inflight')) "
-            f"ORDER BY i.id LIMIT ?{self.dialect.skip_locked}"
+            f"SELECT i.id FROM inbox i WHERE i.status = 'pending' AND i.available_at <= ?{flow_filter}{in_order} "
+            f"ORDER BY i.available_at, i.id LIMIT ?{self.dialect.skip_locked}"
+        )
+        expired = (
+            f"SELECT i.id FROM inbox i WHERE i.status = 'inflight' AND i.lease_until < ?{flow_filter}{in_order} "
+            f"ORDER BY i.lease_until, i.id LIMIT ?{self.dialect.skip_locked}"
         )
         with self._tx() as cur:
-            cur.execute(self._sql(ready), (*params, limit))
-            ids = [int(row[0]) for row in cur.fetchall()]
+            found: list[int] = []
+            for sql in (expired, ready):
+                cur.execute(self._sql(sql), (now, *flows_params, limit))
+                found.extend(int(row[0]) for row in cur.fetchall())
+            ids = sorted(found)[:limit]
             if not ids:
                 return []
             marks = ", ".join("?" for _ in ids)
@@ -229,11 +247,27 @@ class SqlStore:
                 (now + lease, worker, *ids),
             )
             cur.execute(self._sql(f"SELECT {_ITEM_COLUMNS} FROM inbox WHERE id IN ({marks}) ORDER BY id"), ids)
-            return [_item(row) for row in cur.fetchall()]
+            items = [_item(row) for row in cur.fetchall()]
+            cur.execute(
+                self._sql(
+                    "SELECT i.id, l.target FROM inbox i JOIN ledger l ON l.flow = i.flow AND l.key = i.key "
+                    f"WHERE i.id IN ({marks})"
+                ),
+                ids,
+            )
+            done: dict[int, set[str]] = {}
+            for item_id, target in cur.fetchall():
+                done.setdefault(int(item_id), set()).add(target)
+        return [replace(item, delivered=frozenset(done[item.id])) if item.id in done else item for item in items]
 
-    def complete(self, item_id: int) -> None:
+    def complete(self, item_id: int, *, delivery: Delivered | None = None) -> None:
         with self._tx() as cur:
-            cur.execute(self._sql("UPDATE inbox SET status = 'done', lease_until = NULL WHERE id = ?"), (item_id,))
+            self._complete(cur, item_id, delivery)
+
+    def _complete(self, cur: Any, item_id: int, delivery: Delivered | None) -> None:
+        if delivery is not None:
+            self._record_delivery(cur, delivery)
+        cur.execute(self._sql("UPDATE inbox SET status = 'done', lease_until = NULL WHERE id = ?"), (item_id,))
 
     def retry_later(self, item_id: int, delay: float, error: str, *, count_attempt: bool = True) -> None:
         with self._tx() as cur:
@@ -341,13 +375,16 @@ class SqlStore:
 
     def record_delivery(self, flow: str, key: str, target: str, response: str = "") -> None:
         with self._tx() as cur:
-            cur.execute(
-                self._sql(
-                    "INSERT INTO ledger (flow, key, target, delivered_at, response) VALUES (?, ?, ?, ?, ?) "
-                    "ON CONFLICT (flow, key, target) DO NOTHING"
-                ),
-                (flow, key, target, self._clock(), response[:4000]),
-            )
+            self._record_delivery(cur, Delivered(flow, key, target, response))
+
+    def _record_delivery(self, cur: Any, entry: Delivered) -> None:
+        cur.execute(
+            self._sql(
+                "INSERT INTO ledger (flow, key, target, delivered_at, response) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (flow, key, target) DO NOTHING"
+            ),
+            (entry.flow, entry.key, entry.target, self._clock(), entry.response[:4000]),
+        )
 
     def deliveries(self, flow: str | None = None) -> int:
         sql = "SELECT COUNT(*) FROM ledger" + (" WHERE flow = ?" if flow else "")

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import pytest
 
 from engine.connector import Limits
 from engine.errors import UsageError
+from engine.runtime.commits import GroupCommit
 from engine.runtime.guards import Backoff, Breaker, Budget
 from engine.runtime.identity import identify
 from engine.runtime.triggers import shift_cursor
 from engine.secrets import Masker, render_values
 from engine.spec.model import Flow
+from engine.state import Delivered, NewItem, open_store
 
 
 class FakeClock:
@@ -168,3 +171,51 @@ def test_schedule_next_fire_from_cron_and_interval() -> None:
     assert trigger("0 */4 * * *").next_fire(noon) == datetime(2025, 1, 15, 16, 0, tzinfo=UTC).timestamp()
     assert trigger("15m").next_fire(noon) == noon + 900
     assert trigger({"cron": "30 2 * * 1"}).next_fire(noon) == datetime(2025, 1, 20, 2, 30, tzinfo=UTC).timestamp()
+
+
+def test_group_commit_gathers_one_tick_into_one_transaction(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 'state.db'}")
+    commits = GroupCommit(store)
+
+    def item(n: int) -> NewItem:
+        return NewItem("f", f"k{n}", f"k{n}", {"n": n}, "test")
+
+    async def scenario() -> list[int]:
+        return await asyncio.gather(
+            commits.enqueue([item(1), item(2)]),
+            commits.enqueue([item(2), item(3)]),  # k2 is already in the same batch: not new
+            commits.enqueue([item(1)]),
+        )
+
+    assert asyncio.run(scenario()) == [2, 1, 0]
+    assert commits.transactions == 1
+    claimed = store.claim("w", 10, lease=30)
+    assert len(claimed) == 3
+
+    async def finish() -> None:
+        await asyncio.gather(
+            commits.complete(claimed[0].id, Delivered("f", "k1", "shop.products", "200")),
+            commits.complete(claimed[1].id),
+            commits.complete(claimed[2].id),
+        )
+
+    asyncio.run(finish())
+    assert commits.transactions == 2
+    assert store.depth()["done"] == 3
+    assert store.delivered("f", "k1", "shop.products")
+    store.close()
+
+
+def test_group_commit_failure_reaches_every_waiter_and_acknowledges_none(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 'state.db'}")
+    commits = GroupCommit(store)
+    store.close()  # every transaction now fails
+
+    async def scenario() -> list[object]:
+        return await asyncio.gather(
+            commits.enqueue([NewItem("f", "k1", "k1", {}, "test")]), commits.complete(1), return_exceptions=True
+        )
+
+    outcomes = asyncio.run(scenario())
+    assert all(isinstance(o, Exception) for o in outcomes), outcomes
+    assert commits.transactions == 0

@@ -11,7 +11,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from engine.state import NewItem, StateStore, open_store
+from engine.state import Delivered, NewItem, StateStore, open_store
 from engine.state.sql import MIGRATIONS
 
 PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
@@ -135,6 +135,19 @@ def test_ledger_records_each_target_once(store: StateStore) -> None:
     assert store.deliveries("orders") == 1
 
 
+def test_a_claim_carries_the_targets_already_delivered_and_completion_records_the_last(store: StateStore) -> None:
+    store.enqueue([NewItem("orders", "o1", "o1", {"n": 1}, "test"), NewItem("orders", "o2", "o2", {"n": 2}, "test")])
+    store.record_delivery("orders", "o1", "erp.sales-orders", "201")
+    first, second = store.claim("w", 10, lease=30)
+    assert first.delivered == frozenset({"erp.sales-orders"})
+    assert second.delivered == frozenset()
+    store.complete(first.id, delivery=Delivered("orders", "o1", "crm.orders", "204"))
+    assert store.delivered("orders", "o1", "crm.orders")
+    assert store.item(first.id).status == "done"  # type: ignore[union-attr]
+    store.complete(second.id)
+    assert store.deliveries("orders") == 2
+
+
 def test_cursors(store: StateStore) -> None:
     assert store.get_cursor("catalog") is None
     store.set_cursor("catalog", "2025-01-01T00:00:00Z")
@@ -202,3 +215,25 @@ def test_schema_is_migrated_in_place_not_recreated(tmp_path: Path) -> None:
         assert upgraded.dead_letters()[0].spec_version == "v2"
     finally:
         upgraded.close()
+
+
+@pytest.mark.parametrize("flows", [None, ["orders"]], ids=["all-flows", "one-flow"])
+def test_claim_walks_only_open_rows_in_index_order_on_sqlite(tmp_path: Path, flows: list[str] | None) -> None:
+    """Each claim query reads an open-rows index in order and stops at its limit: no sort of a backlog, no history.
+
+    Checked on the plans SQLite makes for the statements the store really runs (captured by a trace).
+    """
+    store = open_store(f"sqlite:///{tmp_path / 'state.db'}")
+    store.enqueue([NewItem("orders", f"o{n}", f"b{n % 3}", {"n": n}, "test") for n in range(50)])
+    statements: list[str] = []
+    store._conn.set_trace_callback(statements.append)  # type: ignore[attr-defined]
+    assert store.claim("w", 5, lease=30, flows=flows)
+    store._conn.set_trace_callback(None)  # type: ignore[attr-defined]
+    selects = [s for s in statements if s.lstrip().startswith("SELECT i.id FROM inbox i WHERE")]
+    assert len(selects) == 2, statements
+    probe = sqlite3.connect(tmp_path / "state.db")
+    for sql in selects:
+        plan = " | ".join(row[3] for row in probe.execute(f"EXPLAIN QUERY PLAN {sql}"))
+        assert "TEMP B-TREE" not in plan, plan
+        assert "inbox_open_ready" in plan or "inbox_open_lease" in plan, plan
+    store.close()
