@@ -18,7 +18,7 @@ from typing import ParamSpec, TypeVar
 import click
 
 from engine import __version__
-from engine.connector import default_registry
+from engine.connector import closest, default_registry
 from engine.errors import SeamlineError, UsageError
 from engine.playground import play, watch_and_play
 from engine.spec import SPEC_FILENAME, discover_specs, resolve_spec, spec_json_schema, validate_spec
@@ -294,6 +294,47 @@ def runs(client: str, flow_name: str | None, limit: int, state_url: str | None, 
         started = datetime.fromtimestamp(r.started_at).strftime("%Y-%m-%d %H:%M:%S")
         counts = " ".join(f"{k}={v}" for k, v in sorted(r.counts.items()))
         click.echo(f"{r.id:>5}  {r.flow:<20} {r.kind:<9} {started:<19}  {took:>7}  {r.status:<7} {counts}")
+
+
+def _fakes() -> dict[str, str]:
+    """Connector kinds that ship a contract fake (``connectors/<kind>/fake.py`` with a ``main(argv)``)."""
+    import importlib.util
+
+    found = {}
+    for kind in default_registry().names():
+        module = f"connectors.{kind}.fake"
+        try:
+            if importlib.util.find_spec(module) is not None:
+                found[kind] = module
+        except ModuleNotFoundError:
+            continue
+    return found
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []})
+@click.argument("kind", required=False)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@_handle_errors
+def fake(kind: str | None, args: tuple[str, ...]) -> None:
+    """Serve a contract fake (a system that behaves like the real API) until Ctrl-C.
+
+    \b
+    seamline fake magento --port 8082     then point a spec's url at http://127.0.0.1:8082
+    seamline fake KIND --help             the fake's own options
+    """
+    import importlib
+
+    fakes = _fakes()
+    if kind is None or kind in ("-h", "--help"):
+        click.echo("usage: seamline fake KIND [OPTIONS]   (KIND: " + ", ".join(sorted(fakes)) + ")")
+        click.echo("each fake answers on loopback like the real API; 'seamline fake KIND --help' lists its options")
+        return
+    if kind not in fakes:
+        hint = closest(kind, fakes)
+        suggestion = f" — did you mean '{hint}'?" if hint else ""
+        raise UsageError(f"no fake for '{kind}'{suggestion} (fakes: {', '.join(sorted(fakes))})")
+    main_of = importlib.import_module(fakes[kind]).main
+    raise SystemExit(main_of(list(args)))
 
 
 @main.group()
