@@ -18,7 +18,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from engine.errors import UsageError
-from engine.state.base import DeadLetter, Delivered, InboxItem, NewItem, RunRecord, StateStore
+from engine.state.base import DeadLetter, Delivered, InboxItem, NewItem, QueueMessage, RunRecord, StateStore
 from engine.state.sql import Dialect, SqlStore
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "Delivered",
     "InboxItem",
     "NewItem",
+    "QueueMessage",
     "RunRecord",
     "StateStore",
     "default_state_url",
@@ -33,7 +34,9 @@ __all__ = [
 ]
 
 SQLITE = Dialect("sqlite", "INTEGER PRIMARY KEY AUTOINCREMENT", "REAL", "?", "")
-POSTGRES = Dialect("postgres", "BIGSERIAL PRIMARY KEY", "DOUBLE PRECISION", "%s", " FOR UPDATE OF i SKIP LOCKED")
+POSTGRES = Dialect(
+    "postgres", "BIGSERIAL PRIMARY KEY", "DOUBLE PRECISION", "%s", " FOR UPDATE OF i SKIP LOCKED", blob="BYTEA"
+)
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
@@ -42,11 +45,14 @@ def default_state_url(client: str, base: Path = Path(".seamline")) -> str:
     return f"sqlite:///{base / (client + '.db')}"
 
 
-def open_store(url: str, *, clock: Callable[[], float] = time.time) -> StateStore:
-    """The store ``url`` names; ``clock`` is injectable so tests can move time (leases, backoff)."""
+def open_store(url: str, *, clock: Callable[[], float] = time.time, lock_timeout: float = 30.0) -> StateStore:
+    """The store ``url`` names; ``clock`` is injectable so tests can move time (leases, backoff).
+
+    ``lock_timeout``: how long a SQLite write waits for another writer before it fails.
+    """
     scheme = url.split(":", 1)[0].lower()
     if scheme == "sqlite":
-        return _open_sqlite(url, clock)
+        return _open_sqlite(url, clock, lock_timeout)
     if scheme in ("postgresql", "postgres"):
         return _open_postgres(url, clock)
     raise UsageError(f"state URL '{_mask(url)}' has an unknown scheme; use sqlite:///path.db or postgresql://...")
@@ -60,19 +66,19 @@ def _mask(url: str) -> str:
     return url
 
 
-def _open_sqlite(url: str, clock: Callable[[], float]) -> StateStore:
+def _open_sqlite(url: str, clock: Callable[[], float], lock_timeout: float = 30.0) -> StateStore:
     path = url.split("sqlite://", 1)[1]
     path = path[1:] if path.startswith("/") else path  # sqlite:///rel/x.db -> rel/x.db; sqlite:////abs -> /abs
     if path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
 
     def connect() -> sqlite3.Connection:
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=lock_timeout)
         conn.execute("PRAGMA journal_mode=WAL")
         # NORMAL in WAL mode survives any crash of the process (kill -9); only a power cut can lose
         # the last commits. The daemon acknowledges upstream only after a commit.
         conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("PRAGMA busy_timeout=30000")
+        conn.execute(f"PRAGMA busy_timeout={int(lock_timeout * 1000)}")
         return conn
 
     return SqlStore(url, SQLITE, connect, clock=clock)

@@ -19,7 +19,7 @@ idempotently, which the ledger provides per target).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -28,6 +28,7 @@ __all__ = [
     "Delivered",
     "InboxItem",
     "NewItem",
+    "QueueMessage",
     "RunRecord",
     "StateStore",
 ]
@@ -96,6 +97,18 @@ class RunRecord:
     finished_at: float | None
     status: str
     counts: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueMessage:
+    """A message of the embedded queue as ``receive`` hands it out: hidden from others until acked or its lease ends."""
+
+    id: int
+    queue: str
+    message_id: str
+    body: bytes
+    headers: dict[str, Any]
+    attempts: int  # deliveries so far, this one included
 
 
 class StateStore(Protocol):
@@ -188,3 +201,22 @@ class StateStore(Protocol):
     def finish_run(self, run_id: int, status: str, counts: dict[str, int]) -> None: ...
 
     def runs(self, flow: str | None = None, limit: int = 20) -> list[RunRecord]: ...
+
+    # the embedded queue -----------------------------------------------------------------------
+    def publish(self, queue: str, body: bytes, message_id: str, headers: Mapping[str, Any] | None = None) -> bool:
+        """Add a message durably; False when ``message_id`` was already published to ``queue``."""
+        ...
+
+    def receive(self, queue: str, limit: int, lease: float) -> list[QueueMessage]:
+        """Up to ``limit`` messages, oldest first, each hidden for ``lease`` seconds unless acked before."""
+        ...
+
+    def ack(self, message_ids: Sequence[int]) -> None: ...
+
+    def nack(self, message_id: int, delay: float) -> None:
+        """Give a received message back, visible again after ``delay`` seconds."""
+        ...
+
+    def queue_depth(self, queue: str) -> dict[str, int]:
+        """Messages of ``queue``: ready, unacked (received, lease running) and acked."""
+        ...

@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
-from engine.state.base import DeadLetter, Delivered, InboxItem, NewItem, RunRecord
+from engine.state.base import DeadLetter, Delivered, InboxItem, NewItem, QueueMessage, RunRecord
 
 __all__ = ["MIGRATIONS", "Dialect", "SqlStore"]
 
@@ -26,6 +26,7 @@ class Dialect:
     real: str
     placeholder: str  # "?" or "%s"
     skip_locked: str  # "" or " FOR UPDATE SKIP LOCKED"
+    blob: str = "BLOB"  # a column of raw bytes
 
 
 # Each step is a list of statements; {id}, {real} are filled from the dialect. Never edit a step
@@ -91,6 +92,23 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX inbox_open_lease ON inbox (lease_until) WHERE status = 'inflight'",
         "DROP INDEX inbox_order",
         "DROP INDEX inbox_ready",
+    ],
+    [
+        # v4: the embedded durable queue (connectors/queue): event flows on one machine without a broker.
+        # A received message is hidden until available_at (its lease); ack sets acked_at, and the row
+        # stays so a message id published again is recognised.
+        """CREATE TABLE queue_messages (
+            id {id},
+            queue TEXT NOT NULL,
+            message_id TEXT NOT NULL,
+            body {blob} NOT NULL,
+            headers TEXT NOT NULL DEFAULT '{{}}',
+            available_at {real} NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            created_at {real} NOT NULL,
+            acked_at {real},
+            UNIQUE (queue, message_id))""",
+        "CREATE INDEX queue_open ON queue_messages (queue, available_at) WHERE acked_at IS NULL",
     ],
 ]
 
@@ -177,7 +195,9 @@ class SqlStore:
                 if version >= goal:
                     return version
                 for statement in MIGRATIONS[version]:
-                    cur.execute(statement.format(id=self.dialect.id_column, real=self.dialect.real))
+                    cur.execute(
+                        statement.format(id=self.dialect.id_column, real=self.dialect.real, blob=self.dialect.blob)
+                    )
                 if version == 0:
                     cur.execute(self._sql("INSERT INTO seamline_schema (version) VALUES (?)"), (1,))
                 else:
@@ -510,3 +530,76 @@ class SqlStore:
                 )
                 for r in cur.fetchall()
             ]
+
+    # -- the embedded queue --------------------------------------------------------------------
+    def publish(self, queue: str, body: bytes, message_id: str, headers: Mapping[str, Any] | None = None) -> bool:
+        now = self._clock()
+        with self._tx() as cur:
+            cur.execute(
+                self._sql(
+                    "INSERT INTO queue_messages (queue, message_id, body, headers, available_at, created_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (queue, message_id) DO NOTHING"
+                ),
+                (queue, message_id, body, json.dumps(dict(headers or {})), now, now),
+            )
+            return bool(cur.rowcount > 0)
+
+    def receive(self, queue: str, limit: int, lease: float) -> list[QueueMessage]:
+        now = self._clock()
+        with self._tx() as cur:
+            cur.execute(
+                self._sql(
+                    "SELECT i.id FROM queue_messages i WHERE i.queue = ? AND i.acked_at IS NULL "
+                    f"AND i.available_at <= ? ORDER BY i.available_at, i.id LIMIT ?{self.dialect.skip_locked}"
+                ),
+                (queue, now, limit),
+            )
+            ids = [int(row[0]) for row in cur.fetchall()]
+            if not ids:
+                return []
+            marks = ", ".join("?" for _ in ids)
+            cur.execute(
+                self._sql(f"UPDATE queue_messages SET available_at = ?, attempts = attempts + 1 WHERE id IN ({marks})"),
+                (now + lease, *ids),
+            )
+            cur.execute(
+                self._sql(
+                    "SELECT id, queue, message_id, body, headers, attempts FROM queue_messages "
+                    f"WHERE id IN ({marks}) ORDER BY id"
+                ),
+                ids,
+            )
+            return [
+                QueueMessage(int(r[0]), r[1], r[2], bytes(r[3]), json.loads(r[4]), int(r[5])) for r in cur.fetchall()
+            ]
+
+    def ack(self, message_ids: Sequence[int]) -> None:
+        if not message_ids:
+            return
+        marks = ", ".join("?" for _ in message_ids)
+        with self._tx() as cur:
+            cur.execute(
+                self._sql(f"UPDATE queue_messages SET acked_at = ? WHERE id IN ({marks}) AND acked_at IS NULL"),
+                (self._clock(), *message_ids),
+            )
+
+    def nack(self, message_id: int, delay: float) -> None:
+        with self._tx() as cur:
+            cur.execute(
+                self._sql("UPDATE queue_messages SET available_at = ? WHERE id = ? AND acked_at IS NULL"),
+                (self._clock() + delay, message_id),
+            )
+
+    def queue_depth(self, queue: str) -> dict[str, int]:
+        now = self._clock()
+        with self._tx() as cur:
+            cur.execute(
+                self._sql(
+                    "SELECT CASE WHEN acked_at IS NOT NULL THEN 'acked' WHEN available_at <= ? THEN 'ready' "
+                    "ELSE 'unacked' END AS state, COUNT(*) FROM queue_messages WHERE queue = ? GROUP BY state"
+                ),
+                (now, queue),
+            )
+            counts = {state: 0 for state in ("ready", "unacked", "acked")}
+            counts.update({row[0]: int(row[1]) for row in cur.fetchall()})
+            return counts

@@ -76,7 +76,7 @@ def test_a_garbled_status_line_is_transient() -> None:
     async def scenario() -> None:
         server, url = await _serve(answer)
         async with server, _connection(url) as connection:
-            with pytest.raises(TransientError, match="dropped|protocol|Invalid|connection"):
+            with pytest.raises(TransientError, match=r"dropped|protocol|Invalid|connection"):
                 await connection.write("put", {"id": 7}, key=7, mode="upsert", idempotency_key="k")
 
     asyncio.run(scenario())
@@ -90,7 +90,7 @@ def test_a_server_that_never_answers_is_a_transient_timeout() -> None:
     async def scenario() -> None:
         server, url = await _serve(answer)
         async with server, _connection(url) as connection:
-            with pytest.raises(TransientError, match="no answer within 0.2s"):
+            with pytest.raises(TransientError, match=r"no answer within 0\.2s"):
                 await connection.call("get", {}, timeout=0.2)
 
     asyncio.run(scenario())

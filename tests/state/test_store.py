@@ -148,6 +148,32 @@ def test_a_claim_carries_the_targets_already_delivered_and_completion_records_th
     assert store.deliveries("orders") == 2
 
 
+def test_queue_publish_receive_ack_and_redelivery(store: StateStore, clock: Clock) -> None:
+    assert store.publish("stock", b'{"sku": "A"}', "m1", {"source": "wms"})
+    assert not store.publish("stock", b'{"sku": "A"}', "m1")  # the same message id is recognised
+    assert store.publish("stock", b"\xff not utf-8", "m2")
+    assert store.publish("other", b"{}", "m1")  # ids are per queue
+    first = store.receive("stock", 10, lease=30)
+    assert [(m.message_id, m.body, m.attempts) for m in first] == [
+        ("m1", b'{"sku": "A"}', 1),
+        ("m2", b"\xff not utf-8", 1),
+    ]
+    assert first[0].headers == {"source": "wms"}
+    assert store.receive("stock", 10, lease=30) == []  # leased: hidden from other consumers
+    store.ack([first[0].id])
+    store.nack(first[1].id, delay=5)
+    assert store.queue_depth("stock") == {"ready": 0, "unacked": 1, "acked": 1}
+    clock.now += 6
+    (again,) = store.receive("stock", 10, lease=30)
+    assert (again.message_id, again.attempts) == ("m2", 2)
+    clock.now += 31  # a consumer that died holding it: the lease ends and it comes back
+    (third,) = store.receive("stock", 10, lease=30)
+    assert (third.message_id, third.attempts) == ("m2", 3)
+    store.ack([third.id])
+    clock.now += 60
+    assert store.receive("stock", 10, lease=30) == []
+
+
 def test_cursors(store: StateStore) -> None:
     assert store.get_cursor("catalog") is None
     store.set_cursor("catalog", "2025-01-01T00:00:00Z")
@@ -199,6 +225,7 @@ def test_schema_is_migrated_in_place_not_recreated(tmp_path: Path) -> None:
     conn.execute("CREATE INDEX inbox_ready ON inbox (status, available_at)")
     conn.execute("CREATE INDEX inbox_order ON inbox (flow, business_key, id)")
     conn.execute("ALTER TABLE dead_letters DROP COLUMN spec_version")
+    conn.execute("DROP TABLE queue_messages")
     conn.execute("UPDATE seamline_schema SET version = 1")
     conn.execute(
         "INSERT INTO inbox (flow, key, business_key, payload, available_at, created_at) "
@@ -208,7 +235,7 @@ def test_schema_is_migrated_in_place_not_recreated(tmp_path: Path) -> None:
     conn.close()
     upgraded = open_store(url)
     try:
-        assert upgraded.schema_version() == len(MIGRATIONS) == 3
+        assert upgraded.schema_version() == len(MIGRATIONS) == 4
         assert upgraded.depth()["pending"] == 1  # the data survived the upgrade
         (item,) = upgraded.claim("w", 1, lease=10)
         upgraded.dead_letter(item.id, "x", error_kind="terminal", spec_version="v2")
