@@ -22,6 +22,7 @@ from typing import Annotated, Any, Literal, Protocol
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 __all__ = [
+    "REJECT_HEADER",
     "ApiKeyAuth",
     "BasicAuth",
     "BearerAuth",
@@ -165,9 +166,17 @@ class SystemOptions(_Strict):
         return None
 
 
+REJECT_HEADER = "x-seamline-reject"
+
+
 @dataclass(frozen=True, slots=True)
 class Message:
-    """One message from a queue, as an event trigger's handler receives it."""
+    """One message from a queue, as an event trigger's handler receives it.
+
+    A connector that found a record it cannot hand over as data (a CSV row with a bad number, an
+    IDoc without a mandatory segment) still hands it over, with the reason in
+    ``headers[REJECT_HEADER]``: the trigger stores it straight in dead letters with that reason.
+    """
 
     body: bytes
     message_id: str = ""
@@ -182,11 +191,14 @@ class ConnectContext:
     """What a connector gets besides its options: its system's name in the spec, and who to tell secrets to.
 
     ``mask`` registers a value (a token fetched at run time) so logs and errors never show it.
+    ``base_dir`` is the folder of the spec file that declares the system: relative paths in its
+    options (a file drop's directory) are relative to it, as lookup and transform paths are.
     """
 
     system: str
     client: str
     mask: Callable[[str], None] = lambda _value: None
+    base_dir: str = ""
 
 
 class Connection(Protocol):

@@ -150,7 +150,10 @@ class Daemon:
                 continue
             rendered = render_values(raw_systems[system], masker=self.masker, environ=self.environ, where=system)
             live_options = kind.options.model_validate(rendered)
-            context = ConnectContext(system=system, client=self.client.client, mask=self.masker.add)
+            declared_in = Path(self.client.report.merged.origin(("systems", system))).parent
+            context = ConnectContext(
+                system=system, client=self.client.client, mask=self.masker.add, base_dir=str(declared_in)
+            )
             self.connections[system] = kind.connect(live_options, context)
             self.budgets[system] = Budget(live_options.limits)
             self.breakers[system] = Breaker()

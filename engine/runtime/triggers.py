@@ -21,7 +21,7 @@ from typing import Any
 
 from croniter import croniter  # type: ignore[import-untyped]
 
-from engine.connector import Connection, Message, parse_duration
+from engine.connector import REJECT_HEADER, Connection, Message, parse_duration
 from engine.errors import TerminalError, TransformError, TransientError
 from engine.flow import CompiledFlow
 from engine.runtime.guards import Breaker, Budget
@@ -79,19 +79,33 @@ def enqueue_records(
 
 
 def enqueue_event(
-    store: StateStore, flow: CompiledFlow, body: bytes, *, source: str, metrics: Metrics, message_id: str = ""
+    store: StateStore,
+    flow: CompiledFlow,
+    body: bytes,
+    *,
+    source: str,
+    metrics: Metrics,
+    message_id: str = "",
+    rejected: str = "",
 ) -> int:
     """A pushed event (webhook or queue message) into the inbox; a body that is not JSON is dead-lettered.
 
+    ``rejected`` is a connector's reason why the message is not a usable record (see
+    :data:`~engine.connector.REJECT_HEADER`): it goes to dead letters with that reason.
     Returns the number of new items. Raises nothing for bad input: bad input never loses data, it
     goes to dead letters with its reason, and the sender gets its acknowledgement.
     """
-    try:
-        record = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    reason = rejected
+    record: Any = None
+    if not reason:
+        try:
+            record = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            reason = f"message is not JSON: {exc}"
+    if reason:
         raw = {"raw": body.decode("utf-8", errors="replace")}
         business, key = identify(flow.flow, raw, message_id=message_id)
-        if store.reject(NewItem(flow.name, key, business, raw, source), f"message is not JSON: {exc}"):
+        if store.reject(NewItem(flow.name, key, business, raw, source), reason):
             metrics.inc("dead_lettered", flow.name)
         return 0
     records = record if isinstance(record, list) else [record]
@@ -281,7 +295,13 @@ async def consume_queue(
 
     async def handler(message: Message) -> None:
         enqueue_event(
-            store, flow, message.body, source=f"queue:{queue}", metrics=metrics, message_id=message.message_id
+            store,
+            flow,
+            message.body,
+            source=f"queue:{queue}",
+            metrics=metrics,
+            message_id=message.message_id,
+            rejected=str(message.headers.get(REJECT_HEADER) or ""),
         )
 
     await connection.consume(queue, handler)
