@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import os
 import signal
@@ -194,6 +195,13 @@ class Daemon:
         self.pool.wakeup.set()
         return added
 
+    def _consumer_ended(self, flow: str, task: asyncio.Task[None]) -> None:
+        """A queue consumer ends on its own only for a reason waiting will not fix (a refused login)."""
+        if task.cancelled() or self.stopping:
+            return
+        error = task.exception()
+        self.log.error("consumer_stopped", flow=flow, error=str(error) if error else "consume() returned")
+
     def _gauges(self, store: StateStore) -> None:
         def depth() -> dict[str, float]:
             counts = store.depth()
@@ -240,9 +248,11 @@ class Daemon:
             event = compiled.flow.trigger.event
             if event is not None and event.system is not None and event.queue is not None:
                 connection = self.connections[event.system]
-                self._tasks.append(
-                    asyncio.create_task(consume_queue(compiled, connection, event.queue, store, self.metrics))
+                task = asyncio.create_task(
+                    consume_queue(compiled, connection, event.queue, store, self.metrics), name=f"consume-{name}"
                 )
+                task.add_done_callback(functools.partial(self._consumer_ended, name))
+                self._tasks.append(task)
         if self.options.serve_http:
             self._runner = web.AppRunner(build_app(self), access_log=None, handle_signals=False)
             await self._runner.setup()

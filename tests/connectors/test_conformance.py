@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
@@ -11,7 +12,13 @@ from engine.connector import default_registry
 from tests.connectors.conformance import HARNESSES, SUITE, Harness
 
 
-@pytest.fixture(params=sorted(HARNESSES))
+def _with_marks(kind: str) -> object:
+    """A harness module may export MARKS (``(pytest.mark.rabbitmq,)``) so -m can deselect its checks."""
+    module = importlib.import_module(f"tests.connectors.harness_{kind}")
+    return pytest.param(kind, marks=getattr(module, "MARKS", ()), id=kind)
+
+
+@pytest.fixture(params=[_with_marks(kind) for kind in sorted(HARNESSES)])
 def harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
     with HARNESSES[request.param]() as running:
         yield running
