@@ -42,12 +42,8 @@ PIM = ConnectorKind(
 def test_builtin_connectors_register_through_entry_points() -> None:
     registry = default_registry()
     assert registry.names() == ["amqp", "file", "http", "magento", "queue", "salesforce", "tryton"]
-    assert {kind.name for kind in registry if kind.runnable} == {
-        "amqp",
-        "file",
-        "http",
-        "queue",
-    }  # the others: declared only
+    runnable = {kind.name for kind in registry if kind.runnable}
+    assert runnable == {"amqp", "file", "http", "queue", "salesforce"}  # the others: declared only, for now
 
 
 def test_an_empty_registry_knows_no_connector(write_files: WriteFiles) -> None:

@@ -1,21 +1,126 @@
-"""Salesforce REST sObjects: upsert by external id, composite requests."""
+"""Salesforce REST sObjects: upsert by external id, SOQL reads, composite requests.
+
+Runnable: :mod:`connectors.salesforce.client` implements the connection (opened lazily, so validating
+a spec never imports httpx), and :mod:`connectors.salesforce.fake` is a real HTTP server that behaves
+like an org for tests and demos.
+
+Entities map to sObjects: ``accounts`` Account, ``contacts`` Contact, ``opportunities`` Opportunity,
+``orders`` Order. A write sends ``PATCH /services/data/<api_version>/sobjects/<Object>/<field>/<value>``
+where ``field`` is the entity's external id field (``external_id_fields``, else ``external_id_field``)
+and ``value`` is the flow target's ``key`` (else the record's own value of that field). The record is
+the body, without the external id field; a reference may name its record by external id, as
+Salesforce allows (``"Account": {"Seamline_Id__c": "A-1"}`` on a Contact). ``mode: create`` posts the
+record instead, ``update`` adds ``updateOnly=true`` (v61.0+), ``delete`` deletes by external id.
+
+A read runs ``SELECT <fields> FROM <Object> WHERE <cursor> >= <since> ORDER BY <cursor>, Id`` and
+follows ``nextRecordsUrl``; the cursor is the flow source's ``cursor`` (``SystemModstamp`` when it
+names none). ``filter`` entries add ``field = value`` (a list: ``IN``), and ``filter.where`` adds a raw
+SOQL condition.
+"""
 
 from __future__ import annotations
 
-from pydantic import Field
+import re
+from typing import TYPE_CHECKING, Annotated, Literal
 
-from engine.connector import ConnectorKind, OAuth2ClientCredentials, SystemOptions, Url
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from engine.connector import ConnectContext, ConnectorKind, Duration, OAuth2ClientCredentials, SystemOptions, Url
+
+if TYPE_CHECKING:
+    from engine.connector import Connection
 
 __all__ = ["CONNECTOR", "SalesforceOptions"]
 
+WriteEntity = Literal["accounts", "contacts", "opportunities", "orders"]
+ReadEntity = Literal["accounts", "contacts"]
+SOBJECTS: dict[str, str] = {
+    "accounts": "Account",
+    "contacts": "Contact",
+    "opportunities": "Opportunity",
+    "orders": "Order",
+}
+MIN_API_VERSION = 46.0  # upserts answer {id, created} and sObject Collections upsert exist from v46.0 on
+
+_NAME = r"[A-Za-z][A-Za-z0-9_]*"
+FieldName = Annotated[
+    str,
+    Field(pattern=rf"^{_NAME}$", description="An API field name.", examples=["Seamline_Id__c", "ERP_Number__c"]),
+]
+FieldPath = Annotated[
+    str,
+    Field(
+        pattern=rf"^{_NAME}(\.{_NAME})?$",
+        description="A field, or Relationship.Field one level up.",
+        examples=["Email", "Account.Seamline_Id__c"],
+    ),
+]
+
+
+def _check_version(text: str) -> str:
+    match = re.fullmatch(r"v(\d+\.\d)", text)
+    if match is None or float(match.group(1)) < MIN_API_VERSION:
+        raise ValueError(
+            f"'{text}' is not a usable API version; write it as vNN.N, v{MIN_API_VERSION} or later (e.g. v62.0)"
+        )
+    return text
+
+
+class CompositeBatching(BaseModel):
+    """Send concurrent upserts of one entity together, as one sObject Collections request (allOrNone false)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    max_records: int = Field(25, ge=2, le=200, description="Most records in one request (Salesforce allows 200).")
+    linger: Duration = Field(
+        "20ms", description="How long the first write of a batch waits for others before the batch is sent."
+    )
+
 
 class SalesforceOptions(SystemOptions):
+    """A Salesforce org: where it is, how the connector logs in, which external ids writes match on."""
+
     url: Url = Field(description="Instance URL, e.g. https://acme.my.salesforce.com.")
-    api_version: str = Field("v62.0", pattern=r"^v\d+\.\d$")
-    auth: OAuth2ClientCredentials
-    external_id_field: str = Field(
+    api_version: Annotated[str, AfterValidator(_check_version)] = Field(
+        "v62.0", description="REST API version, v46.0 or later.", examples=["v62.0"]
+    )
+    auth: OAuth2ClientCredentials = Field(
+        description="A connected app's client credentials; token_url is <url>/services/oauth2/token."
+    )
+    external_id_field: FieldName = Field(
         "Seamline_Id__c", description="Custom field upserts match on (PATCH /sobjects/{Object}/{field}/{id})."
     )
+    external_id_fields: dict[WriteEntity, FieldName] = Field(
+        default_factory=dict,
+        description="The external id field of one entity, when it is not external_id_field.",
+        examples=[{"accounts": "ERP_Customer_Number__c", "orders": "OrderNumber__c"}],
+    )
+    fields: dict[ReadEntity, list[FieldPath]] = Field(
+        default_factory=dict,
+        description="Fields a read selects, per entity; default: the standard fields of §C.6 and the external id. "
+        "Id and the cursor field are always added.",
+        examples=[{"contacts": ["Id", "Email", "LastName", "Account.Seamline_Id__c"]}],
+    )
+    composite: CompositeBatching | None = Field(
+        None,
+        description="Batch concurrent upserts into sObject Collections requests; off when left out. A batch "
+        "fills only with writes in flight at once, so give the system limits.concurrency of about max_records.",
+    )
+
+    def external_id_for(self, entity: str) -> str:
+        """The external id field writes of ``entity`` match on."""
+        for name, field in self.external_id_fields.items():
+            if name == entity:
+                return field
+        return self.external_id_field
+
+
+def connect(options: SystemOptions, context: ConnectContext) -> Connection:
+    """Open a connection to one Salesforce org (a pooled client; no request is sent yet)."""
+    from connectors.salesforce.client import SalesforceConnection
+
+    if not isinstance(options, SalesforceOptions):
+        raise TypeError(f"the salesforce connector needs SalesforceOptions, not {type(options).__name__}")
+    return SalesforceConnection(options, context)
 
 
 CONNECTOR = ConnectorKind(
@@ -23,5 +128,6 @@ CONNECTOR = ConnectorKind(
     options=SalesforceOptions,
     description="Salesforce CRM: Account, Contact, Opportunity, Order",
     reads=frozenset({"accounts", "contacts"}),
-    writes=frozenset({"accounts", "contacts", "opportunities", "orders"}),
+    writes=frozenset(SOBJECTS),
+    connect=connect,
 )
