@@ -9,6 +9,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# A real Tryton server for the tests that need one (installed from PyPI into a cached venv on first use).
+pytest_plugins = ["tests.tryton_server"]
+
 
 @pytest.fixture
 def repo_root(monkeypatch: pytest.MonkeyPatch) -> Path:
