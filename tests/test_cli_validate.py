@@ -41,7 +41,7 @@ def test_text_format(write_files: WriteFiles, snapshot: SnapshotAssertion) -> No
     code, output = run("validate", "seamline.yaml")
     assert code == 1
     body, _, summary = output.rstrip("\n").rpartition("\n")
-    assert summary.startswith("invalid: 1 spec checked, 3 errors, 1 warning, 1 note (")
+    assert summary.startswith("invalid: 1 spec checked, 3 errors, 1 warning, 0 notes (")
     assert body == snapshot
 
 

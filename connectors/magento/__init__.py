@@ -4,15 +4,31 @@ Declared here: the options a ``magento`` system takes and the entities a flow ma
 Operation names follow the REST resources in Magento 2.4.8's published schema
 (../shared/reference/magento/): ``products`` is ``PUT /V1/products/{sku}``, ``source-items`` is
 ``POST /V1/inventory/source-items``, and so on.
+
+Runnable: :mod:`connectors.magento.client` implements the connection (opened lazily, so validating a
+spec never imports httpx); its docstring says what each entity's record looks like, how each is
+written and read, and how Magento's answers become errors. :mod:`connectors.magento.fake` is a real
+HTTP server that behaves like Magento for tests and demos.
 """
 
 from __future__ import annotations
 
-from typing import Literal, Self
+from typing import TYPE_CHECKING, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from engine.connector import BearerAuth, ConnectorKind, OAuth1Auth, SystemOptions, Url
+from engine.connector import (
+    BearerAuth,
+    ConnectContext,
+    ConnectorKind,
+    Duration,
+    OAuth1Auth,
+    SystemOptions,
+    Url,
+)
+
+if TYPE_CHECKING:
+    from engine.connector import Connection
 
 __all__ = ["CONNECTOR", "MagentoOptions"]
 
@@ -44,12 +60,48 @@ class MagentoAuth(BaseModel):
 class MagentoOptions(SystemOptions):
     url: Url = Field(description="Base URL of the store, without /rest.", examples=["https://shop.example.com"])
     auth: MagentoAuth
-    store_code: str = Field("default", description="Store view for /rest/<store_code>/V1/...; 'all' for global scope.")
-    bulk: bool = Field(False, description="Send batch writes through /async/bulk/V1/... and poll the bulk status.")
+    store_code: str = Field(
+        "default",
+        pattern=r"^[A-Za-z][A-Za-z0-9_]*$",
+        description=(
+            "Store view for /rest/<store_code>/V1/...; 'all' writes the catalog (products, prices, source "
+            "items) at global scope, and everything else then goes to the default store (/rest/V1/...)."
+        ),
+        examples=["default", "de", "all"],
+    )
+    bulk: bool = Field(
+        False,
+        description=(
+            "Products go through Magento's bulk API: concurrent writes are gathered for bulk_wait or up to "
+            "bulk_size records into one POST /async/bulk/V1/products, then the bulk status is polled and each "
+            "write answers with its own operation's result. Needs Magento's async.operations.all consumer "
+            "running, and the system's limits.timeout must cover its delay."
+        ),
+    )
+    bulk_size: int = Field(
+        100, ge=1, le=5000, description="Most records in one bulk request (Magento's async limit is 5000)."
+    )
+    bulk_wait: Duration = Field("50ms", description="How long the first write of a bulk waits for others to join it.")
+    bulk_poll: Duration = Field(
+        "500ms", description="First wait between bulk status polls; it grows to 5s while operations stay open."
+    )
     page_size: int = Field(100, ge=1, le=1000, description="searchCriteria[pageSize] for reads.")
     b2b: Literal["auto", "yes", "no"] = Field(
-        "auto", description="Whether the instance has the B2B modules (companies); 'auto' asks it."
+        "auto",
+        description=(
+            "Whether the instance has the B2B modules (companies); 'auto' learns it from the first company "
+            "request (a 404 'Request does not match any route.' means no); 'no' refuses company writes unsent."
+        ),
     )
+
+
+def connect(options: SystemOptions, context: ConnectContext) -> Connection:
+    """Open a connection to one Magento system (a pooled client; no request is sent yet)."""
+    from connectors.magento.client import MagentoConnection
+
+    if not isinstance(options, MagentoOptions):
+        raise TypeError(f"the magento connector needs MagentoOptions, not {type(options).__name__}")
+    return MagentoConnection(options, context)
 
 
 CONNECTOR = ConnectorKind(
@@ -73,4 +125,5 @@ CONNECTOR = ConnectorKind(
             "credit-memos",
         }
     ),
+    connect=connect,
 )

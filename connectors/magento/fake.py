@@ -8,6 +8,8 @@
         shop.fail_next(2, status=429, retry_after="3")
         ...                                           # point a magento connector at shop.url
         shop.writes(); shop.applied_count()           # the write log: every applied write
+        shop.request_count("/async/bulk/")            # every request answered (or dropped)
+        shop.expire_tokens()                          # admin tokens issued so far stop working
 
     python3 -m connectors.magento.fake --port 8082 [--no-auth] [--no-b2b]
 
@@ -15,8 +17,12 @@ Routes live under ``/rest/<store>/V1/`` (``/rest/V1/`` is the default store; any
 accepted, ``all`` included; data is global, store scope is not modelled): products (upsert by SKU,
 list with searchCriteria), inventory source items, base/tier/special prices, customers, companies
 (Adobe Commerce B2B; ``b2b=False`` answers them like Open Source: 404 "Request does not match any
-route."), orders (list, get, comments, ship, invoice), the bulk API (``/async/bulk/V1/products``,
+route."), orders (list, get, comments, ship, invoice, refund), the shipments and invoices they
+create (lists with searchCriteria), the bulk API (``/async/bulk/V1/products``,
 ``/async/V1/products`` and ``/V1/bulk/{uuid}/status``) and the admin token.
+
+Besides the write log, every request is counted (:meth:`FakeMagento.requests`, :meth:`request_count`):
+how a benchmark tells HTTP requests sent from writes applied.
 
 Request bodies are checked against ``schema_subset.json`` (derived from Magento's published schema
 by ``derive_schema.py``) the way Magento's web API deserializer does it: wrapper keys the route
@@ -517,6 +523,10 @@ class FakeMagento:
             ("POST", re.compile(r"^orders/(?P<id>\d+)/comments$"), self._order_comment, False),
             ("POST", re.compile(r"^order/(?P<orderId>\d+)/ship$"), self._order_ship, False),
             ("POST", re.compile(r"^order/(?P<orderId>\d+)/invoice$"), self._order_invoice, False),
+            ("POST", re.compile(r"^order/(?P<orderId>\d+)/refund$"), self._order_refund, False),
+            ("GET", re.compile(r"^shipments$"), self._shipment_list, False),
+            ("GET", re.compile(r"^invoices$"), self._invoice_list, False),
+            ("GET", re.compile(r"^creditmemos$"), self._creditmemo_list, False),
             ("GET", re.compile(r"^bulk/(?P<bulkUuid>[^/]+)/status$"), self._bulk_status, False),
         ]
         self._clear()
@@ -563,10 +573,14 @@ class FakeMagento:
         self.customers: dict[int, dict[str, Any]] = {}
         self.companies: dict[int, dict[str, Any]] = {}
         self.orders: dict[int, dict[str, Any]] = {}
+        self.shipments: dict[int, dict[str, Any]] = {}
+        self.invoices: dict[int, dict[str, Any]] = {}
+        self.creditmemos: dict[int, dict[str, Any]] = {}
         self.bulks: dict[str, dict[str, Any]] = {}
         self._tokens: dict[str, float] = {}
         self._nonces: set[str] = set()
         self._log: list[dict[str, Any]] = []
+        self._requests: list[tuple[str, str, int]] = []
         self._ids: dict[str, int] = {}
         self._faults = _Faults()
         self._random = random.Random(self._seed)
@@ -618,6 +632,7 @@ class FakeMagento:
                 item.setdefault("qty_ordered", 1)
                 item.setdefault("qty_invoiced", 0)
                 item.setdefault("qty_shipped", 0)
+                item.setdefault("qty_refunded", 0)
             self.orders[entity_id] = stored
             return copy.deepcopy(stored)
 
@@ -630,6 +645,29 @@ class FakeMagento:
     def applied_count(self, path_contains: str = "") -> int:
         with self._lock:
             return sum(1 for entry in self._log if path_contains in entry["path"])
+
+    def requests(self) -> list[dict[str, Any]]:
+        """Every request the fake received, oldest first: method, path, query (decoded pairs) and the
+        status it answered (0 when the connection was dropped unanswered)."""
+        with self._lock:
+            listed = list(self._requests)
+        out = []
+        for method, target, status in listed:
+            path, _, query = target.partition("?")
+            out.append({"method": method, "path": path, "query": parse_qsl(query), "status": status})
+        return out
+
+    def request_count(self, path_contains: str = "", method: str | None = None) -> int:
+        with self._lock:
+            return sum(1 for m, t, _ in self._requests if path_contains in t.partition("?")[0] and method in (None, m))
+
+    def expire_tokens(self) -> int:
+        """Make every admin token issued so far expire now (as after its 4 h); answers how many."""
+        with self._lock:
+            now = time.monotonic()
+            for token in self._tokens:
+                self._tokens[token] = min(self._tokens[token], now)
+            return len(self._tokens)
 
     # -- faults ---------------------------------------------------------------------------------
     def configure(self, **knobs: Any) -> None:
@@ -672,6 +710,12 @@ class FakeMagento:
     # -- the request path -----------------------------------------------------------------------
     def handle(self, method: str, target: str, raw: bytes, authorization: str = "", host: str = "") -> _Response | None:
         """Answer one request; None means: drop the connection without answering."""
+        response = self._answer(method, target, raw, authorization, host)
+        with self._lock:
+            self._requests.append((method, target, 0 if response is None else response.status))
+        return response
+
+    def _answer(self, method: str, target: str, raw: bytes, authorization: str, host: str) -> _Response | None:
         with self._lock:
             faults = self._faults
             if faults.drop_next > 0:
@@ -1097,24 +1141,87 @@ class FakeMagento:
 
     def _order_ship(self, request: _Request) -> tuple[int, Any]:
         order = self._order(request.params["orderId"])
-        if all(_number(i["qty_shipped"]) == _number(i["qty_ordered"]) for i in order["items"]):
+        lines = self._document_lines(order, request.body, "qty_shipped", "qty_ordered")
+        if not lines:
             raise _error(
                 400, "Shipment Document Validation Error(s):\nThe order does not allow a shipment to be created."
             )
-        for item in order["items"]:
-            item["qty_shipped"] = item["qty_ordered"]
+        for item, qty in lines:
+            item["qty_shipped"] = (_number(item["qty_shipped"]) or 0) + qty
         self._advance(order)
-        return 200, self._next_id("shipment")
+        body = request.body or {}
+        document = self._document("shipment", order, lines)
+        document["tracks"] = [dict(track) for track in body.get("tracks") or []]
+        self.shipments[document["entity_id"]] = document
+        return 200, document["entity_id"]
 
     def _order_invoice(self, request: _Request) -> tuple[int, Any]:
         order = self._order(request.params["orderId"])
-        if all(_number(i["qty_invoiced"]) == _number(i["qty_ordered"]) for i in order["items"]):
+        lines = self._document_lines(order, request.body, "qty_invoiced", "qty_ordered")
+        if not lines:
             raise _error(400, "The order does not allow an invoice to be created.")
-        for item in order["items"]:
-            item["qty_invoiced"] = item["qty_ordered"]
-        order["total_paid"] = order["grand_total"]
+        for item, qty in lines:
+            item["qty_invoiced"] = (_number(item["qty_invoiced"]) or 0) + qty
+        if all(_number(i["qty_invoiced"]) == _number(i["qty_ordered"]) for i in order["items"]):
+            order["total_paid"] = order["grand_total"]
         self._advance(order)
-        return 200, self._next_id("invoice")
+        document = self._document("invoice", order, lines)
+        self.invoices[document["entity_id"]] = document
+        return 200, document["entity_id"]
+
+    def _order_refund(self, request: _Request) -> tuple[int, Any]:
+        order = self._order(request.params["orderId"])
+        lines = self._document_lines(order, request.body, "qty_refunded", "qty_invoiced")
+        if not lines:
+            raise _error(400, "The most money available to refund is %1.", ["0"])
+        for item, qty in lines:
+            item["qty_refunded"] = (_number(item.get("qty_refunded")) or 0) + qty
+        if all(_number(i.get("qty_refunded")) == _number(i["qty_ordered"]) for i in order["items"]):
+            order["state"] = order["status"] = "closed"
+        order["updated_at"] = _now()
+        document = self._document("creditmemo", order, lines)
+        self.creditmemos[document["entity_id"]] = document
+        return 200, document["entity_id"]
+
+    @staticmethod
+    def _document_lines(order: dict[str, Any], body: Any, done: str, limit: str) -> list[tuple[dict[str, Any], float]]:
+        """(order item, qty) a shipment/invoice/credit memo takes: the body's items, else all that is left."""
+        left = {int(i["item_id"]): (_number(i[limit]) or 0) - (_number(i.get(done)) or 0) for i in order["items"]}
+        wanted: dict[int, float] = dict(left)
+        if isinstance(body, dict) and body.get("items"):
+            wanted = {}
+            for line in body["items"]:
+                item_id = int(line.get("order_item_id") or 0)
+                if item_id not in left:
+                    raise _error(400, "The order item with ID %1 does not exist.", [str(item_id)])
+                qty = _number(line.get("qty")) or 0
+                if qty > left[item_id]:
+                    raise _error(400, "The quantity to take for item %1 is more than is left.", [str(item_id)])
+                wanted[item_id] = qty
+        by_id = {int(i["item_id"]): i for i in order["items"]}
+        return [(by_id[item_id], qty) for item_id, qty in wanted.items() if qty > 0]
+
+    def _document(self, kind: str, order: dict[str, Any], lines: list[tuple[dict[str, Any], float]]) -> dict[str, Any]:
+        entity_id = self._next_id(kind)
+        now = _now()
+        return {
+            "entity_id": entity_id,
+            "increment_id": f"{entity_id:09d}",
+            "order_id": order["entity_id"],
+            "created_at": now,
+            "updated_at": now,
+            "total_qty": sum(qty for _, qty in lines),
+            "items": [{"order_item_id": item["item_id"], "sku": item.get("sku"), "qty": qty} for item, qty in lines],
+        }
+
+    def _shipment_list(self, request: _Request) -> tuple[int, Any]:
+        return 200, _search(list(self.shipments.values()), request.query)
+
+    def _invoice_list(self, request: _Request) -> tuple[int, Any]:
+        return 200, _search(list(self.invoices.values()), request.query)
+
+    def _creditmemo_list(self, request: _Request) -> tuple[int, Any]:
+        return 200, _search(list(self.creditmemos.values()), request.query)
 
     @staticmethod
     def _advance(order: dict[str, Any]) -> None:

@@ -477,3 +477,56 @@ def test_concurrent_writes_on_any_store_code(shop: FakeMagento, client: httpx.Cl
         thread.join()
     assert shop.applied_count() == 40
     assert len({p["id"] for p in shop.products.values()}) == 40
+
+
+def test_every_request_is_counted_with_its_answer(shop: FakeMagento, client: httpx.Client) -> None:
+    client.put("/products/A-1", json={"product": PRODUCT})
+    client.get("/products", params={"searchCriteria[pageSize]": "5"})
+    client.get("/products/NOPE")
+    shop.drop_next(1)
+    with pytest.raises(httpx.TransportError):
+        client.get("/products/A-1")
+    assert [(r["method"], r["path"], r["status"]) for r in shop.requests()] == [
+        ("PUT", "/rest/default/V1/products/A-1", 200),
+        ("GET", "/rest/default/V1/products", 200),
+        ("GET", "/rest/default/V1/products/NOPE", 404),
+        ("GET", "/rest/default/V1/products/A-1", 0),
+    ]
+    assert shop.requests()[1]["query"] == [("searchCriteria[pageSize]", "5")]
+    assert shop.request_count("/products/") == 3
+    assert shop.request_count("/products", method="PUT") == 1
+    assert shop.applied_count() == 1  # the write log holds applied writes only
+
+
+def test_expired_tokens_make_the_caller_a_guest(shop: FakeMagento, client: httpx.Client) -> None:
+    assert client.get("/products/A-1").status_code == 404  # authorized: the product is just absent
+    assert shop.expire_tokens() == 1
+    denied = client.get("/products/A-1")
+    assert denied.status_code == 401
+    assert denied.json()["parameters"] == {"resources": "Magento_Catalog::products"}
+
+
+def test_shipments_invoices_and_refunds_are_documents(shop: FakeMagento, client: httpx.Client) -> None:
+    order = shop.seed_order(
+        {"customer_email": "a@b.c", "items": [{"sku": "A", "qty_ordered": 3}, {"sku": "B", "qty_ordered": 1}]}
+    )
+    first, second = (item["item_id"] for item in order["items"])
+    number = order["entity_id"]
+    partial = {"items": [{"order_item_id": first, "qty": 2}], "tracks": [{"track_number": "1Z", "title": "UPS"}]}
+    assert client.post(f"/order/{number}/ship", json=partial).json() == 1
+    assert client.post(f"/order/{number}/ship", json={}).json() == 2  # the rest
+    assert client.post(f"/order/{number}/ship", json={}).status_code == 400  # nothing left to ship
+    assert client.post(f"/order/{number}/invoice", json={"capture": False}).json() == 1
+    refund = {"items": [{"order_item_id": second, "qty": 1}]}
+    assert client.post(f"/order/{number}/refund", json=refund).json() == 1
+    too_much = client.post(f"/order/{number}/refund", json={"items": [{"order_item_id": second, "qty": 1}]})
+    assert too_much.status_code == 400
+    shipments = client.get("/shipments", params={"searchCriteria[pageSize]": "10"}).json()
+    assert [s["total_qty"] for s in shipments["items"]] == [2, 2]
+    assert shipments["items"][0]["tracks"] == [{"track_number": "1Z", "title": "UPS"}]
+    invoices = client.get("/invoices", params=ALL).json()["items"]
+    assert [(i["order_id"], i["total_qty"]) for i in invoices] == [(number, 4)]
+    assert client.get("/creditmemos", params=ALL).json()["total_count"] == 1
+    stored = client.get(f"/orders/{number}").json()
+    assert stored["state"] == "complete"
+    assert [i["qty_refunded"] for i in stored["items"]] == [0, 1]

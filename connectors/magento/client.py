@@ -1,0 +1,1160 @@
+"""The magento connector's connection: Magento 2.4's REST API over the generic http connection.
+
+Who calls what is documented on :class:`engine.connector.Connection`. Transport, auth headers, error
+translation and logging are :class:`connectors.http.client.HttpConnection`'s (one pooled client per
+system); this module adds what is Magento's own: the routes, the record each entity takes, the
+admin token, bulk, and the search criteria.
+
+What ``write`` does with each entity's record (one record per call)::
+
+    products        PUT  /V1/products/{sku}  {"product": record}; mode create: POST /V1/products;
+                    mode update: only if the SKU exists; mode delete (or disable): the product is
+                    disabled (status 2), never deleted. With ``bulk: true``: gathered into
+                    POST /async/bulk/V1/products, see below.
+    source-items    POST /V1/inventory/source-items  {"sourceItems": [record]}
+    base-prices     POST /V1/products/base-prices    {"prices": [record]}   (also tier-prices,
+                    special-prices: /V1/products/tier-prices, /V1/products/special-price); Magento
+                    answers 200 with a list of failures: each becomes the TerminalError's reason
+    customers       found by email (and website_id when given), else by taxvat; then
+                    PUT /V1/customers/{id} (what the record leaves out is kept) or POST /V1/customers
+    companies       Adobe Commerce B2B: found by company_email, then PUT /V1/company/{id} or
+                    POST /V1/company/; super_user_id, when absent, is the customer with the
+                    company's email. On Open Source (404 "Request does not match any route.") the
+                    error says this Magento has no B2B module.
+    order-comments  POST /V1/orders/{id}/comments  {"statusHistory": record}
+    invoices        POST /V1/order/{id}/invoice    record   (shipments: /ship, credit-memos: /refund)
+    order-status    {increment_id | order_id, status, comment, invoiced, shipped, shipped_on, tracks,
+                     notify, visible_on_front, capture}: invoice what is not invoiced yet, ship what is
+                    not shipped yet, then add the comment (with the status) unless the order's latest
+                    comment already says it. Writing the same record again changes nothing.
+
+The order entities name their order with ``increment_id`` (looked up with a search) or ``order_id``
+(Magento's entity_id); those two fields are the connector's, the rest is Magento's body.
+
+``check(entity, record)`` runs before each write (the worker calls it): the body the record becomes
+is checked against Magento's published schema (``schema_subset.json``) the way Magento's deserializer
+reads it (numeric strings pass for numbers; an unknown field is an error, as Magento's "Property ...
+does not have accessor method" is). A record that fails is a TerminalError naming every bad JSON path,
+e.g. ``product.price: 'abc' is not of type 'number'``, and is never sent.
+
+Bulk (``bulk: true``): ``write("products", ...)`` calls that arrive within ``bulk_wait`` of each
+other (up to ``bulk_size``) become one ``POST /async/bulk/V1/products``; the connection then polls
+``GET /V1/bulk/{uuid}/status`` until no operation is open, and each write returns or raises its own
+operation's result: complete -> a receipt, failed or rejected -> TerminalError (only that record is
+dead-lettered), retriably failed -> TransientError. A 4xx for the whole request splits the batch
+and sends each record alone, so one bad record never fails its neighbours.
+
+Errors: everything :mod:`connectors.http.client` says (timeouts, 429, 5xx are transient; other 4xx
+terminal, quoting Magento's message with its ``%1``/``%name`` parameters filled in). With an admin
+token, a 401 (Magento's answer to an expired token) fetches a new token once and repeats the request;
+a second 401 is a TerminalError that says the fresh token was refused too.
+
+Reads (``orders``, ``customers``, ``products``, ``companies``, ``shipments``, ``invoices``): a
+searchCriteria filter ``<cursor> gteq <since>`` (an ISO time becomes Magento's ``Y-m-d H:i:s`` in
+UTC), sorted on the cursor and then the entity id (a unique key, so pages neither skip nor repeat
+rows), page after page until an empty page or ``total_count``. Each ``filter`` entry is one more
+group: ``{field: value}`` is eq, ``{field: [a, b]}`` is in, ``{field: {condition: value}}`` names it.
+
+Store scope is in the path: ``/rest/<store_code>/V1/...``; with ``store_code: all`` the catalog
+(products, prices, source items) goes to ``/rest/all/V1`` and the rest to the default store
+(``/rest/V1``), as Magento takes ``all`` for the catalog only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import re
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+import httpx
+
+from connectors.http import HttpOptions
+from connectors.http.client import HttpConnection, parse_retry_after, server_message
+from connectors.magento import MagentoOptions
+from engine.connector import ConnectContext, MessageHandler, closest, parse_duration
+from engine.errors import SeamlineError, TerminalError, TransientError
+
+__all__ = ["MagentoConnection", "magento_time"]
+
+logger = logging.getLogger("seamline.connectors.magento")
+
+DEFAULT_TIMEOUT: Final = 30.0
+USER_AGENT: Final = "seamline-magento/0.1"
+SCHEMA_FILE: Final = Path(__file__).resolve().with_name("schema_subset.json")
+MAGENTO_TIME: Final = "%Y-%m-%d %H:%M:%S"
+NO_ROUTE: Final = "does not match any route"
+REMEMBERED: Final = 50_000  # idempotency keys of recent successful writes, per connection
+POLL_CEILING: Final = 5.0
+INTEGER: Final = re.compile(r"^[+-]?\d+$")
+NUMBER: Final = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")  # what PHP takes for a number
+
+# bulk operation statuses (Magento\AsynchronousOperations\Api\Data\OperationInterface)
+COMPLETE, RETRIABLY_FAILED, FAILED, OPEN, REJECTED = 1, 2, 3, 4, 5
+
+ORDER_REF: Final = ("increment_id", "order_id")
+
+
+# -- the schema check ---------------------------------------------------------------------------
+
+
+@functools.cache
+def _definitions() -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
+    return loaded
+
+
+def _route_body(route: str) -> dict[str, Any]:
+    body: dict[str, Any] = _definitions()["routes"][route]["body"]
+    return body
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/definitions/{name}"}
+
+
+def _join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+class _Checker:
+    """A body against a schema of the subset, as leniently as Magento's deserializer reads it.
+
+    Numeric strings pass for numbers and integers (PHP casts them), 0/1 and "true"/"false" for
+    booleans, any scalar for a string; ``custom_attributes[].value`` takes anything (real payloads send
+    arrays); null is an absent value. An unknown field is a problem, as it is for Magento.
+    """
+
+    def __init__(self, definitions: Mapping[str, Any]) -> None:
+        self.definitions = definitions
+
+    def problems(self, value: Any, schema: Mapping[str, Any], path: str, owner: str | None = None) -> list[str]:
+        if value is None:
+            return []
+        if "$ref" in schema:
+            owner = str(schema["$ref"]).rsplit("/", 1)[-1]
+            schema = self.definitions[owner]
+        kind = schema.get("type", "object" if "properties" in schema else None)
+        if kind == "object":
+            return self._object(value, schema, path, owner)
+        if kind == "array":
+            if not isinstance(value, list):
+                return [f"{path}: {value!r} is not of type 'array'"]
+            items = schema.get("items", {})
+            return [p for i, item in enumerate(value) for p in self.problems(item, items, f"{path}[{i}]", owner)]
+        if kind in ("integer", "number", "boolean", "string") and not _fits(value, kind):
+            return [f"{path}: {value!r} is not of type '{kind}'"]
+        return []
+
+    def _object(self, value: Any, schema: Mapping[str, Any], path: str, owner: str | None) -> list[str]:
+        if not isinstance(value, dict):
+            return [f"{path or 'the record'}: {value!r} is not of type 'object'"]
+        properties: Mapping[str, Any] = schema.get("properties", {})
+        found: list[str] = []
+        for name, item in value.items():
+            where = _join(path, name)
+            if name not in properties:
+                near = closest(name, properties)
+                what = f"Magento's {owner}" if owner else "this body"
+                hint = f" — did you mean '{near}'?" if near else ""
+                found.append(f"{where}: unknown field (not in {what}){hint}")
+            elif not (owner == "framework-attribute-interface" and name == "value"):
+                found += self.problems(item, properties[name], where, owner)
+        return found
+
+
+def _fits(value: Any, kind: str) -> bool:
+    if kind == "string":
+        return not isinstance(value, dict | list)
+    if kind == "boolean":
+        return isinstance(value, bool) or value in (0, 1, "0", "1", "true", "false")
+    if isinstance(value, bool):
+        return False
+    if kind == "integer":
+        if isinstance(value, float):
+            return value.is_integer()
+        if isinstance(value, str):
+            return INTEGER.match(value.strip()) is not None
+        return isinstance(value, int)
+    if isinstance(value, int | float):
+        return True
+    return isinstance(value, str) and NUMBER.match(value.strip()) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """The body an entity's record becomes, for the check: ``{wrap: record}`` (``[record]`` when listed)."""
+
+    schema: dict[str, Any]
+    wrap: str | None = None
+    listed: bool = False
+    own: tuple[str, ...] = ()  # the connector's fields: not sent, checked against OWN_SCHEMA
+    needs: tuple[tuple[str, ...], ...] = ()  # each tuple: one of these fields must be there
+
+    def body(self, record: Mapping[str, Any]) -> Any:
+        rest = {k: v for k, v in record.items() if k not in self.own}
+        if self.wrap is None:
+            return rest
+        return {self.wrap: [rest] if self.listed else rest}
+
+    def where(self, name: str) -> str:
+        if self.wrap is None:
+            return name
+        return f"{self.wrap}[0].{name}" if self.listed else f"{self.wrap}.{name}"
+
+
+OWN_SCHEMA: Final[dict[str, Any]] = {
+    "type": "object",
+    "properties": {"increment_id": {"type": "string"}, "order_id": {"type": "integer"}},
+}
+
+ORDER_STATUS_SCHEMA: Final[dict[str, Any]] = {
+    "type": "object",
+    "properties": {
+        "increment_id": {"type": "string"},
+        "order_id": {"type": "integer"},
+        "status": {"type": "string"},
+        "comment": {"type": "string"},
+        "invoiced": {"type": "boolean"},
+        "shipped": {"type": "boolean"},
+        "shipped_on": {"type": "string"},
+        "tracks": {"type": "array", "items": _ref("sales-data-shipment-track-creation-interface")},
+        "notify": {"type": "boolean"},
+        "visible_on_front": {"type": "boolean"},
+        "capture": {"type": "boolean"},
+    },
+}
+
+# The refund route is not in the schema subset: its body as the 2.4.8 schema gives it (its credit memo
+# item and comment have the same fields as the invoice's, whose definitions the subset has).
+REFUND_SCHEMA: Final[dict[str, Any]] = {
+    "type": "object",
+    "properties": {
+        "items": {"type": "array", "items": _ref("sales-data-invoice-item-creation-interface")},
+        "notify": {"type": "boolean"},
+        "appendComment": {"type": "boolean"},
+        "comment": _ref("sales-data-invoice-comment-creation-interface"),
+        "arguments": {
+            "type": "object",
+            "properties": {
+                "shipping_amount": {"type": "number"},
+                "adjustment_positive": {"type": "number"},
+                "adjustment_negative": {"type": "number"},
+                "extension_attributes": {
+                    "type": "object",
+                    "properties": {"return_to_stock_items": {"type": "array", "items": {"type": "integer"}}},
+                },
+            },
+        },
+    },
+}
+
+
+@functools.cache
+def _shapes() -> dict[str, _Shape]:
+    own, needs = ORDER_REF, (ORDER_REF,)
+    return {
+        "products": _Shape(_route_body("PUT /V1/products/{sku}"), "product", needs=(("sku",),)),
+        "source-items": _Shape(
+            _route_body("POST /V1/inventory/source-items"), "sourceItems", True, needs=(("sku",), ("source_code",))
+        ),
+        "base-prices": _Shape(_route_body("POST /V1/products/base-prices"), "prices", True, needs=(("sku",),)),
+        "tier-prices": _Shape(_route_body("POST /V1/products/tier-prices"), "prices", True, needs=(("sku",),)),
+        "special-prices": _Shape(_route_body("POST /V1/products/special-price"), "prices", True, needs=(("sku",),)),
+        "customers": _Shape(_route_body("PUT /V1/customers/{customerId}"), "customer", needs=(("email",),)),
+        "companies": _Shape(_route_body("POST /V1/company/"), "company", needs=(("company_email",),)),
+        "order-comments": _Shape(_route_body("POST /V1/orders/{id}/comments"), "statusHistory", own=own, needs=needs),
+        "invoices": _Shape(_route_body("POST /V1/order/{orderId}/invoice"), own=own, needs=needs),
+        "shipments": _Shape(_route_body("POST /V1/order/{orderId}/ship"), own=own, needs=needs),
+        "credit-memos": _Shape(REFUND_SCHEMA, own=own, needs=needs),
+        "order-status": _Shape(ORDER_STATUS_SCHEMA, needs=(ORDER_REF,)),
+    }
+
+
+# -- routes -------------------------------------------------------------------------------------
+
+
+def _endpoints(store: str) -> dict[str, dict[str, str]]:
+    """The generic http connection's endpoints for one store scope.
+
+    Path placeholders come from the request (the body, for writes): a dotted one reads inside it
+    (``{product.sku}``). Where the body has no field for the path's id (ship, invoice, refund), the
+    request carries it under the route parameter's own name, ``orderId``; Magento lets a route
+    parameter override a body parameter of the same name, so it is harmless there.
+    """
+    catalog = f"/rest/{store}/V1"
+    other = "/rest/V1" if store == "all" else f"/rest/{store}/V1"
+    routes = {
+        "product.put": ("PUT", f"{catalog}/products/{{product.sku}}"),
+        "product.post": ("POST", f"{catalog}/products"),
+        "product.get": ("GET", f"{catalog}/products/{{sku}}"),
+        "products.list": ("GET", f"{catalog}/products"),
+        "bulk.products": ("POST", f"/rest/{store}/async/bulk/V1/products"),
+        "bulk.status": ("GET", f"{other}/bulk/{{bulkUuid}}/status"),
+        "source-items": ("POST", f"{catalog}/inventory/source-items"),
+        "base-prices": ("POST", f"{catalog}/products/base-prices"),
+        "tier-prices": ("POST", f"{catalog}/products/tier-prices"),
+        "special-prices": ("POST", f"{catalog}/products/special-price"),
+        "customer.create": ("POST", f"{other}/customers"),
+        "customer.update": ("PUT", f"{other}/customers/{{customer.id}}"),
+        "customers.list": ("GET", f"{other}/customers/search"),
+        "company.create": ("POST", f"{other}/company/"),
+        "company.update": ("PUT", f"{other}/company/{{company.id}}"),
+        "companies.list": ("GET", f"{other}/company/"),
+        "orders.list": ("GET", f"{other}/orders"),
+        "order.get": ("GET", f"{other}/orders/{{id}}"),
+        "order.comment": ("POST", f"{other}/orders/{{statusHistory.parent_id}}/comments"),
+        "order.invoice": ("POST", f"{other}/order/{{orderId}}/invoice"),
+        "order.ship": ("POST", f"{other}/order/{{orderId}}/ship"),
+        "order.refund": ("POST", f"{other}/order/{{orderId}}/refund"),
+        "shipments.list": ("GET", f"{other}/shipments"),
+        "invoices.list": ("GET", f"{other}/invoices"),
+    }
+    return {name: {"method": method, "path": path} for name, (method, path) in routes.items()}
+
+
+# entity -> (list route, its unique id field: the second sort key)
+READS: Final[dict[str, tuple[str, str]]] = {
+    "orders": ("orders.list", "entity_id"),
+    "customers": ("customers.list", "id"),
+    "products": ("products.list", "id"),
+    "companies": ("companies.list", "id"),
+    "shipments": ("shipments.list", "entity_id"),
+    "invoices": ("invoices.list", "entity_id"),
+}
+
+Filter = tuple[str, str, str]  # field, value, condition_type
+
+
+def _criteria(filters: list[Filter], sorts: list[str], size: int, page: int) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for group, (field, value, condition) in enumerate(filters):
+        prefix = f"searchCriteria[filter_groups][{group}][filters][0]"
+        params[f"{prefix}[field]"] = field
+        params[f"{prefix}[value]"] = value
+        params[f"{prefix}[condition_type]"] = condition
+    for index, field in enumerate(sorts):
+        params[f"searchCriteria[sortOrders][{index}][field]"] = field
+        params[f"searchCriteria[sortOrders][{index}][direction]"] = "ASC"
+    params["searchCriteria[pageSize]"] = str(size)
+    params["searchCriteria[currentPage]"] = str(page)
+    return params
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, list | tuple):
+        return ",".join(_text(v) for v in value)
+    return str(value)
+
+
+def _condition(field: str, value: Any) -> Filter:
+    """A source ``filter`` entry as one searchCriteria filter."""
+    if isinstance(value, dict) and len(value) == 1:
+        ((condition, operand),) = value.items()
+        return field, _text(operand), str(condition)
+    if isinstance(value, list | tuple):
+        return field, _text(value), "in"
+    return field, _text(value), "eq"
+
+
+def magento_time(value: str) -> str:
+    """An ISO time as Magento stores and compares it: ``Y-m-d H:i:s`` in UTC; anything else as it is."""
+    try:
+        stamp = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return value
+    if stamp.tzinfo is not None:
+        stamp = stamp.astimezone(UTC)
+    return stamp.strftime(MAGENTO_TIME)
+
+
+def _fill(message: str, parameters: Any) -> str:
+    """A price-update result's text: Magento sends named placeholders with a plain list of values
+    (``"Invalid attribute %fieldName = %fieldValue."``, ``["SKU", "4711"]``), so fill them in order."""
+    text = server_message({"message": message, "parameters": parameters})
+    if isinstance(parameters, list) and "%" in text:
+        values = iter(str(p) for p in parameters if not isinstance(p, dict))
+        parts = text.split("%")
+        rebuilt = [parts[0]]
+        for part in parts[1:]:
+            name = len(part) - len(part.lstrip("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_"))
+            value = next(values, None) if name else None
+            rebuilt.append(value + part[name:] if value is not None else "%" + part)
+        text = "".join(rebuilt)
+    return text
+
+
+def _copy(error: SeamlineError) -> SeamlineError:
+    """The same error for another waiting write (an exception object is raised once)."""
+    if isinstance(error, TransientError):
+        return TransientError(str(error), retry_after=error.retry_after, status=error.status)
+    if isinstance(error, TerminalError):
+        return TerminalError(str(error), status=error.status)
+    return TransientError(str(error))
+
+
+def _left(order: Mapping[str, Any], done: str) -> bool:
+    """Whether any order line still has quantity to invoice or ship."""
+    for item in order.get("items") or []:
+        if item.get("parent_item_id"):
+            continue  # configurable children follow their parent
+        try:
+            if float(item.get("qty_ordered") or 0) - float(item.get(done) or 0) > 0:
+                return True
+        except (TypeError, ValueError):
+            continue
+    return False
+
+
+def _latest_comment(order: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    histories = [h for h in order.get("status_histories") or [] if isinstance(h, dict)]
+    if not histories:
+        return None
+    return max(histories, key=lambda h: (str(h.get("created_at") or ""), int(h.get("entity_id") or 0)))
+
+
+# -- bulk -----------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Job:
+    record: dict[str, Any]
+    future: asyncio.Future[str]
+
+
+def _settle(job: _Job, result: str | SeamlineError) -> None:
+    if job.future.done():  # the write was cancelled (the runtime's timeout): nobody waits for it
+        return
+    if isinstance(result, str):
+        job.future.set_result(result)
+    else:
+        job.future.set_exception(result)
+
+
+class _Batcher:
+    """Gathers concurrent writes into batches: a batch leaves ``wait`` seconds after its first record
+    joined, or at once when it holds ``size`` records; ``send`` settles each record's future."""
+
+    def __init__(self, send: Callable[[list[_Job]], Awaitable[None]], *, size: int, wait: float) -> None:
+        self._send = send
+        self.size = size
+        self.wait = wait
+        self._jobs: list[_Job] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def submit(self, record: dict[str, Any]) -> str:
+        loop = asyncio.get_running_loop()
+        job = _Job(record, loop.create_future())
+        self._jobs.append(job)
+        if len(self._jobs) >= self.size:
+            self._flush()
+        elif self._timer is None:
+            self._timer = loop.call_later(self.wait, self._flush)
+        return await job.future
+
+    def _flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        jobs, self._jobs = self._jobs, []
+        if jobs:
+            task = asyncio.get_running_loop().create_task(self._run(jobs))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, jobs: list[_Job]) -> None:
+        try:
+            await self._send(jobs)
+        except SeamlineError as exc:
+            for job in jobs:
+                _settle(job, _copy(exc))
+        except Exception as exc:  # a bug must not leave writes waiting forever
+            logger.exception("bulk batch failed")
+            for job in jobs:
+                _settle(job, TransientError(f"bulk batch failed: {exc!r}"))
+        finally:
+            for job in jobs:
+                _settle(job, TransientError("the bulk request ended without a result for this record"))
+
+    async def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        jobs, self._jobs = self._jobs, []
+        for job in jobs:
+            _settle(job, TransientError("the connection closed before the bulk request was sent"))
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+# -- the connection ---------------------------------------------------------------------------------
+
+
+class _Lease:
+    """One generic http connection and the calls in flight on it; a retired one (its token was
+    replaced) closes when its last call returns."""
+
+    def __init__(self, http: HttpConnection) -> None:
+        self.http = http
+        self.in_flight = 0
+        self.retired = False
+        self.closed = False
+
+    async def call(self, name: str, request: Any, timeout: float) -> Any:
+        self.in_flight += 1
+        try:
+            return await self.http.call(name, request, timeout=timeout)
+        finally:
+            self.in_flight -= 1
+            if self.retired and self.in_flight == 0:
+                await self.close()
+
+    async def retire(self) -> None:
+        self.retired = True
+        if self.in_flight == 0:
+            await self.close()
+
+    async def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            await self.http.close()
+
+
+Writer = Callable[[str, dict[str, Any], str], Awaitable[str]]  # (entity, record, mode) -> receipt
+
+
+class MagentoConnection:
+    """An open connection to one Magento system: its routes, auth and bulk gathering (module docstring)."""
+
+    def __init__(self, options: MagentoOptions, context: ConnectContext) -> None:
+        self.options = options
+        self.context = context
+        self.system = context.system
+        limits = options.limits
+        self.timeout = parse_duration(limits.timeout) if limits and limits.timeout else DEFAULT_TIMEOUT
+        self._endpoints = _endpoints(options.store_code)
+        self._checker = _Checker(_definitions()["definitions"])
+        self._lock = asyncio.Lock()
+        self._leases: list[_Lease] = []
+        self._current: _Lease | None = None
+        self._token_client: httpx.AsyncClient | None = None  # its own client: token requests are never logged
+        self._remembered: OrderedDict[str, str] = OrderedDict()
+        self._b2b: bool | None = {"yes": True, "no": False}.get(options.b2b)
+        self._poll = parse_duration(options.bulk_poll)
+        self._batcher = (
+            _Batcher(self._send_bulk, size=options.bulk_size, wait=parse_duration(options.bulk_wait))
+            if options.bulk
+            else None
+        )
+        self._writers: dict[str, Writer] = {
+            "products": self._write_product,
+            "source-items": self._write_source_item,
+            "base-prices": self._write_price,
+            "tier-prices": self._write_price,
+            "special-prices": self._write_price,
+            "customers": self._write_customer,
+            "companies": self._write_company,
+            "order-comments": self._write_order_comment,
+            "invoices": self._write_order_document,
+            "shipments": self._write_order_document,
+            "credit-memos": self._write_order_document,
+            "order-status": self._write_order_status,
+        }
+        auth = options.auth
+        for secret in self._secrets():
+            context.mask(secret)
+        if auth.oauth1 is not None:
+            self._current = self._open({"oauth1": auth.oauth1.model_dump()})
+        elif auth.bearer is not None:
+            self._current = self._open({"bearer": {"token": auth.bearer.token}})
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    async def close(self) -> None:
+        if self._batcher is not None:
+            await self._batcher.close()
+        for lease in self._leases:
+            await lease.close()
+        if self._token_client is not None:
+            await self._token_client.aclose()
+
+    async def __aenter__(self) -> MagentoConnection:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.close()
+
+    # -- the Connection contract ----------------------------------------------------------------
+    def check(self, entity: str, record: Any) -> None:
+        """Before a write: a record whose body breaks Magento's schema is terminal and never sent."""
+        shape = _shapes().get(entity)
+        if shape is None:
+            raise self._unknown(entity, "write", _shapes())
+        if not isinstance(record, dict):
+            raise TerminalError(f"{self.system}.{entity}: the record is a {type(record).__name__}, not an object")
+        problems = self._checker.problems(shape.body(record), shape.schema, "")
+        own = {k: v for k, v in record.items() if k in shape.own}
+        problems += self._checker.problems(own, OWN_SCHEMA, "")
+        for fields in shape.needs:
+            if all(record.get(name) in (None, "") for name in fields):
+                problems.append(
+                    f"{shape.where(fields[0])}: missing" + (f" (or {fields[1]})" if len(fields) > 1 else "")
+                )
+        if problems:
+            shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
+            raise TerminalError(f"{self.system}.{entity}: the record does not fit Magento's schema, not sent: {shown}")
+
+    async def write(self, entity: str, record: Any, *, key: Any, mode: str, idempotency_key: str) -> str:
+        """Write one record of ``entity`` (see the module docstring); returns a receipt for the ledger.
+
+        Magento cannot deduplicate, so the connection remembers the receipts of its recent writes: the
+        same ``idempotency_key`` again returns the first receipt and sends nothing.
+        """
+        writer = self._writers.get(entity)
+        if writer is None:
+            raise self._unknown(entity, "write", self._writers)
+        if not isinstance(record, dict):
+            raise TerminalError(f"{self.system}.{entity}: the record is a {type(record).__name__}, not an object")
+        if mode not in ("upsert", "create", "update", "delete", "disable"):
+            raise TerminalError(f"{self.system}.{entity}: unknown mode '{mode}' (upsert, create, update, delete)")
+        remembered = f"{entity}\n{idempotency_key}"
+        receipt = self._remembered.get(remembered)
+        if receipt is not None:
+            self._remembered.move_to_end(remembered)
+            return receipt
+        receipt = await writer(entity, record, mode)
+        self._remembered[remembered] = receipt
+        if len(self._remembered) > REMEMBERED:
+            self._remembered.popitem(last=False)
+        return receipt
+
+    async def read(
+        self,
+        entity: str,
+        *,
+        since: str | None = None,
+        cursor_field: str | None = None,
+        page_size: int = 100,
+        filter: Mapping[str, Any] | None = None,
+    ) -> AsyncIterator[list[Any]]:
+        """Pages of ``entity`` changed at or after ``since``, oldest first (see the module docstring)."""
+        if entity not in READS:
+            raise self._unknown(entity, "read", READS)
+        route, id_field = READS[entity]
+        size = self.options.page_size if "page_size" in self.options.model_fields_set else page_size
+        filters: list[Filter] = []
+        if since is not None and cursor_field:
+            filters.append((cursor_field, magento_time(since), "gteq"))
+        filters += [_condition(name, value) for name, value in (filter or {}).items()]
+        sorts = [cursor_field, id_field] if cursor_field and cursor_field != id_field else [id_field]
+        page = 1
+        seen = 0
+        while True:
+            body = await self._list(route, _criteria(filters, sorts, size, page))
+            items = body.get("items") if isinstance(body, dict) else None
+            if not isinstance(items, list):
+                raise TerminalError(f"{self.system}: reading {entity}: the answer has no list of items")
+            total = body.get("total_count")
+            if items:
+                yield items
+            seen += len(items)
+            if not items or (isinstance(total, int) and seen >= total) or (total is None and len(items) < size):
+                return
+            page += 1
+
+    async def call(self, operation: str, request: Any, *, timeout: float) -> Any:
+        raise TerminalError(f"{self.system}: magento systems answer no source.call; read them with source.read")
+
+    async def consume(self, queue: str, handler: MessageHandler) -> None:
+        raise TerminalError(f"{self.system}: magento systems have no queues to consume")
+
+    # -- products -------------------------------------------------------------------------------
+    async def _write_product(self, entity: str, record: dict[str, Any], mode: str) -> str:
+        sku = self._required(record, "sku", entity)
+        if mode in ("delete", "disable"):
+            return await self._disable(sku)
+        if mode == "update" and await self._product(sku) is None:
+            raise TerminalError(
+                f"{self.system}: product {sku!r} does not exist and the target's mode is update "
+                "(use upsert to create it)",
+                status=404,
+            )
+        if self._batcher is not None:
+            return await self._batcher.submit(record)
+        route = "product.post" if mode == "create" else "product.put"
+        answer = await self._call(route, {"product": record})
+        return f"product {sku} id={_id(answer)}"
+
+    async def _product(self, sku: str) -> dict[str, Any] | None:
+        try:
+            answer = await self._call("product.get", {"sku": sku})
+        except TerminalError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return answer if isinstance(answer, dict) else None
+
+    async def _disable(self, sku: str) -> str:
+        """Discontinued: status 2 (disabled). Magento keeps the product, its orders and its URLs."""
+        current = await self._product(sku)
+        if current is None:
+            return f"product {sku} is not in Magento: nothing to disable"
+        if str(current.get("status")) == "2":
+            return f"product {sku} id={_id(current)} already disabled"
+        answer = await self._call("product.put", {"product": {"sku": sku, "status": 2}})
+        return f"product {sku} id={_id(answer)} disabled (status 2; never deleted)"
+
+    async def _send_bulk(self, jobs: list[_Job]) -> None:
+        """One bulk request for ``jobs``, then its status until every operation has ended."""
+        jobs = [job for job in jobs if not job.future.done()]
+        if not jobs:
+            return
+        try:
+            answer = await self._call("bulk.products", [{"product": job.record} for job in jobs])
+        except TerminalError as exc:
+            if len(jobs) > 1 and exc.status is not None and 400 <= exc.status < 500 and exc.status not in (401, 403):
+                # The whole request was refused for one body: send each alone, so only that one fails.
+                logger.info("%s: bulk of %d refused (%s); sending each record alone", self.system, len(jobs), exc)
+                await asyncio.gather(*(self._send_alone(job) for job in jobs))
+                return
+            raise
+        uuid = answer.get("bulk_uuid") if isinstance(answer, dict) else None
+        if not isinstance(uuid, str) or not uuid:
+            raise TerminalError(f"{self.system}: the bulk answer has no bulk_uuid: {str(answer)[:200]}")
+        items = {i.get("id"): i for i in answer.get("request_items") or [] if isinstance(i, dict)}
+        open_jobs: dict[int, _Job] = {}
+        for index, job in enumerate(jobs):
+            item = items.get(index)
+            if item is not None and item.get("status") not in (None, "accepted"):
+                why = item.get("error_message") or item.get("status")
+                _settle(job, TerminalError(f"{self.system}: product {job.record.get('sku')}: bulk {uuid}: {why}"))
+            else:
+                open_jobs[index] = job
+        logger.debug("%s: bulk %s sent with %d operations", self.system, uuid, len(jobs))
+        await self._await_bulk(uuid, open_jobs)
+
+    async def _send_alone(self, job: _Job) -> None:
+        try:
+            await self._send_bulk([job])
+        except SeamlineError as exc:
+            _settle(job, exc)
+
+    async def _await_bulk(self, uuid: str, jobs: dict[int, _Job]) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        wait = self._poll
+        first = True
+        while jobs:
+            if not first:
+                await asyncio.sleep(max(0.0, min(wait, deadline - loop.time())))
+                wait = min(wait * 2, POLL_CEILING)
+            first = False
+            try:
+                status = await self._call("bulk.status", {"bulkUuid": uuid})
+            except TransientError as exc:
+                if loop.time() < deadline:
+                    continue
+                raise TransientError(f"{self.system}: bulk {uuid}: cannot read its status: {exc}") from exc
+            except TerminalError as exc:
+                # Accepted operations may have run: the runtime sends them again (an upsert repeats safely).
+                raise TransientError(f"{self.system}: bulk {uuid}: cannot read its status: {exc}") from exc
+            for index, operation in _operations(status, sorted(jobs)).items():
+                result = self._bulk_result(uuid, index, operation, jobs[index].record)
+                if result is not None:
+                    _settle(jobs.pop(index), result)
+            if jobs and loop.time() >= deadline:
+                raise TransientError(
+                    f"{self.system}: bulk {uuid}: {len(jobs)} operation(s) still open after {self.timeout:g}s; "
+                    "is Magento's async.operations.all consumer running? "
+                    "(bin/magento queue:consumers:start async.operations.all)"
+                )
+
+    def _bulk_result(
+        self, uuid: str, index: int, operation: Mapping[str, Any], record: Mapping[str, Any]
+    ) -> str | SeamlineError | None:
+        """One operation's outcome for its write; None while it is still open."""
+        status = operation.get("status")
+        sku = record.get("sku")
+        message = operation.get("result_message") or ""
+        where = f"{self.system}: product {sku}: bulk {uuid} operation {index}"
+        if status == COMPLETE:
+            return f"product {sku}: bulk {uuid} operation {index} complete"
+        if status == RETRIABLY_FAILED:
+            return TransientError(f"{where} failed, retriably: {message}")
+        if status == FAILED:
+            return TerminalError(f"{where} failed: {message}")
+        if status == REJECTED:
+            return TerminalError(f"{where} was rejected: {message}")
+        return None
+
+    # -- inventory and prices -------------------------------------------------------------------
+    async def _write_source_item(self, entity: str, record: dict[str, Any], mode: str) -> str:
+        self._no_delete(entity, mode)
+        sku = self._required(record, "sku", entity)
+        await self._call("source-items", {"sourceItems": [record]})
+        return f"source item {sku}@{record.get('source_code')} saved"
+
+    async def _write_price(self, entity: str, record: dict[str, Any], mode: str) -> str:
+        self._no_delete(entity, mode)
+        sku = self._required(record, "sku", entity)
+        answer = await self._call(entity, {"prices": [record]})
+        if isinstance(answer, list) and answer:
+            reasons = [
+                _fill(str(f.get("message", "")), f.get("parameters")) if isinstance(f, dict) else str(f) for f in answer
+            ]
+            raise TerminalError(f"{self.system}: {entity} for {sku}: Magento refused it: {'; '.join(reasons)}")
+        return f"{_PRICES[entity]} {sku} saved"
+
+    # -- customers and companies ----------------------------------------------------------------
+    async def _write_customer(self, entity: str, record: dict[str, Any], mode: str) -> str:
+        self._no_delete(entity, mode)
+        email = self._required(record, "email", entity)
+        if mode == "create":
+            answer = await self._call("customer.create", {"customer": record})
+            return f"customer id={_id(answer)} created"
+        found, how = await self._find_customer(record)
+        if found is None:
+            if mode == "update":
+                raise TerminalError(f"{self.system}: no customer with email {email!r} to update (mode update)")
+            answer = await self._call("customer.create", {"customer": record})
+            return f"customer id={_id(answer)} created"
+        # Magento's PUT replaces the customer: what the record leaves out of its required fields is kept.
+        kept = {k: found[k] for k in ("email", "firstname", "lastname", "website_id", "group_id") if k in found}
+        customer_id = self._key_of(found, "id", "customer")
+        answer = await self._call("customer.update", {"customer": {**kept, **record, "id": customer_id}})
+        return f"customer id={_id(answer)} updated (matched by {how})"
+
+    async def _find_customer(self, record: Mapping[str, Any]) -> tuple[dict[str, Any] | None, str]:
+        scope: list[Filter] = []
+        if record.get("website_id") is not None:
+            scope.append(("website_id", _text(record["website_id"]), "eq"))
+        found = await self._search("customers.list", [("email", str(record["email"]), "eq"), *scope])
+        if found:
+            return found[0], "email"
+        taxvat = record.get("taxvat")
+        if taxvat in (None, ""):
+            return None, ""
+        found = await self._search("customers.list", [("taxvat", str(taxvat), "eq"), *scope])
+        if len(found) > 1:
+            raise TerminalError(
+                f"{self.system}: {len(found)} customers share taxvat {taxvat!r} and none has email "
+                f"{record['email']!r}; cannot tell which one to update"
+            )
+        return (found[0], "taxvat") if found else (None, "")
+
+    async def _write_company(self, entity: str, record: dict[str, Any], mode: str) -> str:
+        self._no_delete(entity, mode)
+        if self._b2b is False and self.options.b2b == "no":
+            raise TerminalError(
+                f"{self.system}: companies need Adobe Commerce B2B, and this system is declared with b2b: no"
+            )
+        if self._b2b is False:
+            raise self._no_b2b("companies.list")
+        email = self._required(record, "company_email", entity)
+        try:
+            existing = (
+                [] if mode == "create" else await self._search("companies.list", [("company_email", email, "eq")])
+            )
+            self._b2b = True
+            if existing:
+                body = {**record, "id": self._key_of(existing[0], "id", "company")}
+                answer = await self._call("company.update", {"company": body})
+                return f"company id={_id(answer)} updated"
+            if mode == "update":
+                raise TerminalError(f"{self.system}: no company with email {email!r} to update (mode update)")
+            body = dict(record)
+            if body.get("super_user_id") is None:
+                admins = await self._search("customers.list", [("email", email, "eq")])
+                if not admins:
+                    raise TerminalError(
+                        f"{self.system}: company {record.get('company_name')!r} needs a super user (its admin "
+                        f"customer) and no customer has its email {email!r}; write the customer first or set "
+                        "super_user_id"
+                    )
+                body["super_user_id"] = self._key_of(admins[0], "id", "customer")
+            answer = await self._call("company.create", {"company": body})
+            return f"company id={_id(answer)} created"
+        except TerminalError as exc:
+            if exc.status == 404 and NO_ROUTE in str(exc):
+                self._b2b = False
+                raise self._no_b2b("companies.list") from exc
+            raise
+
+    def _no_b2b(self, route: str) -> TerminalError:
+        endpoint = self._endpoints[route]
+        return TerminalError(
+            f"{self.system}: this Magento has no B2B module: {endpoint['method']} {endpoint['path']} answered 404 "
+            "'Request does not match any route.' (Magento Open Source has no companies); companies need Adobe "
+            "Commerce with B2B — remove the companies target for this system, or set b2b: no to say so",
+            status=404,
+        )
+
+    # -- orders -----------------------------------------------------------------------------------
+    async def _order_ref(self, record: Mapping[str, Any]) -> tuple[int, dict[str, Any] | None, str]:
+        """(entity_id, the order when it had to be looked up, how to name it) for an order entity's record."""
+        raw = record.get("order_id")
+        if raw not in (None, ""):
+            try:
+                return int(raw), None, f"order id={int(raw)}"
+            except (TypeError, ValueError):
+                raise TerminalError(f"{self.system}: order_id {raw!r} is not a number") from None
+        increment = record.get("increment_id")
+        if increment in (None, ""):
+            raise TerminalError(f"{self.system}: the record names no order: give increment_id or order_id")
+        found = await self._search("orders.list", [("increment_id", str(increment), "eq")])
+        if not found:
+            raise TerminalError(f"{self.system}: no order with increment_id {increment!r}", status=404)
+        return self._key_of(found[0], "entity_id", "order"), found[0], f"order {increment}"
+
+    async def _write_order_comment(self, entity: str, record: dict[str, Any], mode: str) -> str:
+        self._no_delete(entity, mode)
+        order_id, _, name = await self._order_ref(record)
+        history = {k: v for k, v in record.items() if k not in ORDER_REF}
+        history.setdefault("is_customer_notified", 0)
+        history.setdefault("is_visible_on_front", 0)
+        history["parent_id"] = order_id
+        await self._call("order.comment", {"statusHistory": history})
+        return f"{name}: comment added"
+
+    async def _write_order_document(self, entity: str, record: dict[str, Any], mode: str) -> str:
+        """An invoice, shipment or credit memo: the record is the route's body plus its order."""
+        self._no_delete(entity, mode)
+        route, kind = _DOCUMENTS[entity]
+        order_id, _, name = await self._order_ref(record)
+        body = {k: v for k, v in record.items() if k not in ORDER_REF}
+        answer = await self._call(route, {**body, "orderId": order_id})
+        return f"{name}: {kind} id={answer}"
+
+    async def _write_order_status(self, entity: str, record: dict[str, Any], mode: str) -> str:
+        self._no_delete(entity, mode)
+        order_id, order, name = await self._order_ref(record)
+        if order is None:
+            order = await self._call("order.get", {"id": order_id})
+            if not isinstance(order, dict):
+                raise TerminalError(f"{self.system}: {name}: the answer is not an order")
+        notify = bool(record.get("notify", False))
+        done: list[str] = []
+        if record.get("invoiced") and _left(order, "qty_invoiced"):
+            invoice = {"orderId": order_id, "capture": bool(record.get("capture", False)), "notify": notify}
+            done.append(f"invoice id={await self._call('order.invoice', invoice)}")
+        if record.get("shipped") and _left(order, "qty_shipped"):
+            body: dict[str, Any] = {"orderId": order_id, "notify": notify}
+            if record.get("tracks"):
+                body["tracks"] = record["tracks"]
+            if record.get("shipped_on"):
+                body["appendComment"] = False
+                body["comment"] = {"comment": f"Shipped on {record['shipped_on']}", "is_visible_on_front": 0}
+            done.append(f"shipment id={await self._call('order.ship', body)}")
+        comment, status = record.get("comment"), record.get("status")
+        latest = _latest_comment(order)
+        said = latest is not None and latest.get("comment") == comment and status in (None, latest.get("status"))
+        if (comment or status) and not (said and not done):
+            history: dict[str, Any] = {
+                "comment": comment or "",
+                "is_customer_notified": int(notify),
+                "is_visible_on_front": int(bool(record.get("visible_on_front", False))),
+                "parent_id": order_id,
+            }
+            if status:
+                history["status"] = status
+            await self._call("order.comment", {"statusHistory": history})
+            done.append(f"comment ({status})" if status else "comment")
+        return f"{name} id={order_id}: " + (", ".join(done) if done else "already up to date")
+
+    # -- requests -------------------------------------------------------------------------------
+    async def _call(self, route: str, request: Any) -> Any:
+        """One request on the generic http connection; with an admin token, a 401 renews it once."""
+        lease = await self._lease()
+        try:
+            return await lease.call(route, request, self.timeout)
+        except TerminalError as exc:
+            if exc.status != 401 or self.options.auth.admin is None:
+                raise
+            logger.info("%s: 401 with the admin token (expired?); fetching a new one", self.system)
+        lease = await self._renew(lease)
+        try:
+            return await lease.call(route, request, self.timeout)
+        except TerminalError as exc:
+            if exc.status == 401:
+                raise TerminalError(
+                    f"{exc} — Magento refused a freshly issued admin token for user "
+                    f"'{self.options.auth.admin.username}' too: check that the user's role allows this resource "
+                    "(System > Permissions > User Roles)",
+                    status=401,
+                ) from exc
+            raise
+
+    async def _list(self, route: str, params: dict[str, str]) -> Any:
+        try:
+            return await self._call(route, params)
+        except TerminalError as exc:
+            if exc.status == 404 and NO_ROUTE in str(exc) and route == "companies.list":
+                self._b2b = False
+                raise self._no_b2b(route) from exc
+            raise
+
+    async def _search(self, route: str, filters: list[Filter], size: int = 2) -> list[dict[str, Any]]:
+        body = await self._list(route, _criteria(filters, [], size, 1))
+        items = body.get("items") if isinstance(body, dict) else None
+        return [i for i in items if isinstance(i, dict)] if isinstance(items, list) else []
+
+    def _open(self, auth: dict[str, Any]) -> _Lease:
+        limits = self.options.limits.model_dump(exclude_none=True) if self.options.limits else None
+        options = HttpOptions.model_validate(
+            {
+                "connector": "http",
+                "url": self.options.url,
+                "auth": auth,
+                "limits": limits,
+                "headers": {"User-Agent": USER_AGENT},
+                "endpoints": self._endpoints,
+            }
+        )
+        lease = _Lease(HttpConnection(options, self.context))
+        self._leases = [held for held in self._leases if not held.closed]
+        self._leases.append(lease)
+        return lease
+
+    async def _lease(self) -> _Lease:
+        if self._current is not None:
+            return self._current
+        async with self._lock:
+            if self._current is None:
+                self._current = self._open({"bearer": {"token": await self._admin_token()}})
+            return self._current
+
+    async def _renew(self, failed: _Lease) -> _Lease:
+        async with self._lock:
+            if self._current is failed or self._current is None:  # else another write renewed it already
+                self._current = self._open({"bearer": {"token": await self._admin_token()}})
+                await failed.retire()
+            return self._current
+
+    async def _admin_token(self) -> str:
+        """POST /rest/V1/integration/admin/token, on a client of its own so the password is never logged."""
+        admin = self.options.auth.admin
+        assert admin is not None
+        url = self.options.url.rstrip("/") + "/rest/V1/integration/admin/token"
+        where = f"{self.system}: admin token (POST /rest/V1/integration/admin/token)"
+        if self._token_client is None:
+            self._token_client = httpx.AsyncClient(timeout=self.timeout, follow_redirects=False)
+        try:
+            response = await self._token_client.post(
+                url,
+                json={"username": admin.username, "password": admin.password},
+                headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
+            )
+        except httpx.TimeoutException as exc:
+            raise TransientError(f"{where}: no answer within {self.timeout:g}s") from exc
+        except httpx.TransportError as exc:
+            raise TransientError(self._mask(f"{where}: could not reach {httpx.URL(url).host}: {exc}")) from exc
+        except httpx.HTTPError as exc:
+            raise TerminalError(self._mask(f"{where}: {type(exc).__name__}: {exc}")) from exc
+        try:
+            body: Any = response.json() if response.content else None
+        except ValueError:
+            body = None
+        status = response.status_code
+        if status == 200 and isinstance(body, str) and body:
+            self.context.mask(body)
+            logger.debug("%s: admin token fetched", self.system)
+            return body
+        message = self._mask(server_message(body, response.text) or response.reason_phrase)
+        if status in (408, 425, 429) or status >= 500:
+            retry = parse_retry_after(response.headers.get("Retry-After"))
+            raise TransientError(f"{where} -> {status}: {message}", retry_after=retry, status=status)
+        if status == 200:
+            raise TerminalError(f"{where}: the answer is not a token: {message}")
+        if "2fa" in message.lower():
+            hint = "this Magento has two-factor auth on (Magento_TwoFactorAuth): use an integration (auth: oauth1)"
+        elif status == 401:
+            hint = (
+                f"check the username ('{admin.username}') and password; "
+                "Magento locks the user for 30 minutes after 6 failures"
+            )
+        else:
+            hint = "check the url (the token route is under /rest)"
+        raise TerminalError(f"{where} -> {status}: {message} ({hint})", status=status)
+
+    # -- small helpers ----------------------------------------------------------------------------
+    def _secrets(self) -> list[str]:
+        auth = self.options.auth
+        if auth.oauth1 is not None:
+            return [auth.oauth1.consumer_secret, auth.oauth1.access_token_secret, auth.oauth1.access_token]
+        if auth.bearer is not None:
+            return [auth.bearer.token]
+        assert auth.admin is not None
+        return [auth.admin.password]
+
+    def _mask(self, text: str) -> str:
+        for secret in self._secrets():
+            if len(secret) >= 4:
+                text = text.replace(secret, "***")
+        return text
+
+    def _key_of(self, item: Mapping[str, Any], name: str, what: str) -> int:
+        """The id of an entity Magento found; a search answer without it is terminal, not a crash."""
+        try:
+            return int(item[name])
+        except (KeyError, TypeError, ValueError):
+            raise TerminalError(f"{self.system}: Magento found the {what} but its answer has no {name}") from None
+
+    def _required(self, record: Mapping[str, Any], name: str, entity: str) -> str:
+        value = record.get(name)
+        if value in (None, "") or isinstance(value, dict | list):
+            raise TerminalError(f"{self.system}.{entity}: the record has no {name} (it has: {', '.join(record)})")
+        return str(value)
+
+    def _no_delete(self, entity: str, mode: str) -> None:
+        if mode in ("delete", "disable"):
+            raise TerminalError(
+                f"{self.system}.{entity}: mode '{mode}' is not supported (only products are disabled, "
+                "never deleted; other entities are not removed by seamline)"
+            )
+
+    def _unknown(self, name: str, use: str, known: Mapping[str, Any]) -> TerminalError:
+        near = closest(name, known)
+        hint = f" — did you mean '{near}'?" if near else ""
+        return TerminalError(f"{self.system}: magento cannot {use} '{name}'{hint} (it can: {', '.join(sorted(known))})")
+
+
+_PRICES: Final = {"base-prices": "base price", "tier-prices": "tier price", "special-prices": "special price"}
+_DOCUMENTS: Final = {
+    "invoices": ("order.invoice", "invoice"),
+    "shipments": ("order.ship", "shipment"),
+    "credit-memos": ("order.refund", "credit memo"),
+}
+
+
+def _operations(status: Any, indexes: list[int]) -> dict[int, Mapping[str, Any]]:
+    """Operations of a bulk status by their index in the request.
+
+    Magento numbers a bulk's operations by their position in the request (``operation_key``); if the
+    ids do not look like that (an older build numbering them by table row), they are taken in order.
+    """
+    listed = [
+        op for op in (status.get("operations_list") if isinstance(status, dict) else None) or [] if isinstance(op, dict)
+    ]
+    by_id = {op.get("id"): op for op in listed}
+    if all(index in by_id for index in indexes):
+        return {index: by_id[index] for index in indexes}
+    ordered = sorted(listed, key=lambda op: int(op.get("id") or 0))
+    return {index: ordered[index] for index in indexes if index < len(ordered)}
+
+
+def _id(answer: Any) -> str:
+    if isinstance(answer, dict):
+        for name in ("id", "entity_id"):
+            if answer.get(name) is not None:
+                return str(answer[name])
+    return "?"
