@@ -156,7 +156,12 @@ def _key_of(payload: Any, key: str | list[str] | None) -> Any:
 
 
 class WorkerPool:
-    """``size`` workers claiming from the inbox; they stop taking work when ``stop()`` is called."""
+    """``size`` workers fed by one claimer; they stop taking work when ``stop()`` is called.
+
+    One task claims for all workers (a claim per batch, not per worker) and keeps up to ``batch``
+    items ready; each worker takes the next one. Per-key order holds because the store never hands
+    out a key's next change while an earlier one is open.
+    """
 
     def __init__(
         self,
@@ -171,49 +176,69 @@ class WorkerPool:
     ) -> None:
         self.delivery = delivery
         self.size = size
-        self.batch = batch
+        self.batch = max(batch, size)
         self.lease = lease
         self.idle = idle
         self.flows = flows
         self.name = name
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._ready: asyncio.Queue[InboxItem | None] = asyncio.Queue()
+        self._taken = asyncio.Event()  # a worker took an item: there may be room to claim more
         self.in_flight = 0
         self.wakeup = asyncio.Event()
 
     def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._run(i), name=f"{self.name}-{i}") for i in range(self.size)]
+        self._tasks = [asyncio.create_task(self._claim(), name=f"{self.name}-claimer")]
+        self._tasks += [asyncio.create_task(self._run(), name=f"{self.name}-{i}") for i in range(self.size)]
 
     def stop(self) -> None:
         self._stopping.set()
         self.wakeup.set()
+        self._taken.set()
+        for _ in range(self.size):
+            self._ready.put_nowait(None)
 
     async def join(self) -> None:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def _run(self, index: int) -> None:
+    async def _claim(self) -> None:
         store = self.delivery.store
-        worker = f"{self.name}-{index}"
         while not self._stopping.is_set():
-            items = await self.delivery.commits.run(store.claim, worker, self.batch, self.lease, self.flows)
+            room = self.batch - self._ready.qsize()  # items claimed and not yet taken by a worker
+            if room <= 0:
+                self._taken.clear()
+                await self._taken.wait()
+                continue
+            items = await self.delivery.commits.run(store.claim, self.name, room, self.lease, self.flows)
+            if self._stopping.is_set():
+                store.release([i.id for i in items])
+                return
+            for item in items:
+                self._ready.put_nowait(item)
             if not items:
                 self.wakeup.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wakeup.wait(), timeout=self.idle)
+
+    async def _run(self) -> None:
+        store = self.delivery.store
+        while True:
+            item = await self._ready.get()
+            self._taken.set()
+            if item is None:
+                return  # stop() queued one of these per worker
+            if self._stopping.is_set():
+                store.release([item.id])  # claimed, never started: back at once, no attempt counted
                 continue
-            for position, item in enumerate(items):
-                if self._stopping.is_set():
-                    # Graceful stop: finish what is in hand, give back what was not started.
-                    store.release([i.id for i in items[position:]])
-                    break
-                self.in_flight += 1
-                try:
-                    await self.delivery.process(item)
-                except Exception as exc:  # a bug must not kill the worker; the lease returns the item
-                    self.delivery.log.error("worker_error", flow=item.flow, key=item.key, error=repr(exc))
-                    store.retry_later(item.id, 5.0, f"internal error: {exc!r}")
-                finally:
-                    self.in_flight -= 1
+            self.in_flight += 1
+            try:
+                await self.delivery.process(item)
+            except Exception as exc:  # a bug must not kill the worker; the lease returns the item
+                self.delivery.log.error("worker_error", flow=item.flow, key=item.key, error=repr(exc))
+                store.retry_later(item.id, 5.0, f"internal error: {exc!r}")
+            finally:
+                self.in_flight -= 1
 
     async def drain(self) -> None:
         """Work until the inbox has nothing ready for these flows (run --once)."""
