@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from engine.errors import SeamlineError, TransformError
 from engine.flow import CompiledClient, CompiledFlow
+from engine.runtime.identity import pick
 from engine.transform import canonical_json
 
 __all__ = [
@@ -178,6 +179,10 @@ def xml_to_data(element: ET.Element) -> Any:
     return out
 
 
+class TargetKeyError(SeamlineError):
+    """A target's ``key`` names a field its payload does not have (the worker reads the key from the payload)."""
+
+
 def render_snapshot(flow: CompiledFlow, case: GoldenCase) -> str:
     """The snapshot text of ``case``: {target: payload} for one record, {target: [payloads]} for a list."""
     data = read_input(case.input_path)
@@ -185,8 +190,28 @@ def render_snapshot(flow: CompiledFlow, case: GoldenCase) -> str:
         previews = [flow.preview(record, record_id=f"{case.name}[{i}]") for i, record in enumerate(data)]
         out: dict[str, Any] = {label.label: [p[label.label] for p in previews] for label in flow.targets}
     else:
-        out = flow.preview(data, record_id=case.name)
+        previews = [flow.preview(data, record_id=case.name)]
+        out = previews[0]
+    for preview in previews:
+        check_target_keys(flow, preview)
     return canonical_json(out) + "\n"
+
+
+def check_target_keys(flow: CompiledFlow, preview: dict[str, Any]) -> None:
+    """Every target ``key`` field is in the payload that target is sent: the key the runtime orders and upserts by."""
+    for target in flow.targets:
+        spec = target.target
+        payload = preview.get(target.label)
+        if spec is None or spec.key is None or payload is None:
+            continue
+        for field in [spec.key] if isinstance(spec.key, str) else spec.key:
+            if pick(payload, field) is None:
+                has = ", ".join(sorted(payload)) if isinstance(payload, dict) else type(payload).__name__
+                raise TargetKeyError(
+                    f"flow '{flow.name}', target {target.label}: key '{field}' is not in the payload it is sent "
+                    f"(it has: {has}); the runtime reads the key from that payload, after the target's own "
+                    "transform: name one of its fields"
+                )
 
 
 def run_case(client: CompiledClient, case: GoldenCase, *, update: bool = False) -> CaseResult:
