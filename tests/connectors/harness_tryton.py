@@ -1,4 +1,4 @@
-"""The tryton connector's conformance harness: the real Tryton server of ``tests/tryton_server.py``.
+"""The tryton connector's conformance harness: the real Tryton server of ``connectors/tryton/devserver.py``.
 
 Entity ``parties``, each harness with its own email prefix (so no reset is needed between checks).
 A transient failure is the server stopped (connection refused); a terminal one is a party record
@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from connectors.tryton import CONNECTOR as TRYTON
+from connectors.tryton.devserver import RpcClient, TrytonServer
 from engine.connector import ConnectContext, Connection
-from tests.tryton_server import RpcClient, TrytonServer, shared_server
+from tests.tryton_server import shared_server
 
 
 @dataclass

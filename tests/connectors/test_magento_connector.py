@@ -681,17 +681,23 @@ def test_the_check_is_as_lenient_as_magento(shop: FakeMagento) -> None:
     run(conn.close())
 
 
-def test_acmes_customer_and_company_records_do_not_fit_magento_yet(shop: FakeMagento) -> None:
-    """What the acme transforms send today: fields Magento has no accessor for are caught before sending."""
-    conn = connection(shop)
+def test_acmes_bill_to_account_becomes_a_customer_and_its_b2b_company(shop: FakeMagento) -> None:
+    """What the acme transforms send (the reviewed golden snapshot) passes the check and is saved by the fake."""
     snapshot = golden("customers-from-erp", "bill-to-account-b2b")
-    with pytest.raises(TerminalError) as customer:
+
+    async def scenario(conn: MagentoConnection) -> list[str]:
         conn.check("customers", snapshot["commerce.customers"])
-    assert "customer.erp_customer: unknown field" in str(customer.value)
-    assert "customer.blocked: unknown field" in str(customer.value)
-    with pytest.raises(TerminalError, match=r"company\.extension_attributes\.erp_customer_number: unknown field"):
         conn.check("companies", snapshot["commerce.companies"])
-    run(conn.close())
+        return [
+            await write(conn, "customers", snapshot["commerce.customers"]),
+            await write(conn, "companies", snapshot["commerce.companies"]),
+        ]
+
+    receipts = with_conn(shop, scenario, b2b="yes")
+    assert receipts[1] == "company id=1 created", receipts
+    company = shop.companies[1]
+    assert (company["street"], company["city"], company["country_id"]) == (["Industriestr. 12"], "Stuttgart", "DE")
+    assert company["super_user_id"] == 1  # the customer with the company's e-mail, written just before
 
 
 # -- transient failures ---------------------------------------------------------------------------

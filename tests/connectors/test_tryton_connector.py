@@ -1,4 +1,4 @@
-"""The tryton connector against a real Tryton 8.0 server on loopback (``tests/tryton_server.py``).
+"""The tryton connector against a real Tryton 8.0 server on loopback (``connectors/tryton/devserver.py``).
 
 Nothing of ours is mocked: the server is trytond itself over a seeded SQLite database, reset once
 for this module. Changes "made in the ERP" (a new price, a stock move, a shipment shipped) go
@@ -26,10 +26,11 @@ from click.testing import CliRunner
 from connectors.http.fake import FakeHttpServer
 from connectors.tryton import CONNECTOR, TrytonOptions
 from connectors.tryton.client import TrytonConnection
+from connectors.tryton.devserver import RpcClient, TrytonServer, TrytonUnavailable, ensure_install
 from engine.cli import main
 from engine.connector import ConnectContext
 from engine.errors import TerminalError, TransientError
-from tests.tryton_server import RpcClient, TrytonServer, TrytonUnavailable, ensure_install, tryton, tryton_server
+from tests.tryton_server import tryton, tryton_server
 
 __all__ = ["tryton", "tryton_server"]  # the fixtures, imported so this module works without the plugin
 

@@ -1,10 +1,12 @@
-"""Seed a fresh Tryton 8.0 database for the connector tests (run by ``tests/tryton_server.py``).
+"""Seed a fresh Tryton 8.0 database (run by :mod:`connectors.tryton.devserver`, never imported).
 
-This script runs *inside Tryton's own virtualenv* as a separate process (``<venv>/bin/python
-tests/tryton_seed.py``): it imports proteus and the scenario helpers shipped in the modules' wheels,
-which are GPL, so nothing in seamline's package ever imports it. The database must already have the
-``sale`` and ``stock`` modules activated. Environment: ``TRYTOND_CONFIG`` (the config file) and
-``DB_NAME``, ``API_LOGIN``, ``API_PASSWORD``. It prints one JSON object with what it created.
+NOT IMPORTED BY SEAMLINE. This file ships in the package only so that it can be *executed* as a
+script by the Python of Tryton's own virtualenv (``<venv>/bin/python -P .../connectors/tryton/seed.py``):
+it imports proteus and the scenario helpers shipped in the modules' wheels, which are GPL and are
+not installed beside seamline. The database must already have the ``sale`` and ``stock`` modules
+activated. Environment: ``TRYTOND_CONFIG`` (the config file) and ``DB_NAME``, ``API_LOGIN``,
+``API_PASSWORD``. It prints one JSON object with what it created. Its content is part of the cache
+key of the seeded template: editing it rebuilds the template once.
 
 What it creates, and why each piece is needed by a sale over JSON-RPC:
 
@@ -25,10 +27,18 @@ import json
 import os
 from decimal import Decimal
 
-from proteus import Model, config
-from trytond.modules.account.tests.tools import create_chart, create_fiscalyear, get_accounts
-from trytond.modules.account_invoice.tests.tools import create_payment_term, set_fiscalyear_invoice_sequences
-from trytond.modules.company.tests.tools import create_company
+# Tryton's packages exist only in Tryton's virtualenv, never beside seamline (nor for mypy)
+from proteus import Model, config  # type: ignore[import-not-found]
+from trytond.modules.account.tests.tools import (  # type: ignore[import-not-found]
+    create_chart,
+    create_fiscalyear,
+    get_accounts,
+)
+from trytond.modules.account_invoice.tests.tools import (  # type: ignore[import-not-found]
+    create_payment_term,
+    set_fiscalyear_invoice_sequences,
+)
+from trytond.modules.company.tests.tools import create_company  # type: ignore[import-not-found]
 
 PRODUCTS = [
     # code, name, list price, type, salable, active, stock in WH
