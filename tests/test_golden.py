@@ -32,6 +32,9 @@ def test_there_are_golden_cases_for_every_flow_of_every_client() -> None:
         if spec.parent.name.startswith("_"):
             continue
         client = compiled(spec.parent.name, "jsonata-python")
+        own = spec.parent.resolve()
+        if not any(Path(f).resolve().is_relative_to(own) for flow in client.flows.values() for f in flow.mapping_files):
+            continue  # an overlay that changes systems only (demo-rabbitmq): its parent's goldens cover its mappings
         tested = {case.flow for case in CASES if case.client == client.client}
         assert tested == set(client.flows), f"{client.client}: flows without golden cases: {set(client.flows) - tested}"
 

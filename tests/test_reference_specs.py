@@ -25,13 +25,14 @@ FLOWS_OF_THE_MISSION = {
 
 def test_every_client_spec_validates(repo_root: Path) -> None:
     specs = discover_specs([Path("specs")])
-    assert [str(p) for p in specs] == ["specs/acme/seamline.yaml"]
+    assert {"specs/acme/seamline.yaml", "specs/demo/seamline.yaml"} <= {str(p) for p in specs}
     for spec in specs:
         report = validate_spec(spec, environ={})
         errors = [d.render() for d in report.diagnostics if d.severity is Severity.ERROR]
-        assert errors == []
+        assert errors == [], spec
         assert report.document is not None
-        assert set(report.document.flows) == FLOWS_OF_THE_MISSION
+        if spec.parent.name == "acme":  # the SAP reference names the flows the mission lists
+            assert set(report.document.flows) == FLOWS_OF_THE_MISSION
 
 
 def test_reference_spec_declares_all_five_flow_patterns(repo_root: Path) -> None:
