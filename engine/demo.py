@@ -14,14 +14,19 @@ with what was last seen, and the scenario goes on with the next step.
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
 
-__all__ = ["DemoSystems", "FlowResult", "TrytonRpc", "run_scenario"]
+__all__ = ["DemoReport", "DemoSystems", "FlowResult", "TrytonRpc", "demo_env", "run_demo", "run_scenario"]
 
 DEADLINE = 30.0
 POLL = 0.05
@@ -296,3 +301,231 @@ def run_scenario(systems: DemoSystems) -> list[FlowResult]:
     else:
         results.append(FlowResult("order-status", False, detail="skipped: the order did not reach Tryton"))
     return results
+
+
+# -- the one-command demo: every system on this machine, the daemon, the scenario ----------------------
+
+SHOP_TOKEN = "demo-integration-token"  # a fake shop on loopback; not a secret
+SF_CLIENT, SF_SECRET = "seamline-demo", "demo-client-secret"  # the fake org's own demo credentials
+
+
+def demo_env(
+    *, tryton: Any, shop_url: str, crm_url: str, queue_url: str, amqp_url: str | None = None
+) -> dict[str, str]:
+    """The environment ``specs/demo`` reads its systems from (``tryton``: a running TrytonServer)."""
+    env = {
+        "DEMO_TRYTON_URL": tryton.url,
+        "DEMO_TRYTON_DB": tryton.database,
+        "DEMO_TRYTON_USER": tryton.user,
+        "DEMO_TRYTON_PASSWORD": tryton.password,
+        "DEMO_MAGENTO_URL": shop_url,
+        "DEMO_MAGENTO_TOKEN": SHOP_TOKEN,
+        "DEMO_SALESFORCE_URL": crm_url,
+        "DEMO_SALESFORCE_CLIENT_ID": SF_CLIENT,
+        "DEMO_SALESFORCE_CLIENT_SECRET": SF_SECRET,
+        "DEMO_QUEUE_URL": queue_url,
+    }
+    if amqp_url:
+        env["DEMO_AMQP_URL"] = amqp_url
+    return env
+
+
+def amqp_reachable(url: str, timeout: float = 2.0) -> bool:
+    """Whether a broker answers at ``url``'s host and port (a TCP connect; the daemon does the rest)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 5672), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@dataclass
+class DemoReport:
+    """What ``seamline demo`` did: the bus it used, each step's result, and how long it all took."""
+
+    bus: str
+    results: list[FlowResult]
+    wall_s: float
+    setup_s: float
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.results)
+
+
+class DaemonProcess:
+    """``seamline run SPEC --dev`` as a child process on a loopback port, its log in a file."""
+
+    def __init__(self, spec: Path, state_url: str, env: dict[str, str], log: Path) -> None:
+        self.spec, self.state_url, self.env, self.log = spec, state_url, env, log
+        self.port = _free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def once(self, flow: str) -> None:
+        """One batch pass of ``flow`` (the go-live load), before the daemon starts."""
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "engine.cli",
+                "run",
+                str(self.spec),
+                "--once",
+                "--flow",
+                flow,
+                "--state",
+                self.state_url,
+            ],
+            env={**os.environ, **self.env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"the initial {flow} load failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+
+    def start(self, timeout: float = 60.0) -> None:
+        command = [
+            sys.executable,
+            "-m",
+            "engine.cli",
+            "run",
+            str(self.spec),
+            "--dev",
+            "--port",
+            str(self.port),
+            "--state",
+            self.state_url,
+        ]
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(command, env={**os.environ, **self.env}, stdout=log, stderr=log)
+        ready, _ = wait_until(self._ready, timeout)
+        if not ready:
+            self.stop()
+            raise RuntimeError(f"the daemon did not become ready; its log: {self.log}")
+
+    def _ready(self) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            raise RuntimeError(f"the daemon exited with {self.process.returncode}; its log: {self.log}")
+        try:
+            return httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def run_demo(specs: Path, workdir: Path, *, amqp_url: str | None, say: Callable[[str], None]) -> DemoReport:
+    """Start Tryton, the Magento and Salesforce fakes and the daemon; run the scenario; stop everything."""
+    from connectors.magento.fake import FakeMagento
+    from connectors.salesforce.fake import FakeSalesforce
+    from connectors.tryton import devserver
+
+    began = time.monotonic()
+    use_amqp = bool(amqp_url) and amqp_reachable(str(amqp_url))
+    if amqp_url and not use_amqp:
+        say(f"RabbitMQ does not answer at {_without_password(str(amqp_url))}; using the embedded queue instead")
+    bus = f"RabbitMQ ({_without_password(str(amqp_url))})" if use_amqp else "embedded durable queue (SQLite)"
+    spec = specs / ("demo-rabbitmq" if use_amqp else "demo")
+    say("starting Tryton 8.0 (the first run on a machine installs it from PyPI, about a minute)")
+    with (
+        devserver.running(progress=say) as tryton,
+        FakeMagento(port=0, integration_token=SHOP_TOKEN) as shop,
+        FakeSalesforce(port=0, clients={SF_CLIENT: SF_SECRET}) as crm,
+    ):
+        say(f"Tryton at {tryton.url}, Magento fake at {shop.url}, Salesforce fake at {crm.url}; bus: {bus}")
+        env = demo_env(
+            tryton=tryton,
+            shop_url=shop.url,
+            crm_url=crm.url,
+            queue_url=f"sqlite:///{workdir / 'queue.db'}",
+            amqp_url=amqp_url if use_amqp else None,
+        )
+        if use_amqp:
+            # The topology comes first, as in a deployment: a publish no queue takes is refused for good.
+            declare_event_queues(spec, str(amqp_url))
+        daemon = DaemonProcess(spec, f"sqlite:///{workdir / 'state.db'}", env, workdir / "daemon.log")
+        say("go-live: the catalog once (list prices need the shop to know the SKUs), then the daemon")
+        daemon.once("catalog")
+        daemon.start()
+        setup_s = time.monotonic() - began
+        try:
+            say(f"daemon at {daemon.url}; driving sample traffic through every flow")
+            systems = DemoSystems(
+                tryton=tryton.client(),
+                shop=shop,
+                crm=crm,
+                daemon_url=daemon.url,
+                shop_token=SHOP_TOKEN,
+                storage_location=int(tryton.meta["storage"]["id"]),
+            )
+            results = run_scenario(systems)
+        finally:
+            daemon.stop()
+    return DemoReport(bus, results, time.monotonic() - began, setup_s)
+
+
+def declare_event_queues(spec: Path, amqp_url: str) -> list[str]:
+    """Declare (durable, when missing) every queue the spec's event flows consume; returns their names."""
+    import asyncio
+
+    import aio_pika
+
+    from engine.flow import load_client
+
+    client = load_client(spec / "seamline.yaml", environ={})
+    queues = sorted(
+        {
+            str(flow.flow.trigger.event.queue)
+            for flow in client.flows.values()
+            if flow.flow.trigger.event is not None and flow.flow.trigger.event.queue is not None
+        }
+    )
+
+    async def declare() -> None:
+        connection = await aio_pika.connect(amqp_url)
+        async with connection:
+            for name in queues:
+                channel = await connection.channel()
+                try:
+                    await channel.declare_queue(name, passive=True)
+                except aio_pika.exceptions.ChannelNotFoundEntity:
+                    channel = await connection.channel()
+                    await channel.declare_queue(name, durable=True)
+
+    asyncio.run(declare())
+    return queues
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _without_password(url: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")))
+    return url
