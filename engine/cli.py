@@ -247,7 +247,7 @@ def run(
 
     from rich.console import Console
 
-    from engine.runtime.daemon import Daemon, DaemonOptions
+    from engine.runtime.daemon import Daemon, DaemonOptions, run_daemon
     from engine.runtime.once import run_once
 
     if dry_run and not once:
@@ -269,7 +269,7 @@ def run(
         if not summary.ok:
             sys.exit(1)
         return
-    asyncio.run(Daemon(spec, options).run_forever())
+    run_daemon(Daemon(spec, options).run_forever())
 
 
 @main.command()

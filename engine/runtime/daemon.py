@@ -14,10 +14,10 @@ import functools
 import hashlib
 import os
 import signal
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from aiohttp import web
 
@@ -41,6 +41,8 @@ from engine.secrets import Masker, render_values
 from engine.state import StateStore, default_state_url, open_store
 
 __all__ = ["Daemon", "DaemonOptions", "resolve_state_url"]
+
+T = TypeVar("T")
 
 BREAKER_STATES = {"closed": 0, "half-open": 1, "open": 2}
 
@@ -266,6 +268,7 @@ class Daemon:
             api=f"http://{self.options.host}:{self.options.port}" if self.options.serve_http else None,
             spec_version=self.spec_version,
             pid=os.getpid(),
+            loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
         )
 
     async def stop(self) -> None:
@@ -301,6 +304,19 @@ class Daemon:
         await self.start()
         await self._stop_event.wait()
         await self.stop()
+
+
+def run_daemon(main: Coroutine[Any, Any, T]) -> T:
+    """Run the daemon's loop: uvloop when it is installed (``seamline[fast]``), asyncio's own otherwise.
+
+    uvloop's libuv loop takes ~10% off the daemon's CPU per event (bench/README.md); the behaviour is
+    the same either way, and the start log line says which loop runs.
+    """
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
 def _mask_url(url: str) -> str:
