@@ -52,7 +52,6 @@ import json
 import os
 import random
 import re
-import signal
 import socket
 import threading
 import time
@@ -60,11 +59,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from types import FrameType
-from typing import Any, Self
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from engine.fakeserver import TrackingHTTPServer
+from engine.fakeserver import ServedFake, TrackingHTTPServer, serve_until_signalled
 
 __all__ = ["FakeHttpServer", "FakeRequest", "FakeResponse", "main"]
 
@@ -217,8 +215,13 @@ def _compare(left: Any, right: str) -> int | None:
     return int(a > b) - int(a < b)
 
 
-class FakeHttpServer:
+class FakeHttpServer(ServedFake):
     """See the module docstring. ``port=0`` picks a free port; :attr:`url` says which."""
+
+    thread_name = "fake-http"
+
+    def _make_server(self) -> TrackingHTTPServer:
+        return _Server((self.host, self.port), self)
 
     def __init__(
         self,
@@ -241,49 +244,6 @@ class FakeHttpServer:
         self._routes: dict[tuple[str, str], Handler] = {}
         self._clear()
         self._load()
-
-    # -- lifecycle ------------------------------------------------------------------------------
-    def start(self) -> Self:
-        if self._server is not None:
-            return self
-        server = _Server((self.host, self.port), self)
-        self.port = int(server.server_address[1])
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name=f"fake-http-{self.port}", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        server, thread = self._server, self._thread
-        if server is None:
-            return
-        self._server = self._thread = None
-        server.shutdown()
-        server.server_close()
-        server.close_open_connections()
-        if thread is not None:
-            thread.join(timeout=5)
-
-    def restart(self) -> None:
-        """Stop and start again on the same port; the state is kept (as a restarted process with a state file)."""
-        self.stop()
-        self.start()
-
-    @property
-    def running(self) -> bool:
-        return self._server is not None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *_exc: object) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
 
     # -- state ----------------------------------------------------------------------------------
     def _clear(self) -> None:
@@ -821,18 +781,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-file", type=Path, default=None, help="keep the store and the write log here")
     args = parser.parse_args(argv)
     fake = FakeHttpServer(port=args.port, host=args.host, state_file=args.state_file)
-    stopped = threading.Event()
-
-    def stop(_signum: int, _frame: FrameType | None) -> None:
-        stopped.set()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    with fake:
-        print(f"fake http server on {fake.url}", flush=True)
-        while not stopped.wait(0.5):
-            pass
-    return 0
+    return serve_until_signalled(fake, lambda: f"fake http server on {fake.url}")
 
 
 if __name__ == "__main__":

@@ -64,7 +64,6 @@ import json
 import random
 import re
 import secrets
-import signal
 import socket
 import threading
 import time
@@ -73,11 +72,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from types import FrameType
-from typing import Any, Self
+from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
-from engine.fakeserver import TrackingHTTPServer
+from engine.fakeserver import ServedFake, TrackingHTTPServer, serve_until_signalled
 
 __all__ = ["FakeMagento", "main", "response_problems"]
 
@@ -463,8 +461,13 @@ class _RequestHandler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_DELETE = _handle
 
 
-class FakeMagento:
+class FakeMagento(ServedFake):
     """See the module docstring. ``port=0`` picks a free port; :attr:`url` says which."""
+
+    thread_name = "fake-magento"
+
+    def _make_server(self) -> TrackingHTTPServer:
+        return _Server((self.host, self.port), self)
 
     def __init__(
         self,
@@ -530,40 +533,6 @@ class FakeMagento:
             ("GET", re.compile(r"^bulk/(?P<bulkUuid>[^/]+)/status$"), self._bulk_status, False),
         ]
         self._clear()
-
-    # -- lifecycle ------------------------------------------------------------------------------
-    def start(self) -> Self:
-        if self._server is not None:
-            return self
-        server = _Server((self.host, self.port), self)
-        self.port = int(server.server_address[1])
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name=f"fake-magento-{self.port}", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        server, thread = self._server, self._thread
-        if server is None:
-            return
-        self._server = self._thread = None
-        server.shutdown()
-        server.server_close()
-        server.close_open_connections()
-        if thread is not None:
-            thread.join(timeout=5)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *_exc: object) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
 
     # -- state ----------------------------------------------------------------------------------
     def _clear(self) -> None:
@@ -1329,18 +1298,7 @@ def main(argv: list[str] | None = None) -> int:
     fake = FakeMagento(
         port=args.port, host=args.host, auth=not args.no_auth, b2b=not args.no_b2b, users={username: password}
     )
-    stopped = threading.Event()
-
-    def stop(_signum: int, _frame: FrameType | None) -> None:
-        stopped.set()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    with fake:
-        print(f"fake magento on {fake.url}/rest/V1/", flush=True)
-        while not stopped.wait(0.5):
-            pass
-    return 0
+    return serve_until_signalled(fake, lambda: f"fake magento on {fake.url}/rest/V1/")
 
 
 if __name__ == "__main__":

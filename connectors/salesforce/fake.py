@@ -81,7 +81,6 @@ import json
 import random
 import re
 import secrets
-import signal
 import socket
 import sys
 import threading
@@ -90,11 +89,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from http.server import BaseHTTPRequestHandler
-from types import FrameType
-from typing import Any, Self
+from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from engine.fakeserver import TrackingHTTPServer
+from engine.fakeserver import ServedFake, TrackingHTTPServer, serve_until_signalled
 
 __all__ = ["FakeSalesforce", "SObjectField", "main"]
 
@@ -774,7 +772,7 @@ class _Request:
     base_url: str
 
 
-class FakeSalesforce:
+class FakeSalesforce(ServedFake):
     """See the module docstring. ``port=0`` picks a free port; :attr:`url` says which.
 
     ``clients`` maps connected-app client ids to their secrets; ``token_ttl`` (seconds) ends sessions
@@ -783,6 +781,11 @@ class FakeSalesforce:
     written into CreatedDate / LastModifiedDate / SystemModstamp (each stamp is at least 1 ms after
     the previous one, as the org's are distinct per change).
     """
+
+    thread_name = "fake-salesforce"
+
+    def _make_server(self) -> TrackingHTTPServer:
+        return _Server((self.host, self.port), self)
 
     def __init__(
         self,
@@ -813,52 +816,6 @@ class FakeSalesforce:
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._clear()
-
-    # -- lifecycle ------------------------------------------------------------------------------
-    def start(self) -> Self:
-        if self._server is not None:
-            return self
-        server = _Server((self.host, self.port), self)
-        self.port = int(server.server_address[1])
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name=f"fake-salesforce-{self.port}",
-            daemon=True,
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and close open connections; the org's data, tokens and logs are kept."""
-        server, thread = self._server, self._thread
-        if server is None:
-            return
-        self._server = self._thread = None
-        server.shutdown()
-        server.server_close()
-        server.close_open_connections()
-        if thread is not None:
-            thread.join(timeout=5)
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    @property
-    def running(self) -> bool:
-        return self._server is not None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *_exc: object) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
 
     @property
     def token_url(self) -> str:
@@ -2113,18 +2070,7 @@ def main(argv: list[str] | None = None) -> int:
         token_ttl=args.token_ttl,
         extra_fields=extra,
     )
-    stopped = threading.Event()
-
-    def stop(_signum: int, _frame: FrameType | None) -> None:
-        stopped.set()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    with fake:
-        print(f"fake salesforce on {fake.url} (token url {fake.token_url})", flush=True)
-        while not stopped.wait(0.5):
-            pass
-    return 0
+    return serve_until_signalled(fake, lambda: f"fake salesforce on {fake.url} (token url {fake.token_url})")
 
 
 if __name__ == "__main__":
