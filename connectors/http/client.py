@@ -42,7 +42,7 @@ import jsonschema
 import jsonschema.exceptions
 
 from connectors.http import Endpoint, HttpOptions, Pagination
-from connectors.http.transport import AiohttpTransport
+from connectors.http.transport import AiohttpTransport, send
 from engine.connector import ConnectContext, MessageHandler, OAuth2ClientCredentials, closest, parse_duration
 from engine.errors import TerminalError, TransientError
 
@@ -765,23 +765,7 @@ class HttpConnection:
                 ),
             )
         started = time.perf_counter()
-        try:
-            response = await self._transport.handle_async_request(request)
-            await response.aread()
-        except httpx.TimeoutException as exc:
-            limits = request.extensions.get("timeout", {})
-            seconds = limits.get("read") or limits.get("connect") or self.timeout
-            raise TransientError(f"{where}: no answer within {seconds:g}s ({type(exc).__name__})") from exc
-        except httpx.ConnectError as exc:
-            raise TransientError(
-                self._mask(f"{where}: could not connect to {request.url.host}:{request.url.port or ''} ({exc})")
-            ) from exc
-        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError, httpx.CloseError) as exc:
-            raise TransientError(f"{where}: the connection dropped before an answer ({exc})") from exc
-        except (httpx.ProxyError, httpx.NetworkError) as exc:
-            raise TransientError(f"{where}: network error ({exc})") from exc
-        except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError, httpx.CookieConflict) as exc:
-            raise TerminalError(self._mask(f"{where}: {type(exc).__name__}: {exc}")) from exc
+        response = await send(self._transport, request, where=where, mask=self._mask)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
                 "%s",

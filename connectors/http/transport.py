@@ -13,12 +13,15 @@ family of errors into the engine's Transient/Terminal tree.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 import httpx
 
-__all__ = ["AiohttpTransport"]
+from engine.errors import TerminalError, TransientError
+
+__all__ = ["AiohttpTransport", "send"]
 
 
 class AiohttpTransport(httpx.AsyncBaseTransport):
@@ -97,3 +100,36 @@ def _as_httpx(exc: BaseException, request: httpx.Request) -> httpx.HTTPError | h
     if isinstance(exc, aiohttp.ClientResponseError):  # a malformed answer: status line or headers
         return httpx.RemoteProtocolError(text, request=request)
     return httpx.ReadError(text, request=request)  # ClientOSError and other dropped connections
+
+
+async def send(
+    transport: httpx.AsyncBaseTransport,
+    request: httpx.Request,
+    *,
+    where: str,
+    mask: Callable[[str], str] = str,
+) -> httpx.Response:
+    """One exchange with its answer read; every library failure leaves as the engine's error, by meaning.
+
+    ``where`` opens each message ("erp: PUT /products/4711"); ``mask`` hides secrets in the ones that
+    may quote a URL. Connection trouble and timeouts are transient, a request httpx refuses is terminal.
+    """
+    try:
+        response = await transport.handle_async_request(request)
+        await response.aread()
+    except httpx.TimeoutException as exc:
+        limits = request.extensions.get("timeout", {})
+        seconds = limits.get("read") or limits.get("connect")
+        within = f" within {seconds:g}s" if seconds else ""
+        raise TransientError(f"{where}: no answer{within} ({type(exc).__name__})") from exc
+    except httpx.ConnectError as exc:
+        raise TransientError(
+            mask(f"{where}: could not connect to {request.url.host}:{request.url.port or ''} ({exc})")
+        ) from exc
+    except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError, httpx.CloseError) as exc:
+        raise TransientError(f"{where}: the connection dropped before an answer ({exc})") from exc
+    except (httpx.ProxyError, httpx.NetworkError) as exc:
+        raise TransientError(f"{where}: network error ({exc})") from exc
+    except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError, httpx.CookieConflict) as exc:
+        raise TerminalError(mask(f"{where}: {type(exc).__name__}: {exc}")) from exc
+    return response

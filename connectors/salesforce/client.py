@@ -43,7 +43,7 @@ from urllib.parse import quote
 import httpx
 
 from connectors.http.client import parse_retry_after, server_message
-from connectors.http.transport import AiohttpTransport
+from connectors.http.transport import AiohttpTransport, send
 from connectors.salesforce import SOBJECTS, SalesforceOptions
 from engine.connector import ConnectContext, MessageHandler, closest, parse_duration
 from engine.errors import SeamlineError, TerminalError, TransientError
@@ -624,21 +624,7 @@ class SalesforceConnection:
     async def _send(self, request: httpx.Request, what: str) -> httpx.Response:
         where = f"{self.system}: {what}"
         started = time.perf_counter()
-        try:
-            response = await self._transport.handle_async_request(request)
-            await response.aread()
-        except httpx.TimeoutException as exc:
-            raise TransientError(f"{where}: no answer within {self.timeout:g}s ({type(exc).__name__})") from exc
-        except httpx.ConnectError as exc:
-            raise TransientError(
-                self._mask(f"{where}: could not connect to {request.url.host}:{request.url.port or ''} ({exc})")
-            ) from exc
-        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError, httpx.CloseError) as exc:
-            raise TransientError(f"{where}: the connection dropped before an answer ({exc})") from exc
-        except (httpx.ProxyError, httpx.NetworkError) as exc:
-            raise TransientError(f"{where}: network error ({exc})") from exc
-        except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError, httpx.CookieConflict) as exc:
-            raise TerminalError(self._mask(f"{where}: {type(exc).__name__}: {exc}")) from exc
+        response = await send(self._transport, request, where=where, mask=self._mask)
         logger.debug(
             "%s: %s %s -> %s in %.0f ms",
             self.system,

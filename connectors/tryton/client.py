@@ -1,4 +1,4 @@
-"""The tryton connector's connection: JSON-RPC over one pooled ``httpx.AsyncClient`` per system.
+"""The tryton connector's connection: JSON-RPC over one pooled transport per system (``connectors.http.transport``).
 
 Who calls what is documented on :class:`engine.connector.Connection`; the record shapes are in the
 package doc. How Tryton's answers are translated, right where they enter (no httpx exception and no
@@ -44,6 +44,7 @@ from urllib.parse import quote
 import httpx
 
 from connectors.http.client import parse_retry_after, server_message
+from connectors.http.transport import AiohttpTransport, send
 from connectors.tryton import TrytonOptions
 from engine.connector import ConnectContext, MessageHandler, closest, parse_duration
 from engine.errors import SeamlineError, TerminalError, TransientError
@@ -301,13 +302,7 @@ class TrytonConnection:
         pool = limits.concurrency if limits and limits.concurrency else 4
         base = options.url.rstrip("/")
         self.rpc_url = f"{base}/{quote(options.database, safe='')}/rpc/"
-        self._client = httpx.AsyncClient(
-            headers={"Accept": "application/json", "User-Agent": USER_AGENT},
-            timeout=httpx.Timeout(self.timeout),
-            limits=httpx.Limits(max_connections=pool, max_keepalive_connections=pool),
-            follow_redirects=False,
-            transport=transport,
-        )
+        self._transport = transport if transport is not None else AiohttpTransport(max_connections=pool)
         self._session: _Session | None = None
         self._login_lock = asyncio.Lock()
         self._secrets: set[str] = set()
@@ -319,7 +314,7 @@ class TrytonConnection:
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def close(self) -> None:
-        await self._client.aclose()
+        await self._transport.aclose()
 
     async def __aenter__(self) -> TrytonConnection:
         return self
@@ -487,25 +482,16 @@ class TrytonConnection:
         if session is not None:
             headers["Authorization"] = session.header
         started = time.perf_counter()
-        try:
-            response = await self._client.post(
-                self.rpc_url,
-                content=body.encode(),
-                headers=headers,
-                timeout=httpx.Timeout(timeout) if timeout is not None else httpx.USE_CLIENT_DEFAULT,
-            )
-        except httpx.TimeoutException as exc:
-            seconds = timeout or self.timeout
-            raise TransientError(f"{where}: no answer within {seconds:g}s ({type(exc).__name__})") from exc
-        except httpx.ConnectError as exc:
-            url = httpx.URL(self.rpc_url)
-            raise TransientError(f"{where}: could not connect to {url.host}:{url.port or ''} ({exc})") from exc
-        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError, httpx.CloseError) as exc:
-            raise TransientError(f"{where}: the connection dropped before an answer ({exc})") from exc
-        except (httpx.ProxyError, httpx.NetworkError) as exc:
-            raise TransientError(f"{where}: network error ({exc})") from exc
-        except httpx.HTTPError as exc:
-            raise TerminalError(self._mask(f"{where}: {type(exc).__name__}: {exc}")) from exc
+        seconds = timeout if timeout is not None else self.timeout
+        headers.update({"Accept": "application/json", "User-Agent": USER_AGENT})
+        request = httpx.Request(
+            "POST",
+            self.rpc_url,
+            content=body.encode(),
+            headers=headers,
+            extensions={"timeout": dict.fromkeys(("connect", "read", "write", "pool"), seconds)},
+        )
+        response = await send(self._transport, request, where=where, mask=self._mask)
         logger.debug(
             "%s: %s -> %s in %.0f ms", self.system, method, response.status_code, 1000 * (time.perf_counter() - started)
         )
