@@ -59,6 +59,10 @@ class Delivery:
         flow = self.client.flows.get(item.flow)
         if flow is None:
             return self._dead(item, f"flow '{item.flow}' is no longer in the spec", "terminal")
+        if flow.flow.discontinued == "ignore" and pick(item.payload, "discontinued") is True:
+            await self.commits.complete(item.id)
+            self.metrics.inc("skipped", item.flow)
+            return Outcome("skipped", "discontinued at the source, and the flow ignores those")
         try:
             shaped = flow.transform(item.payload, record_id=item.key)
         except TransformError as exc:

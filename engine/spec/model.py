@@ -230,7 +230,12 @@ class Flow(_Strict):
     )
     discontinued: Literal["disable", "ignore"] | None = Field(
         None,
-        description="Records missing or blocked at the source: 'disable' them at the target (never deleted).",
+        description=(
+            "What becomes of records the source marks discontinued (a `discontinued: true` field, as the Tryton "
+            "connector reads inactive products). 'disable': they are written like the others, the mapping "
+            "disabling them (Magento status 2), and this flow never deletes: a target with mode delete is an "
+            "error. 'ignore': they are not written at all; the target keeps what it had."
+        ),
     )
     key: Key | None = Field(None, description="Business key: all changes of one key are applied in order.")
 
@@ -243,6 +248,13 @@ class Flow(_Strict):
             raise ValueError(f"a {kind} flow needs a target (or targets) to write to")
         if kind == "schedule" and self.source is None:
             raise ValueError("a schedule flow needs a source to read from")
+        if self.discontinued == "disable":
+            for target in [self.target] if self.target is not None else self.targets or []:
+                if target.mode == "delete":
+                    raise ValueError(
+                        f"discontinued: disable never deletes, but the target {target.system}.{target.write} has "
+                        "mode delete; let the mapping disable the record, or set discontinued: ignore"
+                    )
         if kind == "request" and (self.source is None or self.source.call is None):
             raise ValueError("a request flow needs a source with call: (the operation answering the request)")
         return self

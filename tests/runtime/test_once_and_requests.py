@@ -172,3 +172,30 @@ def test_a_payload_that_fails_the_targets_schema_never_leaves(tmp_path: Path) ->
         assert [w["path"] for w in shop.writes()] == ["/products/A"]
         code, output = cli("dlq", "list", str(tmp_path), *state, env=env)
         assert "fails shop.products's schema at $.name" in output and "1 dead letter(s)" in output
+
+
+def test_discontinued_ignore_leaves_records_the_source_marks_discontinued_unwritten(
+    setup: tuple[Path, FakeHttpServer, FakeHttpServer, dict[str, str]],
+) -> None:
+    root, erp, shop, env = setup
+    erp.reset()
+    erp.seed(
+        "/products",
+        [
+            {"id": "P1", "Product": "P1", "name": "valve", "changed": "2025-01-01", "discontinued": False},
+            {"id": "P2", "Product": "P2", "name": "old valve", "changed": "2025-01-01", "discontinued": True},
+            {"id": "P3", "Product": "P3", "name": "pump", "changed": "2025-01-01"},
+        ],
+    )
+    spec = (root / "seamline.yaml").read_text(encoding="utf-8")
+    spec = spec.replace(
+        "    target: { system: shop, write: products, key: sku }\n",
+        "    target: { system: shop, write: products, key: sku }\n    discontinued: ignore\n",
+        1,
+    )
+    (root / "seamline.yaml").write_text(spec, encoding="utf-8")
+    code, output = cli(
+        "run", str(root), "--once", "--flow", "catalog", "--state", f"sqlite:///{root / 's.db'}", env=env
+    )
+    assert code == 0, output
+    assert sorted(w["path"] for w in shop.writes("/products/")) == ["/products/P1", "/products/P3"]
