@@ -4,16 +4,16 @@ Runnable: :mod:`connectors.file.client` implements the connection, :mod:`connect
 and writes the formats, :mod:`connectors.file.idoc` the SAP IDoc XML. A flow names a drop:
 
 * ``source.read: <drop>`` with a schedule trigger reads the files present, page by page;
-* ``trigger: {event: {system: <files>, queue: <drop>}}`` polls the directory every ``poll`` and hands
-  each record over as a message (polling, not OS file-watch APIs: it needs no extra dependency and
-  works the same on local disks, NFS and SMB shares, where change notifications are unreliable);
+* ``trigger: {event: {system: <files>, queue: <drop>}}`` watches the directory for change notices
+  (``watch``, on by default) and polls it every ``poll`` as well (network shares may not send notices),
+  and hands each record over as a message;
 * ``target.write: <drop>`` writes each record as a file of the drop's format.
 
 When a file is taken (the rule every reader follows): names starting with ``.`` or ending in ``.tmp``
 or ``.part`` are never taken (writers' temporary files). With ``done_marker`` set, a file is taken
 once ``<file><done_marker>`` exists beside it; otherwise once its size and modification time held
-still for one ``poll`` interval, as seen by this daemon (two looks at least ``poll`` apart, so the
-clock of a file server does not matter). Files are taken oldest first.
+still for the shorter of ``poll`` and ``settle``, as seen by this daemon (two looks that far apart, so
+the clock of a file server does not matter). Files are taken oldest first.
 
 What happens to a file: its records are handed over where it lies; only then is it moved to
 ``archive/`` (an atomic rename; a name already there gets a time stamp). Each record carries a
@@ -140,6 +140,16 @@ class FileOptions(SystemOptions):
         description="Where unreadable files are moved, each with a <name>.reason.txt (relative to the directory).",
     )
     poll: Duration = Field("10s", description="How often the directory is scanned for new files.")
+    watch: bool = Field(
+        True,
+        description="Also watch the directory for change notices (inotify and the like) and look at once; "
+        "polling still runs, for network shares where notices do not arrive.",
+    )
+    settle: Duration = Field(
+        "1s",
+        description="How long a file must hold still (same size and time) before it is taken, when that is "
+        "shorter than poll; a file is taken once it held still for the shorter of the two.",
+    )
     drops: dict[str, Drop] = Field(default_factory=dict, description="Named kinds of file in the directory.")
 
     def declared_operations(self, capability: Capability) -> frozenset[str] | None:

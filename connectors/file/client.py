@@ -28,7 +28,8 @@ import re
 import secrets
 import shutil
 import stat
-from collections.abc import AsyncIterator, Mapping
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -110,19 +111,31 @@ def _sync_directory(directory: Path) -> None:
 
 
 class Settle:
-    """Which files held still between two looks (same size, modification time and inode).
+    """Which files held still (same size, modification time and inode) for at least ``hold`` seconds.
 
-    Each look compares with the one before; the caller looks once per poll, so "unchanged since the
-    last look" means "held still for one poll interval", as this daemon saw it.
+    Measured on this daemon's clock from the first look that saw a file's current signature, so the
+    clock of a file server does not matter. Each look forgets the files that are gone.
     """
 
-    def __init__(self) -> None:
-        self._last: dict[str, tuple[int, int, int]] = {}
+    def __init__(self, hold: float = 0.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.hold = hold
+        self._clock = clock
+        self._since: dict[str, tuple[tuple[int, int, int], float]] = {}
 
     def look(self, seen: Mapping[str, tuple[int, int, int]]) -> set[str]:
-        """The names in ``seen`` whose signature equals the previous look's; remembers this look."""
-        still = {name for name, signature in seen.items() if self._last.get(name) == signature}
-        self._last = dict(seen)
+        """The names in ``seen`` whose signature has not changed for ``hold`` seconds (and one look before)."""
+        now = self._clock()
+        still: set[str] = set()
+        since: dict[str, tuple[tuple[int, int, int], float]] = {}
+        for name, signature in seen.items():
+            previous = self._since.get(name)
+            if previous is not None and previous[0] == signature:
+                since[name] = previous
+                if now - previous[1] >= self.hold:
+                    still.add(name)
+            else:
+                since[name] = (signature, now)
+        self._since = since
         return still
 
 
@@ -151,6 +164,7 @@ class FileConnection:
         self.archive = self.directory / options.archive
         self.rejected = self.directory / options.rejected
         self.poll = max(parse_duration(options.poll), 0.005)  # 'poll: 0s' must not spin the event loop
+        self.hold = min(self.poll, parse_duration(options.settle))  # how long a file must hold still
         self._disk = disk or Disk()
         self._settles: dict[str, Settle] = {}
 
@@ -206,10 +220,10 @@ class FileConnection:
         in size-and-time mode, files seen for the first time are looked at again after ``poll``.
         """
         drop = self._drop(entity, "read")
-        settle = self._settles.setdefault(entity, Settle())
+        settle = self._settles.setdefault(entity, Settle(hold=self.hold))
         ready, waiting = await self._scan(drop, settle)
         if waiting:
-            await asyncio.sleep(self.poll)
+            await asyncio.sleep(self.hold)
             ready, _ = await self._scan(drop, settle)
         for found in ready:
             content = await self._content(found)
@@ -236,23 +250,26 @@ class FileConnection:
         come again with the same ids, and the inbox skips them).
         """
         drop = self._drop(queue, "event")
-        settle = Settle()
+        settle = Settle(hold=self.hold)
         unavailable = ""
-        while True:
-            try:
-                ready, _ = await self._scan(drop, settle)
-            except TransientError as exc:
-                if str(exc) != unavailable:
-                    logger.warning("%s", exc)
-                unavailable, ready = str(exc), []
-            else:
-                if unavailable:
-                    logger.info("%s: the drop directory %s is available again", self.system, self.directory)
-                unavailable = ""
-            for found in ready:
-                if not await self._hand_over(found, drop, handler):
-                    break
-            await asyncio.sleep(self.poll)
+        async with _Watch(self.directory, enabled=self.options.watch) as watch:
+            while True:
+                waiting = 0
+                try:
+                    ready, waiting = await self._scan(drop, settle)
+                except TransientError as exc:
+                    if str(exc) != unavailable:
+                        logger.warning("%s", exc)
+                    unavailable, ready = str(exc), []
+                else:
+                    if unavailable:
+                        logger.info("%s: the drop directory %s is available again", self.system, self.directory)
+                    unavailable = ""
+                for found in ready:
+                    if not await self._hand_over(found, drop, handler):
+                        break
+                # A file still settling is looked at again once it may have held still long enough.
+                await watch.changed(min(self.poll, self.hold) if waiting else self.poll)
 
     # -- one file --------------------------------------------------------------------------------
     async def _hand_over(self, found: _Found, drop: Drop, handler: MessageHandler) -> bool:
@@ -500,3 +517,55 @@ def _replace_file(path: Path, text: str) -> None:
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+class _Watch:
+    """Change notices for a directory (inotify, FSEvents, ReadDirectoryChangesW, via watchdog), as a wait.
+
+    :meth:`changed` returns as soon as something changed in the directory, or after ``timeout``: the
+    poll that still runs, for network shares where notices do not arrive and for a directory that is
+    not there yet (it is watched from the first time it is).
+    """
+
+    def __init__(self, directory: Path, *, enabled: bool) -> None:
+        self.directory = directory
+        self.enabled = enabled
+        self._event = asyncio.Event()
+        self._observer: Any = None
+
+    async def __aenter__(self) -> _Watch:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        observer, self._observer = self._observer, None
+        if observer is not None:
+            observer.stop()
+            await asyncio.to_thread(observer.join, 5)
+
+    async def changed(self, timeout: float) -> None:
+        if self.enabled and self._observer is None and self.directory.is_dir():
+            self._start()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._event.wait(), timeout)
+        self._event.clear()
+
+    def _start(self) -> None:
+        from watchdog.events import FileSystemEvent, FileSystemEventHandler
+        from watchdog.observers import Observer
+
+        loop = asyncio.get_running_loop()
+        event = self._event
+
+        class Wake(FileSystemEventHandler):
+            def on_any_event(self, _event: FileSystemEvent) -> None:
+                loop.call_soon_threadsafe(event.set)
+
+        observer = Observer()
+        try:
+            observer.schedule(Wake(), str(self.directory), recursive=True)
+            observer.start()
+        except OSError as exc:  # out of inotify watches, a share that cannot be watched: polling still runs
+            logger.warning("cannot watch %s (%s); polling it", self.directory, exc)
+            self.enabled = False
+            return
+        self._observer = observer

@@ -513,6 +513,36 @@ def test_a_file_is_taken_only_once_it_held_still_for_a_poll() -> None:
     assert settle.look({"a.csv": (20, 2, 7)}) == set()  # came back (a new file of the same name): wait again
 
 
+def test_a_file_must_hold_still_for_the_hold_time_on_the_daemons_clock() -> None:
+    now = [100.0]
+    settle = Settle(hold=1.0, clock=lambda: now[0])
+    assert settle.look({"a.csv": (10, 1, 7)}) == set()
+    now[0] += 0.4
+    assert settle.look({"a.csv": (10, 1, 7)}) == set()  # unchanged, but only for 0.4 s
+    now[0] += 0.7
+    assert settle.look({"a.csv": (10, 1, 7)}) == {"a.csv"}  # 1.1 s since its signature was first seen
+
+
+def test_a_watched_directory_is_looked_at_when_a_file_arrives_not_at_the_next_poll(tmp_path: Path) -> None:
+    """poll: 1h, so only the change notice can bring the file in before the deadline."""
+    drop = {"pattern": "prices_*.csv", "format": "csv", "delimiter": ";", "decimal_comma": True}
+    connection = open_files(tmp_path, {"prices": drop}, poll="1h", settle="50ms")
+    received: list[Message] = []
+
+    async def scenario() -> None:
+        async def handler(message: Message) -> None:
+            received.append(message)
+
+        task = asyncio.create_task(connection.consume("prices", handler))
+        await asyncio.sleep(0.2)  # the first look: an empty directory, now watched
+        drop_file(tmp_path, "prices_bad_number.csv")
+        await until(lambda: (tmp_path / "archive" / "prices_bad_number.csv").exists(), "the file archived", 20)
+        await stop(task)
+
+    asyncio.run(scenario())
+    assert len(received) == 3
+
+
 def test_crash_half_way_through_a_file_then_restart_stores_each_record_once(
     runtime: Callable[[str], Runtime],
 ) -> None:
