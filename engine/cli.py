@@ -506,6 +506,38 @@ def state_reset_cursor(client: str, flow_name: str, value: str | None, state_url
     click.echo(f"cursor {flow_name}: {before} -> {value}")
 
 
+@state.command("prune")
+@click.argument("client")
+@click.option(
+    "--older-than", "older_than", help="Delete finished work older than this (default: the spec's state.retention)."
+)
+@click.option("--state", "state_url")
+@click.option("--specs", "specs_dir", type=click.Path(path_type=Path), default=Path("specs"), show_default=True)
+@_handle_errors
+def state_prune(client: str, older_than: str | None, state_url: str | None, specs_dir: Path) -> None:
+    """Delete finished work: delivered items and their ledger, acked queue messages, replayed dead letters, runs.
+
+    Open items, dead items and dead letters not replayed are kept. The daemon does the same every hour.
+    """
+    import time
+
+    from engine.connector import parse_duration
+    from engine.flow import load_client
+    from engine.runtime.daemon import retention_seconds
+
+    if older_than is not None:
+        try:
+            keep = parse_duration(older_than)
+        except ValueError as exc:
+            raise UsageError(f"--older-than: {exc}") from exc
+    else:
+        keep = retention_seconds(load_client(_client_spec_path(client, specs_dir), environ={}))
+    with _operator_store(client, specs_dir, state_url) as store:
+        counts = store.prune(time.time() - keep)
+    summary = ", ".join(f"{what} {n}" for what, n in counts.items())
+    click.echo(f"pruned work finished more than {keep / 86400:g} days ago: {summary}")
+
+
 @contextmanager
 def _operator_store(client: str, specs_dir: Path, state_url: str | None) -> Iterator[StateStore]:
     import os

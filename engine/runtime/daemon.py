@@ -14,6 +14,7 @@ import functools
 import hashlib
 import os
 import signal
+import time
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import IO, Any, TypeVar
 
 from aiohttp import web
 
-from engine.connector import ConnectContext, Connection, default_registry
+from engine.connector import ConnectContext, Connection, default_registry, parse_duration
 from engine.errors import UsageError
 from engine.flow import CompiledClient, load_client
 from engine.runtime.api import build_app, check_exposure
@@ -38,9 +39,10 @@ from engine.runtime.triggers import (
 )
 from engine.runtime.worker import Delivery, WorkerPool
 from engine.secrets import Masker, render_values
+from engine.spec.model import StateOptions
 from engine.state import StateStore, default_state_url, open_store
 
-__all__ = ["Daemon", "DaemonOptions", "resolve_state_url"]
+__all__ = ["Daemon", "DaemonOptions", "resolve_state_url", "retention_seconds"]
 
 T = TypeVar("T")
 
@@ -70,9 +72,16 @@ def resolve_state_url(client: CompiledClient, explicit: str | None, environ: Map
     if environ.get("SEAMLINE_STATE_URL"):
         return environ["SEAMLINE_STATE_URL"]
     document = client.report.document
-    if document is not None and document.state is not None:
+    if document is not None and document.state is not None and document.state.url is not None:
         return str(render_values(document.state.url, masker=masker, environ=environ, where="state.url"))
     return default_state_url(client.client)
+
+
+def retention_seconds(client: CompiledClient) -> float:
+    """The spec's state.retention (its default when the spec has no state block), in seconds."""
+    document = client.report.document
+    state = document.state if document is not None and document.state is not None else StateOptions()
+    return parse_duration(state.retention)
 
 
 def spec_version(client: CompiledClient) -> str:
@@ -197,6 +206,21 @@ class Daemon:
         self.pool.wakeup.set()
         return added
 
+    async def _prune_loop(self, store: StateStore, every: float = 3600.0) -> None:
+        """Finished work older than the spec's state.retention goes, at start and then hourly."""
+        assert self.pool is not None
+        keep = retention_seconds(self.client)
+        while not self._stop_event.is_set():
+            try:
+                counts = await self.pool.delivery.commits.run(store.prune, time.time() - keep)
+            except Exception as exc:  # a busy or unreachable store: the next round tries again
+                self.log.warning("prune_failed", error=str(exc))
+            else:
+                if any(counts.values()):
+                    self.log.info("pruned", older_than_s=keep, **counts)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop_event.wait(), every)
+
     def _consumer_ended(self, flow: str, task: asyncio.Task[None]) -> None:
         """A queue consumer ends on its own only for a reason waiting will not fix (a refused login)."""
         if task.cancelled() or self.stopping:
@@ -242,6 +266,7 @@ class Daemon:
         )
         self.pool = WorkerPool(delivery, size=self.options.workers, flows=self.flow_names, lease=self.options.lease)
         self.pool.start()
+        self._tasks.append(asyncio.create_task(self._prune_loop(store), name="prune"))
         if self.options.schedules:
             for schedule in self.schedules.values():
                 self._tasks.append(asyncio.create_task(schedule.loop(self._stop_event), name=f"schedule-{schedule}"))

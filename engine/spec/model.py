@@ -194,10 +194,17 @@ class Source(_Strict):
 class StateOptions(_Strict):
     """Where the daemon keeps its inbox, ledger, cursors and dead letters."""
 
-    url: str = Field(
+    url: str | None = Field(
+        None,
         description="sqlite:///path.db (default: .seamline/<client>.db) or postgresql://host/db?schema=<client>; "
         "$SEAMLINE_STATE_URL overrides it.",
         examples=["sqlite:///.seamline/acme.db", "{{ env.SEAMLINE_STATE_URL }}"],
+    )
+    retention: Duration = Field(
+        "30d",
+        description="How long finished work is kept: delivered inbox items and their ledger entries, acked queue "
+        "messages, replayed dead letters and finished runs older than this are deleted (hourly by the daemon, "
+        "or `seamline state prune`). A message arriving again after that is taken as new.",
     )
 
 

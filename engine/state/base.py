@@ -220,3 +220,12 @@ class StateStore(Protocol):
     def queue_depth(self, queue: str) -> dict[str, int]:
         """Messages of ``queue``: ready, unacked (received, lease running) and acked."""
         ...
+
+    # retention --------------------------------------------------------------------------------
+    def prune(self, before: float, *, chunk: int = 5000) -> dict[str, int]:
+        """Delete finished work older than ``before`` (epoch seconds); returns how many rows per kind.
+
+        Delivered inbox items with their ledger entries, acked queue messages, replayed dead letters,
+        finished runs. Open and dead items, and dead letters not replayed, are never deleted.
+        """
+        ...

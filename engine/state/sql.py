@@ -603,3 +603,36 @@ class SqlStore:
             counts = {state: 0 for state in ("ready", "unacked", "acked")}
             counts.update({row[0]: int(row[1]) for row in cur.fetchall()})
             return counts
+
+    # -- retention -----------------------------------------------------------------------------
+    def prune(self, before: float, *, chunk: int = 5000) -> dict[str, int]:
+        """Delete finished work older than ``before``, a chunk per transaction (writers never wait long)."""
+        statements = {
+            # a ledger entry goes with its delivered item; one whose item is still open or dead stays
+            "ledger": "DELETE FROM ledger WHERE rowid IN (SELECT l.rowid FROM ledger l WHERE l.delivered_at < ? "
+            "AND NOT EXISTS (SELECT 1 FROM inbox i WHERE i.flow = l.flow AND i.key = l.key "
+            "AND i.status IN ('pending', 'inflight', 'dead')) LIMIT ?)",
+            "inbox": "DELETE FROM inbox WHERE id IN (SELECT id FROM inbox WHERE status = 'done' AND created_at < ? "
+            "LIMIT ?)",
+            "queue": "DELETE FROM queue_messages WHERE id IN (SELECT id FROM queue_messages WHERE acked_at < ? "
+            "LIMIT ?)",
+            "dead_letters": "DELETE FROM dead_letters WHERE id IN (SELECT id FROM dead_letters "
+            "WHERE replayed_at < ? LIMIT ?)",
+            "runs": "DELETE FROM runs WHERE id IN (SELECT id FROM runs WHERE finished_at < ? LIMIT ?)",
+        }
+        if self.dialect.name == "postgres":  # no rowid there: the ledger's key columns name a row
+            statements["ledger"] = (
+                "DELETE FROM ledger WHERE (flow, key, target) IN (SELECT l.flow, l.key, l.target FROM ledger l "
+                "WHERE l.delivered_at < ? AND NOT EXISTS (SELECT 1 FROM inbox i WHERE i.flow = l.flow "
+                "AND i.key = l.key AND i.status IN ('pending', 'inflight', 'dead')) LIMIT ?)"
+            )
+        counts = dict.fromkeys(statements, 0)
+        for what, sql in statements.items():
+            while True:
+                with self._tx() as cur:
+                    cur.execute(self._sql(sql), (before, chunk))
+                    deleted = max(int(cur.rowcount), 0)
+                counts[what] += deleted
+                if deleted < chunk:
+                    break
+        return counts

@@ -21,7 +21,7 @@ from click.testing import CliRunner
 
 from connectors.http.fake import FakeHttpServer
 from engine.cli import main
-from engine.state import open_store
+from engine.state import Delivered, NewItem, open_store
 from tests.runtime.harness import DaemonProcess, wait_for
 
 SPEC = """\
@@ -273,3 +273,25 @@ def test_api_needs_a_token_off_dev_and_serves_health_metrics_and_requests(
     assert result.exit_code == 2 and "only allowed on a loopback address" in result.output
     result = CliRunner().invoke(main, ["run", str(root)], env={"SEAMLINE_API_TOKEN": ""})
     assert result.exit_code == 2 and "needs a token" in result.output
+
+
+def test_the_daemon_prunes_work_finished_before_the_retention_window_at_start(
+    tmp_path: Path, fakes: tuple[FakeHttpServer, FakeHttpServer]
+) -> None:
+    erp, shop = fakes
+    root = write_spec(tmp_path)
+    long_ago = time.time() - 90 * 86400
+    old = open_store(f"sqlite:///{root / 'state.db'}", clock=lambda: long_ago)
+    old.enqueue([NewItem("stock", f"old-{n}", f"M{n}", {"material": f"M{n}", "qty": "1"}, "test") for n in range(7)])
+    for item in old.claim("w", 10, lease=60):
+        old.complete(item.id, delivery=Delivered("stock", item.key, "shop.stock", "200"))
+    old.close()
+    daemon = daemon_for(root, erp, shop)
+    try:
+        daemon.start()
+        wait_for(lambda: any(e["event"] == "pruned" for e in daemon.log_events()), 20, "the start-up prune")
+    finally:
+        daemon.stop()
+    pruned = next(e for e in daemon.log_events() if e["event"] == "pruned")
+    assert (pruned["inbox"], pruned["ledger"]) == (7, 7)
+    assert pruned["older_than_s"] == 30 * 86400  # the default state.retention

@@ -199,3 +199,19 @@ def test_discontinued_ignore_leaves_records_the_source_marks_discontinued_unwrit
     )
     assert code == 0, output
     assert sorted(w["path"] for w in shop.writes("/products/")) == ["/products/P1", "/products/P3"]
+
+
+def test_state_prune_deletes_what_was_delivered_and_refuses_a_bad_duration(
+    setup: tuple[Path, FakeHttpServer, FakeHttpServer, dict[str, str]],
+) -> None:
+    root, _erp, _shop, env = setup
+    state = ["--state", f"sqlite:///{root / 'prune.db'}"]
+    code, output = cli("run", str(root), "--once", "--flow", "catalog", *state, env=env)
+    assert code == 0, output
+    code, output = cli("state", "prune", str(root), *state, env=env)  # the spec's 30 days: nothing is that old
+    assert code == 0 and "inbox 0" in output, output
+    code, output = cli("state", "prune", str(root), "--older-than", "0s", *state, env=env)
+    assert code == 0, output
+    assert "inbox 25" in output and "ledger 25" in output and "runs 1" in output, output
+    code, output = cli("state", "prune", str(root), "--older-than", "soon", *state, env=env)
+    assert code == 2 and "--older-than" in output

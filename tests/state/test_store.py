@@ -264,3 +264,29 @@ def test_claim_walks_only_open_rows_in_index_order_on_sqlite(tmp_path: Path, flo
         assert "TEMP B-TREE" not in plan, plan
         assert "inbox_open_ready" in plan or "inbox_open_lease" in plan, plan
     store.close()
+
+
+def test_prune_deletes_finished_work_older_than_the_cutoff_and_nothing_open(store: StateStore, clock: Clock) -> None:
+    store.enqueue([NewItem("orders", key, key, {"n": key}, "test") for key in ("old-done", "old-dead", "old-open")])
+    old_done, old_dead, _old_open = store.claim("w", 10, lease=300)
+    store.complete(old_done.id, delivery=Delivered("orders", "old-done", "erp.sales", "201"))
+    store.record_delivery("orders", "old-open", "erp.sales", "201")  # its other target still fails: kept
+    store.dead_letter(old_dead.id, "bad", error_kind="terminal")
+    store.publish("q", b"{}", "m-old")
+    store.ack([m.id for m in store.receive("q", 10, lease=30)])
+    run = store.start_run("orders", "batch")
+    store.finish_run(run, "ok", {})
+    clock.now += 40 * 86400
+    store.enqueue([NewItem("orders", "new-done", "new-done", {}, "test")])
+    claimed = store.claim("w", 10, lease=300, flows=["orders"])  # old-open's lease ran out: it comes again
+    new_done = next(i for i in claimed if i.key == "new-done")
+    store.complete(new_done.id, delivery=Delivered("orders", "new-done", "erp.sales", "201"))
+
+    counts = store.prune(clock.now - 30 * 86400, chunk=1)  # chunk 1: the loop goes round
+    assert counts == {"ledger": 1, "inbox": 1, "queue": 1, "dead_letters": 0, "runs": 1}
+    assert store.delivered("orders", "new-done", "erp.sales")
+    assert not store.delivered("orders", "old-done", "erp.sales")
+    assert store.delivered("orders", "old-open", "erp.sales")
+    assert store.depth("orders") == {"pending": 0, "inflight": 1, "done": 1, "dead": 1}
+    assert len(store.dead_letters("orders")) == 1  # not replayed: an operator still has to look at it
+    assert store.prune(clock.now - 30 * 86400) == dict.fromkeys(counts, 0)
