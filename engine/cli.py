@@ -454,20 +454,34 @@ def dlq_show(client: str, letter_id: int, state_url: str | None, specs_dir: Path
 @click.argument("client")
 @click.option("--flow", "flow_name", help="Replay this flow's dead letters.")
 @click.option("--id", "ids", multiple=True, type=int, help="Replay these dead letters (repeatable).")
+@click.option(
+    "--force", is_flag=True, help="Replay superseded letters too (a newer change of the same record was delivered)."
+)
 @click.option("--state", "state_url")
 @click.option("--specs", "specs_dir", type=click.Path(path_type=Path), default=Path("specs"), show_default=True)
 @_handle_errors
 def dlq_replay(
-    client: str, flow_name: str | None, ids: tuple[int, ...], state_url: str | None, specs_dir: Path
+    client: str, flow_name: str | None, ids: tuple[int, ...], force: bool, state_url: str | None, specs_dir: Path
 ) -> None:
-    """Put dead letters back in the inbox; the daemon (or the next run) delivers them."""
+    """Put dead letters back in the inbox; the daemon (or the next run) delivers them.
+
+    A letter whose record has had a newer change delivered since is skipped (it would overwrite the newer
+    change with the older one) unless --force.
+    """
     if not flow_name and not ids:
         raise UsageError("say which: --flow F, --id N (repeatable), or both")
     with _operator_store(client, specs_dir, state_url) as store:
         letters = store.dead_letters(flow_name)
         chosen = [d.id for d in letters if not ids or d.id in ids]
-        count = store.replay(chosen)
+        stale = [] if force else store.superseded(chosen)
+        count = store.replay(chosen, include_superseded=force)
     click.echo(f"replayed {count} dead letter(s)")
+    if stale:
+        listed = ", ".join(str(i) for i in stale)
+        click.echo(
+            f"skipped {len(stale)} superseded (a newer change of the same record was delivered since): {listed}; "
+            "--force replays them anyway"
+        )
 
 
 @main.group()

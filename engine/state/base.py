@@ -191,8 +191,16 @@ class StateStore(Protocol):
     # dead letters -----------------------------------------------------------------------------
     def dead_letters(self, flow: str | None = None, *, include_replayed: bool = False) -> list[DeadLetter]: ...
 
-    def replay(self, dead_letter_ids: Sequence[int]) -> int:
-        """Put dead-lettered items back in the inbox (attempts reset); returns how many."""
+    def superseded(self, dead_letter_ids: Sequence[int]) -> list[int]:
+        """The dead letters among these whose record has had a newer change delivered since (same business key)."""
+        ...
+
+    def replay(self, dead_letter_ids: Sequence[int], *, include_superseded: bool = False) -> int:
+        """Put dead-lettered items back in the inbox (attempts reset); returns how many.
+
+        A superseded letter (see :meth:`superseded`) is skipped unless ``include_superseded``: replaying
+        it would apply an older change over a newer one.
+        """
         ...
 
     # runs -------------------------------------------------------------------------------------

@@ -472,7 +472,26 @@ class SqlStore:
                 for r in cur.fetchall()
             ]
 
-    def replay(self, dead_letter_ids: Sequence[int]) -> int:
+    def superseded(self, dead_letter_ids: Sequence[int]) -> list[int]:
+        if not dead_letter_ids:
+            return []
+        marks = ", ".join("?" for _ in dead_letter_ids)
+        with self._tx() as cur:
+            cur.execute(
+                self._sql(
+                    "SELECT d.id FROM dead_letters d JOIN inbox i ON i.id = d.item_id "
+                    f"WHERE d.id IN ({marks}) AND d.replayed_at IS NULL AND EXISTS (SELECT 1 FROM inbox n "
+                    "WHERE n.flow = i.flow AND n.business_key = i.business_key AND n.id > i.id AND n.status = 'done') "
+                    "ORDER BY d.id"
+                ),
+                tuple(dead_letter_ids),
+            )
+            return [int(row[0]) for row in cur.fetchall()]
+
+    def replay(self, dead_letter_ids: Sequence[int], *, include_superseded: bool = False) -> int:
+        if not include_superseded:
+            stale = set(self.superseded(dead_letter_ids))
+            dead_letter_ids = [i for i in dead_letter_ids if i not in stale]
         if not dead_letter_ids:
             return 0
         now = self._clock()

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 from connectors.http.fake import FakeHttpServer, FakeRequest, FakeResponse
 from engine.cli import main
+from engine.state import NewItem, open_store
 from tests.runtime.harness import DaemonProcess
 
 SPEC = """\
@@ -215,3 +216,25 @@ def test_state_prune_deletes_what_was_delivered_and_refuses_a_bad_duration(
     assert "inbox 25" in output and "ledger 25" in output and "runs 1" in output, output
     code, output = cli("state", "prune", str(root), "--older-than", "soon", *state, env=env)
     assert code == 2 and "--older-than" in output
+
+
+def test_dlq_replay_skips_a_superseded_letter_and_says_how_to_force_it(
+    setup: tuple[Path, FakeHttpServer, FakeHttpServer, dict[str, str]],
+) -> None:
+    root, _erp, _shop, env = setup
+    url = f"sqlite:///{root / 'replay.db'}"
+    store = open_store(url)
+    store.enqueue([NewItem("catalog", "v1", "P1", {"Product": "P1"}, "t")])
+    (old,) = store.claim("w", 10, lease=30)
+    store.dead_letter(old.id, "bad", error_kind="terminal")
+    store.enqueue([NewItem("catalog", "v2", "P1", {"Product": "P1"}, "t")])
+    (new,) = store.claim("w", 10, lease=30)
+    store.complete(new.id)
+    (letter,) = store.dead_letters("catalog")
+    store.close()
+    code, output = cli("dlq", "replay", str(root), "--flow", "catalog", "--state", url, env=env)
+    assert code == 0, output
+    assert "replayed 0 dead letter(s)" in output
+    assert f"skipped 1 superseded (a newer change of the same record was delivered since): {letter.id}" in output
+    code, output = cli("dlq", "replay", str(root), "--flow", "catalog", "--force", "--state", url, env=env)
+    assert "replayed 1 dead letter(s)" in output and "skipped" not in output

@@ -290,3 +290,20 @@ def test_prune_deletes_finished_work_older_than_the_cutoff_and_nothing_open(stor
     assert store.depth("orders") == {"pending": 0, "inflight": 1, "done": 1, "dead": 1}
     assert len(store.dead_letters("orders")) == 1  # not replayed: an operator still has to look at it
     assert store.prune(clock.now - 30 * 86400) == dict.fromkeys(counts, 0)
+
+
+def test_a_dead_letter_superseded_by_a_newer_delivered_change_is_not_replayed_unless_forced(
+    store: StateStore,
+) -> None:
+    store.enqueue([NewItem("catalog", "v1", "SKU-1", {"price": 1}, "t"), NewItem("catalog", "w1", "SKU-2", {}, "t")])
+    first, other = store.claim("w", 10, lease=30)
+    store.dead_letter(first.id, "bad price", error_kind="terminal")
+    store.dead_letter(other.id, "bad", error_kind="terminal")
+    store.enqueue([NewItem("catalog", "v2", "SKU-1", {"price": 2}, "t")])  # the next change of SKU-1...
+    (newer,) = store.claim("w", 10, lease=30)
+    store.complete(newer.id)  # ...was delivered
+    letters = {d.item_id: d.id for d in store.dead_letters("catalog")}
+    assert store.superseded(list(letters.values())) == [letters[first.id]]
+    assert store.replay(list(letters.values())) == 1  # SKU-2's letter only
+    assert [i.key for i in store.claim("w", 10, lease=30)] == ["w1"]
+    assert store.replay([letters[first.id]], include_superseded=True) == 1
