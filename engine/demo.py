@@ -133,7 +133,7 @@ def deactivate_product(systems: DemoSystems, code: str = "SERVICE-1") -> FlowRes
 
 def ask_price(systems: DemoSystems, code: str = "WIDGET-1", email: str = "bob@example.com") -> FlowResult:
     """Contract price: the cart asks twice; the second answer comes from the daemon's cache."""
-    request = {"code": code, "quantity": 10, "party": {"email": email}}
+    request = {"sku": code, "qty": 10, "customer_email": email}  # the cart's own terms; the spec shapes them
     answers = []
     for _ in range(2):
         started = time.monotonic()

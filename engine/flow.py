@@ -39,6 +39,13 @@ class CompiledFlow:
     targets: list[CompiledTarget]
     bindings: Bindings
     origins: dict[str, str] = field(default_factory=dict)  # transform path -> file that wrote it
+    request_expression: Expression | None = None  # a request trigger's shaping of the caller's request
+
+    def shape_request(self, request: Any, *, record_id: str = "") -> Any:
+        """What a request trigger sends its source for the caller's ``request`` (as it is without a transform)."""
+        if self.request_expression is None:
+            return request
+        return self.request_expression.evaluate(request, self.bindings, record_id=record_id)
 
     def transform(self, record: Any, *, record_id: str = "") -> Any:
         """The flow's own transform (the canonical record); the record itself when there is none."""
@@ -138,7 +145,9 @@ def load_client(
             targets.append(CompiledTarget(label, target, compile_at(target.transform, (*at, "transform"))))
         if not targets:
             targets.append(CompiledTarget("response", None, None))  # a request flow answers its caller
-        flows[name] = CompiledFlow(document.client, name, flow, expression, targets, bindings, origins)
+        request = flow.trigger.request
+        shaping = compile_at(request.transform, ("flows", name, "trigger", "request", "transform")) if request else None
+        flows[name] = CompiledFlow(document.client, name, flow, expression, targets, bindings, origins, shaping)
     return CompiledClient(document.client, str(path), chosen, report, flows)
 
 

@@ -254,6 +254,10 @@ class RequestHandler:
         if hit is not None and hit[0] > now:
             self._cache.move_to_end(cache_key)
             return RequestResult(200, hit[1], {"X-Seamline-Cache": "hit"})
+        try:
+            asked = self.flow.shape_request(request, record_id=cache_key[:80])
+        except TransformError as exc:
+            return RequestResult(400, {"error": f"the request cannot be shaped for the source: {exc}"})
         if not self.breaker.allow():
             retry = max(1, int(self.breaker.remaining() + 0.999))
             return RequestResult(
@@ -264,7 +268,7 @@ class RequestHandler:
         try:
             async with self.budget.slot():
                 response = await asyncio.wait_for(
-                    self.connection.call(self.operation, request, timeout=self.timeout), timeout=self.timeout
+                    self.connection.call(self.operation, asked, timeout=self.timeout), timeout=self.timeout
                 )
         except TimeoutError:
             self.breaker.failure()

@@ -146,6 +146,13 @@ class RequestTrigger(_Strict):
     method: Literal["GET", "POST"] = "POST"
     timeout: Duration = Field("2s", description="Longest the caller waits; past it the answer is a 504.")
     cache: Duration | None = Field(None, description="Keep answers this long, keyed by the request.")
+    transform: str | None = Field(
+        None,
+        description="JSONata shaping the caller's request into what source.call sends (inline or a .jsonata file), "
+        "so a shop can ask in its own terms; the flow's transform then shapes the answer. A request it cannot "
+        "shape is answered 400 with the reason.",
+        examples=['{ "code": sku, "quantity": qty, "party": { "email": customer_email } }'],
+    )
 
 
 class Trigger(_Strict):

@@ -357,6 +357,8 @@ class _Checker:
             if kind is not None and op is not None:
                 self.check_operation(kind, options, capability, op, (*path, "source", capability), source.system)
         trigger = _valid(Trigger, raw.get("trigger"))
+        if trigger is not None and trigger.request is not None and trigger.request.transform is not None:
+            self.check_transform(trigger.request.transform, (*path, "trigger", "request", "transform"))
         if trigger is not None and trigger.event is not None and trigger.event.system is not None:
             event_path = (*path, "trigger", "event", "system")
             kind, _ = self.system_ref(trigger.event.system, declared, event_path)

@@ -238,3 +238,40 @@ def test_dlq_replay_skips_a_superseded_letter_and_says_how_to_force_it(
     assert f"skipped 1 superseded (a newer change of the same record was delivered since): {letter.id}" in output
     code, output = cli("dlq", "replay", str(root), "--flow", "catalog", "--force", "--state", url, env=env)
     assert "replayed 1 dead letter(s)" in output and "skipped" not in output
+
+
+def test_a_request_transform_lets_the_caller_ask_in_its_own_terms(
+    setup: tuple[Path, FakeHttpServer, FakeHttpServer, dict[str, str]],
+) -> None:
+    root, erp, _shop, env = setup
+    spec = (root / "seamline.yaml").read_text(encoding="utf-8")
+    spec = spec.replace(
+        "    trigger: { request: { path: /price, timeout: 500ms, cache: 60s } }\n",
+        "    trigger:\n"
+        "      request:\n"
+        "        path: /price\n"
+        "        timeout: 500ms\n"
+        '        transform: \'{ "sku": $uppercase(item.sku), "customer": buyer.email }\'\n',
+    )
+    (root / "seamline.yaml").write_text(spec, encoding="utf-8")
+    asked: list[Any] = []
+
+    def answer(request: FakeRequest) -> FakeResponse:
+        asked.append(request.json())
+        return FakeResponse(200, {"sku": request.json()["sku"], "net": 3.0})
+
+    erp.route("POST", "/price", answer)
+    daemon = DaemonProcess(root, root / "state.db", env=env)
+    try:
+        daemon.start()
+        shop_shaped = {"item": {"sku": "p1", "qty": 2}, "buyer": {"email": "a@b.example"}}
+        priced = httpx.post(f"{daemon.url}/price", json=shop_shaped)
+        assert priced.status_code == 200 and priced.json() == {"sku": "P1", "price": 3}
+        assert asked == [{"sku": "P1", "customer": "a@b.example"}]
+        unshapable = httpx.post(f"{daemon.url}/price", json={"item": {"sku": 42}})
+        assert unshapable.status_code == 400
+        assert "the request cannot be shaped for the source" in unshapable.json()["error"]
+        assert "$uppercase" in unshapable.json()["error"] or "T0410" in unshapable.json()["error"]
+        assert len(asked) == 1  # nothing reached the ERP for it
+    finally:
+        daemon.stop()
