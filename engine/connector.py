@@ -236,6 +236,10 @@ class Connection(Protocol):
     async def write(self, entity: str, record: Any, *, key: Any, mode: str, idempotency_key: str) -> str:
         """Write one record; returns a short receipt for the ledger (the id or status the system gave).
 
+        A connection may have ``gathers_writes(entity, mode) -> bool``: true when it gathers concurrent
+        writes of ``entity`` into one request (Magento's bulk API) and so bounds its own requests; the
+        runtime then holds no ``limits.concurrency`` slot per record while the record waits for its batch.
+
         Called by a worker after the ledger said this (item, target) was not delivered yet. The same
         ``idempotency_key`` comes again only if an earlier attempt's outcome is unknown (a crash, a
         timeout): a system that can deduplicate on it should.

@@ -678,6 +678,10 @@ class MagentoConnection:
     async def consume(self, queue: str, handler: MessageHandler) -> None:
         raise TerminalError(f"{self.system}: magento systems have no queues to consume")
 
+    def gathers_writes(self, entity: str, mode: str) -> bool:
+        """Whether writes of ``entity`` wait to be gathered into a bulk (the runtime then holds no slot per record)."""
+        return self._batcher is not None and entity == "products" and mode in ("upsert", "create")
+
     # -- products -------------------------------------------------------------------------------
     async def _write_product(self, entity: str, record: dict[str, Any], mode: str) -> str:
         sku = self._required(record, "sku", entity)

@@ -118,7 +118,11 @@ class Delivery:
         try:
             if check is not None:
                 check(spec.write, payload)  # the target's schema: a bad payload never leaves
-            async with self.budgets[spec.system].slot():
+            # A connection that gathers concurrent writes into one request (Magento bulk) bounds its own
+            # requests; holding a concurrency slot per waiting record would cap every batch at that limit.
+            gathers = getattr(connection, "gathers_writes", None)
+            gathering = gathers is not None and gathers(spec.write, spec.mode)
+            async with contextlib.nullcontext() if gathering else self.budgets[spec.system].slot():
                 receipt = await asyncio.wait_for(
                     connection.write(
                         spec.write, payload, key=key, mode=spec.mode, idempotency_key=f"{item.key}#{target.label}"

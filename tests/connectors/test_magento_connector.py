@@ -888,3 +888,26 @@ def test_the_daemon_dead_letters_only_the_bad_records_of_a_bulk(tmp_path: Path) 
         assert shop.request_count("/products/") == 0 and shop.request_count("/async/bulk/V1/products") >= 1
         posted = [op["product"]["sku"] for w in shop.writes() if "bulk_uuid" in w for op in [w["body"]]]
         assert "D4" not in posted
+
+
+def test_in_the_daemon_a_bulk_is_not_capped_at_the_systems_concurrency(tmp_path: Path) -> None:
+    """limits.concurrency 2, 40 workers: records waiting for their bulk hold no slot, so a bulk carries many."""
+    from tests.runtime.harness import DaemonProcess, wait_for
+
+    spec = DAEMON_SPEC.replace("limits: { concurrency: 8, timeout: 10s }", "limits: { concurrency: 2, timeout: 10s }")
+    spec = spec.replace("bulk_wait: 100ms", "bulk_wait: 300ms")
+    (tmp_path / "seamline.yaml").write_text(spec, encoding="utf-8")
+    with FakeMagento(port=0, integration_token=TOKEN) as shop:
+        env = {"MAGENTO_URL": shop.url, "MAGENTO_TOKEN": TOKEN}
+        daemon = DaemonProcess(tmp_path, tmp_path / "state.db", env=env, workers=40)
+        try:
+            daemon.start()
+            with httpx.Client() as client:
+                for n in range(40):
+                    event = {"sku": f"B{n}", "name": f"Part {n}", "price": n + 1}
+                    client.post(f"{daemon.url}/hooks/products", json=event, headers={"X-Message-Id": f"b{n}"})
+            wait_for(lambda: len(shop.products) >= 40, 30, "every product")
+        finally:
+            daemon.stop()
+    largest = max(len(bulk["operations"]) for bulk in shop.bulks.values())
+    assert largest > 2, [len(b["operations"]) for b in shop.bulks.values()]
