@@ -31,6 +31,7 @@ from engine.transform import canonical_json
 __all__ = [
     "GOLDEN_NOW",
     "INPUT_SUFFIXES",
+    "REQUEST_SUFFIX",
     "CaseResult",
     "GoldenCase",
     "GoldenInputError",
@@ -45,6 +46,7 @@ __all__ = [
 
 GOLDEN_NOW = "2025-01-15T08:00:00.000Z"
 INPUT_SUFFIXES = (".input.json", ".input.xml", ".input.csv")
+REQUEST_SUFFIX = ".request.json"  # a request trigger's caller asking: the case proves trigger.request.transform
 SNAPSHOT_SUFFIX = ".snapshot.json"
 
 
@@ -66,6 +68,10 @@ class GoldenCase:
     @property
     def id(self) -> str:
         return f"{self.client}/{self.flow}/{self.name}"
+
+    @property
+    def is_request(self) -> bool:
+        return self.input_path.name.endswith(REQUEST_SUFFIX)
 
 
 Status = Literal["passed", "failed", "new", "updated", "error"]
@@ -105,6 +111,8 @@ def discover_cases(root: Path, client: str | None = None, flow: str | None = Non
                 if suffix:
                     name = path.name[: -len(suffix)]
                     cases.append(GoldenCase(client_dir.name, flow_dir.name, name, path))
+                elif path.name.endswith(REQUEST_SUFFIX):  # named '<case>.request': its snapshot sits beside it
+                    cases.append(GoldenCase(client_dir.name, flow_dir.name, path.name[: -len(".json")], path))
     return cases
 
 
@@ -186,6 +194,8 @@ class TargetKeyError(SeamlineError):
 def render_snapshot(flow: CompiledFlow, case: GoldenCase) -> str:
     """The snapshot text of ``case``: {target: payload} for one record, {target: [payloads]} for a list."""
     data = read_input(case.input_path)
+    if case.is_request:
+        return canonical_json(_shaped_request(flow, case, data)) + "\n"
     if isinstance(data, list):
         previews = [flow.preview(record, record_id=f"{case.name}[{i}]") for i, record in enumerate(data)]
         out: dict[str, Any] = {label.label: [p[label.label] for p in previews] for label in flow.targets}
@@ -195,6 +205,17 @@ def render_snapshot(flow: CompiledFlow, case: GoldenCase) -> str:
     for preview in previews:
         check_target_keys(flow, preview)
     return canonical_json(out) + "\n"
+
+
+def _shaped_request(flow: CompiledFlow, case: GoldenCase, request: Any) -> dict[str, Any]:
+    """{"<system>.<call>": what the source is asked} for a caller's request."""
+    source = flow.flow.source
+    if flow.flow.trigger.request is None or source is None or source.call is None:
+        raise GoldenInputError(
+            f"{case.input_path}: a {REQUEST_SUFFIX} case needs a flow with a request trigger; "
+            f"'{flow.name}' has none (name the file <case>.input.json to feed its transform)"
+        )
+    return {f"{source.system}.{source.call}": flow.shape_request(request, record_id=case.name)}
 
 
 def check_target_keys(flow: CompiledFlow, preview: dict[str, Any]) -> None:

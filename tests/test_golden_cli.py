@@ -539,3 +539,19 @@ def test_map_watch_runs_again_on_every_save(watching: tuple[Path, Lines]) -> Non
     save(Path("specs/acme/lookups/units.csv"), "KAR,12", "KAR,10")  # a code table
     lines.wait_for(r'"quantity": 420,', timeout=3)
     assert time.monotonic() - started < 10
+
+
+def test_a_request_case_proves_the_request_transform_and_needs_a_request_flow(scratch: Path) -> None:
+    folder = Path("golden/demo/contract-price")
+    (folder / "cart-odd-case.request.json").write_text('{"sku": "WIDGET-1", "customer_email": "A@B.C"}\n')
+    code, output = run("test", "demo", "--flow", "contract-price", "--update")
+    assert code == 0, output
+    assert json.loads((folder / "cart-odd-case.request.snapshot.json").read_text()) == {
+        "erp.price": {"code": "WIDGET-1", "quantity": 1, "party": {"email": "a@b.c"}}
+    }
+    (Path("golden/demo/catalog") / "misplaced.request.json").write_text('{"sku": "X"}\n')
+    code, output = run("test", "demo", "--flow", "catalog")
+    assert code == 1
+    assert "misplaced.request.json: a .request.json case needs a flow with a request trigger; 'catalog' has none" in (
+        output
+    )
