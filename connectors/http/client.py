@@ -45,6 +45,7 @@ from connectors.http import Endpoint, HttpOptions, Pagination
 from connectors.http.transport import AiohttpTransport, send
 from engine.connector import ConnectContext, MessageHandler, OAuth2ClientCredentials, closest, parse_duration
 from engine.errors import TerminalError, TransientError
+from engine.secrets import Masker
 
 __all__ = [
     "HttpConnection",
@@ -289,7 +290,7 @@ class HttpConnection:
         limits = options.limits
         self.timeout = parse_duration(limits.timeout) if limits and limits.timeout else DEFAULT_TIMEOUT
         pool = limits.concurrency if limits and limits.concurrency else 16
-        self._secrets: set[str] = set()
+        self._mask = Masker()  # the secrets this connection knows, replaced in whatever it logs or raises
         self._validators: dict[str, jsonschema.Draft202012Validator] = {}
         self._masked_headers = set(_SENSITIVE_HEADERS)
         auth = options.auth
@@ -839,16 +840,9 @@ class HttpConnection:
         return values
 
     def _remember_secret(self, value: str) -> None:
-        if len(value) >= 4:
-            self._secrets.add(value)
-            self._secrets.add(_enc(value))
-            self.context.mask(value)
-
-    def _mask(self, text: str) -> str:
-        for value in sorted(self._secrets, key=len, reverse=True):
-            if value in text:
-                text = text.replace(value, MASK)
-        return text
+        self._mask.add(value)
+        self._mask.add(_enc(value))  # as it appears in a URL or a signature base string
+        self.context.mask(value)
 
     def _headers_for_log(self, headers: httpx.Headers) -> dict[str, str]:
         return {k: (MASK if k.lower() in self._masked_headers else v) for k, v in headers.items()}

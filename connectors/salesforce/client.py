@@ -47,6 +47,7 @@ from connectors.http.transport import AiohttpTransport, send
 from connectors.salesforce import SOBJECTS, SalesforceOptions
 from engine.connector import ConnectContext, MessageHandler, closest, parse_duration
 from engine.errors import SeamlineError, TerminalError, TransientError
+from engine.secrets import Masker
 
 __all__ = ["SalesforceConnection", "SalesforceError", "salesforce_errors", "soql_datetime", "soql_literal"]
 
@@ -247,7 +248,7 @@ class SalesforceConnection:
         pool = limits.concurrency if limits and limits.concurrency else 16
         self._transport = transport if transport is not None else AiohttpTransport(max_connections=pool)
         self._headers = httpx.Headers({"Accept": "application/json", "User-Agent": USER_AGENT})
-        self._secrets: set[str] = set()
+        self._mask = Masker()  # the secrets this connection knows, replaced in whatever it logs or raises
         self._remember_secret(options.auth.client_secret)
         self._token: str | None = None
         self._token_lock = asyncio.Lock()
@@ -753,13 +754,6 @@ class SalesforceConnection:
         return self._mask(server_message(body, response.text) or response.reason_phrase)
 
     def _remember_secret(self, value: str) -> None:
-        if len(value) >= 4:
-            self._secrets.add(value)
-            self._secrets.add(quote(value, safe=""))
-            self.context.mask(value)
-
-    def _mask(self, text: str) -> str:
-        for value in sorted(self._secrets, key=len, reverse=True):
-            if value in text:
-                text = text.replace(value, MASK)
-        return text
+        self._mask.add(value)
+        self._mask.add(quote(value, safe=""))  # as it appears in a URL
+        self.context.mask(value)

@@ -48,6 +48,7 @@ from connectors.http.transport import AiohttpTransport, send
 from connectors.tryton import TrytonOptions
 from engine.connector import ConnectContext, MessageHandler, closest, parse_duration
 from engine.errors import SeamlineError, TerminalError, TransientError
+from engine.secrets import Masker
 
 __all__ = ["TrytonConnection", "from_tryton", "to_tryton"]
 
@@ -305,7 +306,7 @@ class TrytonConnection:
         self._transport = transport if transport is not None else AiohttpTransport(max_connections=pool)
         self._session: _Session | None = None
         self._login_lock = asyncio.Lock()
-        self._secrets: set[str] = set()
+        self._mask = Masker()  # the secrets this connection knows, replaced in whatever it logs or raises
         self._lookups: dict[tuple[str, str], int] = {}
         self._company_info: tuple[int, int, str] | None = None
         self._warehouse_list: list[tuple[int, str]] | None = None
@@ -1312,12 +1313,5 @@ class TrytonConnection:
         return TerminalError(f"{self.system}: Tryton cannot {use} '{name}'{hint} (it can {use}: {', '.join(names)})")
 
     def _remember_secret(self, value: str) -> None:
-        if len(value) >= 4:
-            self._secrets.add(value)
-            self.context.mask(value)
-
-    def _mask(self, text: str) -> str:
-        for value in sorted(self._secrets, key=len, reverse=True):
-            if value in text:
-                text = text.replace(value, MASK)
-        return text
+        self._mask.add(value)
+        self.context.mask(value)
