@@ -219,6 +219,16 @@ def map_command(
 )
 @click.option("--workers", default=8, show_default=True, type=click.IntRange(1, 256))
 @click.option(
+    "--processes",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Deliver from this many processes (one per core): this one serves the API and triggers, "
+    "the others only deliver, on the same state.",
+)
+@click.option("--delivery-part", type=int, default=0, hidden=True)
+@click.option("--delivery-channel", type=int, default=None, hidden=True)
+@click.option(
     "--lease",
     default=60.0,
     show_default=True,
@@ -238,6 +248,9 @@ def run(
     token_file: Path | None,
     state_url: str | None,
     workers: int,
+    processes: int,
+    delivery_part: int,
+    delivery_channel: int | None,
     lease: float,
     specs_dir: Path,
 ) -> None:
@@ -252,6 +265,8 @@ def run(
 
     if dry_run and not once:
         raise UsageError("--dry-run goes with --once")
+    if once and processes > 1:
+        raise UsageError("--processes is for the daemon; --once runs in one process")
     token = token_file.read_text(encoding="utf-8").strip() if token_file else os.environ.get("SEAMLINE_API_TOKEN")
     options = DaemonOptions(
         host=host,
@@ -262,6 +277,10 @@ def run(
         flows=list(flows) or None,
         state_url=state_url,
         lease=lease,
+        processes=processes,
+        delivery_part=delivery_part,
+        delivery_channel=delivery_channel,
+        serve_http=delivery_channel is None,
     )
     spec = _client_spec_path(client, specs_dir)
     if once:

@@ -23,6 +23,7 @@ __all__ = ["build_app", "check_exposure"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+_ACCEPTED = tuple(json.dumps({"accepted": n}).encode() for n in range(2))
 
 
 def is_loopback(host: str) -> bool:
@@ -108,7 +109,9 @@ def _webhook(daemon: Daemon, flow_name: str) -> Handler:
         body = await request.read()
         message_id = request.headers.get("X-Message-Id") or request.headers.get("Idempotency-Key") or ""
         added = await daemon.accept_event(flow_name, body, source=f"webhook:{request.path}", message_id=message_id)
-        return _json(202, {"accepted": added})  # answered only after the inbox has it
+        # Answered only after the inbox has it. The body of the usual answers is made once, not per event.
+        accepted = _ACCEPTED[added] if added < len(_ACCEPTED) else json.dumps({"accepted": added}).encode()
+        return web.Response(status=202, body=accepted, content_type="application/json")
 
     return handle
 

@@ -29,6 +29,7 @@ from engine.runtime.api import build_app, check_exposure
 from engine.runtime.guards import Backoff, Breaker, Budget
 from engine.runtime.logs import JsonLog
 from engine.runtime.metrics import Metrics
+from engine.runtime.processes import DeliveryProcesses, Layout, PrimaryLink, delivery_worker, plan_layout
 from engine.runtime.triggers import (
     RequestHandler,
     ScheduleTrigger,
@@ -40,7 +41,7 @@ from engine.runtime.triggers import (
 from engine.runtime.worker import Delivery, WorkerPool
 from engine.secrets import Masker, render_values
 from engine.spec.model import StateOptions
-from engine.state import StateStore, default_state_url, open_store
+from engine.state import StateStore, default_state_url, hold_sqlite_owner, open_store
 
 __all__ = ["Daemon", "DaemonOptions", "resolve_state_url", "retention_seconds"]
 
@@ -63,6 +64,9 @@ class DaemonOptions:
     backoff: Backoff = field(default_factory=Backoff)
     serve_http: bool = True
     schedules: bool = True
+    processes: int = 1  # this one (the primary) and processes-1 delivery processes
+    delivery_part: int = 0  # a delivery process's number (1..processes-1); 0 in the primary
+    delivery_channel: int | None = None  # set in a delivery process: its socket to the primary
 
 
 def resolve_state_url(client: CompiledClient, explicit: str | None, environ: Mapping[str, str], masker: Masker) -> str:
@@ -109,10 +113,13 @@ class Daemon:
         self.environ = dict(os.environ if environ is None else environ)
         self.masker = Masker()
         self.client = load_client(spec, environ=self.environ)
-        self.log = JsonLog(self.client.client, self.masker, log_stream)
+        self.delivery_only = options.delivery_channel is not None
+        context = {"process": options.delivery_part} if self.delivery_only else None
+        self.log = JsonLog(self.client.client, self.masker, log_stream, context=context)
         self.metrics = Metrics(self.client.client)
         self.token = options.token
         self.flow_names = self._select_flows(options.flows)
+        self.layout = self._plan_layout()
         self.store: StateStore | None = None
         self.connections: dict[str, Connection] = {}
         self.budgets: dict[str, Budget] = {}
@@ -127,6 +134,9 @@ class Daemon:
         self._tasks: list[asyncio.Task[Any]] = []
         self._runner: web.AppRunner | None = None
         self.spec_version = spec_version(self.client)
+        self.owner_lock: int | None = None  # SQLite: <state>.lock, held by this daemon's processes
+        self.delivery: DeliveryProcesses | None = None  # the primary's delivery processes
+        self.link: PrimaryLink | None = None  # a delivery process's channel to its primary
 
     # -- setup ---------------------------------------------------------------------------------
     def _select_flows(self, wanted: list[str] | None) -> list[str]:
@@ -137,14 +147,21 @@ class Daemon:
             names = [n for n in wanted if n in self.client.flows]
         return names
 
+    def _plan_layout(self) -> Layout:
+        if self.options.processes < 1:
+            raise UsageError(f"--processes must be 1 or more, not {self.options.processes}")
+        systems = self.client.report.systems
+        limits = {name: getattr(options, "limits", None) for name, options in systems.items()}
+        return plan_layout(self.client, self.flow_names, limits, self.options.processes)
+
     def _systems_needed(self) -> dict[str, set[str]]:
         needed: dict[str, set[str]] = {}
         for name in self.flow_names:
             flow = self.client.flows[name].flow
             systems = {t.system for t in flow.all_targets()}
-            if flow.source is not None:
+            if flow.source is not None and not self.delivery_only:  # a delivery process only writes
                 systems.add(flow.source.system)
-            if flow.trigger.event is not None and flow.trigger.event.system is not None:
+            if flow.trigger.event is not None and flow.trigger.event.system is not None and not self.delivery_only:
                 systems.add(flow.trigger.event.system)
             for system in systems:
                 needed.setdefault(system, set()).add(name)
@@ -167,7 +184,8 @@ class Daemon:
                 system=system, client=self.client.client, mask=self.masker.add, base_dir=str(declared_in)
             )
             self.connections[system] = kind.connect(live_options, context)
-            self.budgets[system] = Budget(live_options.limits)
+            share = self.layout.share(system, self.options.delivery_part)
+            self.budgets[system] = Budget(live_options.limits, share=share)
             self.breakers[system] = Breaker()
         if blocked:
             raise UsageError(
@@ -241,31 +259,55 @@ class Daemon:
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
+        if self.delivery_only:
+            await self._start_delivery_process()
+            return
         if self.options.serve_http:
             check_exposure(self.options.host, self.token, self.options.dev)
-        await self.open_connections()
         url = resolve_state_url(self.client, self.options.state_url, self.environ, self.masker)
+        if self.options.processes > 1 and url.lower().startswith("sqlite:") and ":memory:" in url:
+            raise UsageError("--processes needs a state store the processes can share, not sqlite:///:memory:")
+        # One daemon (with its delivery processes) per SQLite file: the lock waits for the processes of an
+        # earlier run to be gone, so what is still in flight was left by a crash and is safe to give back.
+        self.owner_lock = hold_sqlite_owner(url, wait=self.options.drain_timeout + 10)
+        try:
+            await self._start_primary(url)
+        except BaseException:
+            if self.owner_lock is not None:
+                os.close(self.owner_lock)
+                self.owner_lock = None
+            raise
+
+    async def _start_primary(self, url: str) -> None:
+        await self.open_connections()
         self.store = store = open_store(url)
-        if url.startswith("sqlite:"):
-            # One daemon per SQLite file: anything in flight was left by a crash of the last run.
+        if self.owner_lock is not None:
             recovered = store.requeue_inflight()
             if recovered:
                 self.log.warning("recovered", items=recovered, reason="in flight when the last run stopped")
         self._wire_triggers(store)
         self._gauges(store)
-        delivery = Delivery(
-            self.client,
-            store,
-            self.connections,
-            self.budgets,
-            self.breakers,
-            self.metrics,
-            self.log,
-            spec_version=self.spec_version,
-            backoff=self.options.backoff,
+        self.pool = WorkerPool(
+            self._delivery(store),
+            size=self.options.workers,
+            flows=self.flow_names,
+            lease=self.options.lease,
         )
-        self.pool = WorkerPool(delivery, size=self.options.workers, flows=self.flow_names, lease=self.options.lease)
         self.pool.start()
+        if self.options.processes > 1:
+            self.delivery = DeliveryProcesses(
+                self.spec,
+                self.layout,
+                state_url=url,
+                workers=self.options.workers,
+                lease=self.options.lease,
+                environ=self.environ,
+                metrics=self.metrics,
+                log=self.log,
+                keep_fds=() if self.owner_lock is None else (self.owner_lock,),
+                give_back=functools.partial(self.pool.delivery.commits.run, store.requeue_inflight),
+            )
+            await self.delivery.start()
         self._tasks.append(asyncio.create_task(self._prune_loop(store), name="prune"))
         if self.options.schedules:
             for schedule in self.schedules.values():
@@ -293,8 +335,49 @@ class Daemon:
             api=f"http://{self.options.host}:{self.options.port}" if self.options.serve_http else None,
             spec_version=self.spec_version,
             pid=os.getpid(),
+            processes=self.options.processes,
             loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
         )
+
+    def _delivery(self, store: StateStore) -> Delivery:
+        return Delivery(
+            self.client,
+            store,
+            self.connections,
+            self.budgets,
+            self.breakers,
+            self.metrics,
+            self.log,
+            spec_version=self.spec_version,
+            backoff=self.options.backoff,
+        )
+
+    async def _start_delivery_process(self) -> None:
+        """Workers only, on the primary's store; stops when told (SIGTERM) or when the primary is gone."""
+        assert self.options.delivery_channel is not None
+        self.link = PrimaryLink(self.options.delivery_channel, self.metrics)
+        await self.link.open()
+        await self.open_connections()
+        url = resolve_state_url(self.client, self.options.state_url, self.environ, self.masker)
+        self.store = store = open_store(url)
+        self.pool = WorkerPool(
+            self._delivery(store),
+            size=self.options.workers,
+            flows=self.flow_names,
+            lease=self.options.lease,
+            # The inbox's worker column says who took an item: the primary gives a dead process's items back by it.
+            name=delivery_worker(self.options.delivery_part, os.getpid()),
+        )
+        self.pool.start()
+        self._tasks.append(asyncio.create_task(self._follow_primary(self.link), name="primary"))
+        self.started = True
+        self.log.info("started", role="delivery", flows=self.flow_names, pid=os.getpid(), parent=os.getppid())
+
+    async def _follow_primary(self, link: PrimaryLink) -> None:
+        await link.primary_gone.wait()
+        if not self.stopping:
+            self.log.warning("primary_gone", reason="the channel to the primary closed: draining and stopping")
+            self._stop_event.set()
 
     async def stop(self) -> None:
         if self.stopping:
@@ -305,27 +388,42 @@ class Daemon:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self.pool is not None:
-            self.pool.stop()
-            try:
-                await asyncio.wait_for(self.pool.join(), timeout=self.options.drain_timeout)
-            except TimeoutError:
-                self.log.warning("drain_timeout", seconds=self.options.drain_timeout)
+        await asyncio.gather(
+            self._drain(), self.delivery.stop(self.options.drain_timeout + 5) if self.delivery else _nothing()
+        )
         if self._runner is not None:
             await self._runner.cleanup()
         for connection in self.connections.values():
             await connection.close()
         if self.pool is not None:
             self.pool.delivery.commits.close()  # a batch still committing finishes before the store closes
+        if self.link is not None:
+            await self.link.close()  # the last counts go to the primary after the drain
         if self.store is not None:
             depth = self.store.depth()
             self.store.close()
             self.log.info("stopped", pending=depth["pending"], inflight=depth["inflight"], dead=depth["dead"])
+        if self.owner_lock is not None:
+            os.close(self.owner_lock)  # after the store: the next daemon may give back what is in flight
+            self.owner_lock = None
+
+    async def _drain(self) -> None:
+        if self.pool is None:
+            return
+        self.pool.stop()
+        try:
+            await asyncio.wait_for(self.pool.join(), timeout=self.options.drain_timeout)
+        except TimeoutError:
+            self.log.warning("drain_timeout", seconds=self.options.drain_timeout)
 
     async def run_forever(self) -> None:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stop_event.set)
+        loop.add_signal_handler(signal.SIGTERM, self._stop_event.set)
+        if self.delivery_only:
+            # Ctrl-C reaches the whole process group; the primary answers it by stopping its delivery processes.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        else:
+            loop.add_signal_handler(signal.SIGINT, self._stop_event.set)
         await self.start()
         await self._stop_event.wait()
         await self.stop()
@@ -342,6 +440,10 @@ def run_daemon(main: Coroutine[Any, Any, T]) -> T:
     except ImportError:
         return asyncio.run(main)
     return uvloop.run(main)
+
+
+async def _nothing() -> None:
+    return None
 
 
 def _mask_url(url: str) -> str:

@@ -18,9 +18,22 @@ __all__ = ["Backoff", "Breaker", "Budget"]
 class Budget:
     """A system's ``limits:``: at most ``concurrency`` calls in flight and ``rate`` calls per second."""
 
-    def __init__(self, limits: Limits | None, *, clock: Callable[[], float] = time.monotonic) -> None:
-        self.concurrency = (limits.concurrency if limits and limits.concurrency else None) or 16
-        self.rate = _rate_per_second(limits.rate) if limits and limits.rate else None
+    def __init__(
+        self, limits: Limits | None, *, clock: Callable[[], float] = time.monotonic, share: tuple[int, int] = (0, 1)
+    ) -> None:
+        """``share`` (part, parts): this process's part of a budget that ``parts`` processes split (--processes).
+
+        Each part gets ``concurrency // parts`` slots (the first parts one more while a remainder lasts)
+        and ``rate / parts``, so the processes together never exceed the system's ``limits:``.
+        """
+        part, parts = share
+        concurrency = limits.concurrency if limits and limits.concurrency else None
+        if concurrency is not None and parts > 1:
+            if concurrency < parts:
+                raise ValueError(f"a concurrency of {concurrency} cannot be split into {parts} parts")
+            concurrency = concurrency // parts + (1 if part < concurrency % parts else 0)
+        self.concurrency = concurrency or 16
+        self.rate = _rate_per_second(limits.rate) / parts if limits and limits.rate else None
         self.timeout = parse_duration(limits.timeout) if limits and limits.timeout else 30.0
         self._slots = asyncio.Semaphore(self.concurrency)
         self._clock = clock

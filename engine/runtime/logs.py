@@ -13,16 +13,32 @@ __all__ = ["JsonLog"]
 
 
 class JsonLog:
-    def __init__(self, client: str, masker: Masker, stream: IO[str] | None = None, *, level: str = "info") -> None:
+    def __init__(
+        self,
+        client: str,
+        masker: Masker,
+        stream: IO[str] | None = None,
+        *,
+        level: str = "info",
+        context: dict[str, Any] | None = None,
+    ) -> None:
         self.client = client
         self.masker = masker
         self.stream = stream or sys.stderr
+        self.context = dict(context or {})  # fields every line carries (a delivery process's number)
         self._min = _LEVELS[level]
 
     def event(self, event: str, level: str = "info", **fields: Any) -> None:
         if _LEVELS[level] < self._min:
             return
-        record = {"ts": round(time.time(), 3), "level": level, "client": self.client, "event": event, **fields}
+        record = {
+            "ts": round(time.time(), 3),
+            "level": level,
+            "client": self.client,
+            "event": event,
+            **self.context,
+            **fields,
+        }
         line = self.masker(json.dumps(record, default=str, ensure_ascii=False))
         self.stream.write(line + "\n")
         self.stream.flush()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from typing import Any
 
 __all__ = ["Metrics"]
 
@@ -29,6 +30,7 @@ class Metrics:
         self._hist_sum: dict[tuple[str, str], float] = defaultdict(float)
         self._hist_count: dict[tuple[str, str], int] = defaultdict(int)
         self.gauges: dict[str, Callable[[], dict[str, float]]] = {}
+        self._sources: dict[str, dict[str, Any]] = {}
 
     def inc(self, name: str, flow: str, amount: float = 1.0) -> None:
         with self._lock:
@@ -48,25 +50,62 @@ class Metrics:
             self._hist_sum[key] += seconds
             self._hist_count[key] += 1
 
+    def snapshot(self) -> dict[str, Any]:
+        """Counters and histograms as plain JSON data (what a delivery process reports to the primary)."""
+        with self._lock:
+            return {
+                "counters": [[name, flow, value] for (name, flow), value in self._counters.items()],
+                "histograms": [
+                    [name, flow, list(buckets), self._hist_sum[(name, flow)], self._hist_count[(name, flow)]]
+                    for (name, flow), buckets in self._hist.items()
+                ],
+            }
+
+    def absorb(self, source: str, snapshot: dict[str, Any]) -> None:
+        """Another process's latest ``snapshot()``; /metrics shows the sum over this process and all sources.
+
+        Counters stay monotonic when a source restarts: a new process reports under a new ``source``.
+        """
+        with self._lock:
+            self._sources[source] = snapshot
+
+    def _merged(self) -> tuple[dict[tuple[str, str], float], dict[tuple[str, str], tuple[list[float], float, int]]]:
+        counters: dict[tuple[str, str], float] = defaultdict(float, self._counters)
+        hist = {key: (list(b), self._hist_sum[key], self._hist_count[key]) for key, b in self._hist.items()}
+        for snapshot in self._sources.values():
+            for name, flow, value in snapshot.get("counters", []):
+                counters[(name, flow)] += value
+            for name, flow, buckets, total, count in snapshot.get("histograms", []):
+                mine, mine_sum, mine_count = hist.get((name, flow), ([0.0] * len(BUCKETS), 0.0, 0))
+                summed = [a + b for a, b in zip(mine, buckets, strict=True)]
+                hist[(name, flow)] = (summed, mine_sum + total, mine_count + count)
+        return counters, hist
+
+    def total(self, name: str, flow: str) -> float:
+        """A counter summed over this process and the processes it absorbs."""
+        with self._lock:
+            return self._merged()[0].get((name, flow), 0.0)
+
     def render(self) -> str:
         lines: list[str] = []
         client = _label(self.client)
         with self._lock:
+            counters, hist = self._merged()
             for name, help_text in COUNTERS.items():
                 metric = f"seamline_{name}_total"
                 lines += [f"# HELP {metric} {help_text}", f"# TYPE {metric} counter"]
-                for (counter, flow), value in sorted(self._counters.items()):
+                for (counter, flow), value in sorted(counters.items()):
                     if counter == name:
                         lines.append(f'{metric}{{client="{client}",flow="{_label(flow)}"}} {value:g}')
-            for (name, flow), buckets in sorted(self._hist.items()):
+            for (name, flow), (buckets, total, count) in sorted(hist.items()):
                 metric = f"seamline_{name}_seconds"
                 labels = f'client="{client}",flow="{_label(flow)}"'
                 lines += [f"# TYPE {metric} histogram"]
-                for bound, count in zip(BUCKETS, buckets, strict=True):
-                    lines.append(f'{metric}_bucket{{{labels},le="{bound:g}"}} {count:g}')
-                lines.append(f'{metric}_bucket{{{labels},le="+Inf"}} {self._hist_count[(name, flow)]}')
-                lines.append(f"{metric}_sum{{{labels}}} {self._hist_sum[(name, flow)]:.6f}")
-                lines.append(f"{metric}_count{{{labels}}} {self._hist_count[(name, flow)]}")
+                for bound, in_bucket in zip(BUCKETS, buckets, strict=True):
+                    lines.append(f'{metric}_bucket{{{labels},le="{bound:g}"}} {in_bucket:g}')
+                lines.append(f'{metric}_bucket{{{labels},le="+Inf"}} {count}')
+                lines.append(f"{metric}_sum{{{labels}}} {total:.6f}")
+                lines.append(f"{metric}_count{{{labels}}} {count}")
         for metric, read in self.gauges.items():
             lines.append(f"# TYPE seamline_{metric} gauge")
             for label, value in sorted(read().items()):

@@ -213,8 +213,11 @@ class WorkerPool:
     async def _claim(self) -> None:
         store = self.delivery.store
         while not self._stopping.is_set():
-            room = self.batch - self._ready.qsize()  # items claimed and not yet taken by a worker
-            if room <= 0:
+            ready = self._ready.qsize()  # items claimed and not yet taken by a worker
+            room = self.batch - ready
+            # Topping up after every take would claim one item per transaction; wait until half the
+            # batch is gone (an empty queue always claims: at low load an item is never kept waiting).
+            if ready and room < self.batch // 2:
                 self._taken.clear()
                 await self._taken.wait()
                 continue

@@ -10,6 +10,9 @@
 
 from __future__ import annotations
 
+import fcntl
+import functools
+import os
 import re
 import sqlite3
 import time
@@ -30,6 +33,7 @@ __all__ = [
     "RunRecord",
     "StateStore",
     "default_state_url",
+    "hold_sqlite_owner",
     "open_store",
 ]
 
@@ -58,6 +62,45 @@ def open_store(url: str, *, clock: Callable[[], float] = time.time, lock_timeout
     raise UsageError(f"state URL '{_mask(url)}' has an unknown scheme; use sqlite:///path.db or postgresql://...")
 
 
+def _sqlite_path(url: str) -> str:
+    path = url.split("sqlite://", 1)[1]
+    return path[1:] if path.startswith("/") else path  # sqlite:///rel/x.db -> rel/x.db; sqlite:////abs -> /abs
+
+
+def hold_sqlite_owner(url: str, wait: float, *, poll: float = 0.1) -> int | None:
+    """Take ``<state file>.lock`` for this daemon; the open descriptor, or None for a URL that needs none.
+
+    A daemon on a SQLite file gives back, at start, every item left in flight: only right when no
+    process of an earlier run still delivers. The lock is held as long as any process holds the
+    descriptor (pass it to the daemon's delivery processes), and the kernel drops it when they are
+    gone, however they ended. Waits up to ``wait`` seconds for an earlier group to finish, then says who
+    holds it.
+    """
+    if not url.lower().startswith("sqlite:") or _sqlite_path(url) == ":memory:":
+        return None
+    path = Path(_sqlite_path(url) + ".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    until = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() >= until:
+                holder = path.read_text(encoding="utf-8").strip() or "unknown"
+                os.close(fd)
+                raise UsageError(
+                    f"the state file {_sqlite_path(url)} is in use by another seamline daemon ({holder}); "
+                    "stop it first (two daemons on one SQLite file would deliver the same records twice), "
+                    "or give this one its own --state"
+                ) from None
+            time.sleep(poll)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()}\n".encode(), 0)
+    return fd
+
+
 def _mask(url: str) -> str:
     parts = urlsplit(url)
     if parts.password:
@@ -67,8 +110,7 @@ def _mask(url: str) -> str:
 
 
 def _open_sqlite(url: str, clock: Callable[[], float], lock_timeout: float = 30.0) -> StateStore:
-    path = url.split("sqlite://", 1)[1]
-    path = path[1:] if path.startswith("/") else path  # sqlite:///rel/x.db -> rel/x.db; sqlite:////abs -> /abs
+    path = _sqlite_path(url)
     if path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
 
@@ -78,10 +120,33 @@ def _open_sqlite(url: str, clock: Callable[[], float], lock_timeout: float = 30.
         # NORMAL in WAL mode survives any crash of the process (kill -9); only a power cut can lose
         # the last commits. The daemon acknowledges upstream only after a commit.
         conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute(f"PRAGMA busy_timeout={int(lock_timeout * 1000)}")
+        # Every statement runs inside BEGIN IMMEDIATE (SqlStore._tx), and only that can find the write lock
+        # taken; _begin_immediate waits for it in short steps. SQLite's own busy handler sleeps 1 ms, then
+        # 2, 5, 10 ... while a transaction here holds the lock for ~0.1-0.3 ms: with several processes on
+        # one file (run --processes) it left each waiting most of the time.
+        conn.execute("PRAGMA busy_timeout=0")
         return conn
 
-    return SqlStore(url, SQLITE, connect, clock=clock)
+    return SqlStore(url, SQLITE, connect, clock=clock, begin=functools.partial(_begin_immediate, lock_timeout))
+
+
+def _begin_immediate(lock_timeout: float, cur: sqlite3.Cursor) -> None:
+    """BEGIN IMMEDIATE, waiting up to ``lock_timeout`` seconds for another connection's write to end."""
+    pause, deadline = 0.00005, 0.0
+    while True:
+        try:
+            cur.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            now = time.monotonic()
+            if not deadline:
+                deadline = now + lock_timeout
+            elif now >= deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.001)
 
 
 def _open_postgres(url: str, clock: Callable[[], float]) -> StateStore:

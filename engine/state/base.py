@@ -156,11 +156,12 @@ class StateStore(Protocol):
         self, item_id: int, reason: str, *, error_kind: str, target: str = "", spec_version: str = ""
     ) -> int: ...
 
-    def requeue_inflight(self) -> int:
+    def requeue_inflight(self, worker: str | None = None) -> int:
         """Give back every claimed item at once (no attempt counted); returns how many.
 
         For a store that only one daemon uses (the embedded SQLite file): at start, whatever is in
         flight was left by a crash of the previous run. Shared stores rely on leases instead.
+        ``worker``: only what that worker claimed (a delivery process that is known to be gone).
         """
         ...
 

@@ -140,9 +140,13 @@ class SqlStore:
         connect: Callable[[], Any],
         *,
         clock: Callable[[], float] = time.time,
+        begin: Callable[[Any], None] | None = None,
     ):
+        """``begin(cursor)`` opens each transaction (SQLite: BEGIN IMMEDIATE with its own wait for the lock);
+        without it, the driver's implicit transaction is used (PostgreSQL)."""
         self.url = url
         self.dialect = dialect
+        self._begin_tx = begin
         self._connect = connect
         self._conn = connect()
         self._lock = threading.RLock()
@@ -168,8 +172,8 @@ class SqlStore:
                 cur.close()
 
     def _begin(self, cur: Any) -> None:
-        if self.dialect.name == "sqlite":
-            cur.execute("BEGIN IMMEDIATE")  # take the write lock up front: no upgrade deadlocks
+        if self._begin_tx is not None:
+            self._begin_tx(cur)  # SQLite: take the write lock up front, no upgrade deadlocks
 
     def close(self) -> None:
         with self._lock:
@@ -312,9 +316,13 @@ class SqlStore:
                 tuple(item_ids),
             )
 
-    def requeue_inflight(self) -> int:
+    def requeue_inflight(self, worker: str | None = None) -> int:
+        back = "UPDATE inbox SET status = 'pending', lease_until = NULL WHERE status = 'inflight'"
         with self._tx() as cur:
-            cur.execute("UPDATE inbox SET status = 'pending', lease_until = NULL WHERE status = 'inflight'")
+            if worker is None:
+                cur.execute(back)
+            else:
+                cur.execute(self._sql(back + " AND worker = ?"), (worker,))
             return max(int(cur.rowcount), 0)
 
     def dead_letter(

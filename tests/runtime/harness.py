@@ -41,8 +41,10 @@ class DaemonProcess:
         workers: int = 4,
         state_url: str | None = None,
         lease: float = 60.0,
+        processes: int = 1,
     ) -> None:
         self.spec = spec
+        self.processes = processes
         self.state_url = state_url or f"sqlite:///{state}"
         self.lease = lease
         self.port = free_port()
@@ -73,6 +75,7 @@ class DaemonProcess:
                 str(self.workers),
                 "--lease",
                 str(self.lease),
+                *(["--processes", str(self.processes)] if self.processes > 1 else []),
             ],
             stdout=log,
             stderr=log,
