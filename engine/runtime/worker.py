@@ -123,12 +123,11 @@ class Delivery:
             gathers = getattr(connection, "gathers_writes", None)
             gathering = gathers is not None and gathers(spec.write, spec.mode)
             async with contextlib.nullcontext() if gathering else self.budgets[spec.system].slot():
-                receipt = await asyncio.wait_for(
-                    connection.write(
+                # asyncio.timeout, not wait_for: the same TimeoutError without a task per write.
+                async with asyncio.timeout(self.budgets[spec.system].timeout):
+                    receipt = await connection.write(
                         spec.write, payload, key=key, mode=spec.mode, idempotency_key=f"{item.key}#{target.label}"
-                    ),
-                    timeout=self.budgets[spec.system].timeout,
-                )
+                    )
         except (TimeoutError, TransientError) as exc:
             breaker.failure()
             reason = f"{target.label}: {exc}" if str(exc) else f"{target.label}: timed out"
@@ -221,7 +220,12 @@ class WorkerPool:
                 self._taken.clear()
                 await self._taken.wait()
                 continue
-            items = await self.delivery.commits.run(store.claim, self.name, room, self.lease, self.flows)
+            try:
+                items = await self.delivery.commits.run(store.claim, self.name, room, self.lease, self.flows)
+            except Exception as exc:  # a store busy past its lock timeout, or gone for a while: try again soon
+                self.delivery.log.error("claim_failed", worker=self.name, error=str(exc))
+                await asyncio.sleep(max(self.idle, 1.0))
+                continue
             if self._stopping.is_set():
                 store.release([i.id for i in items])
                 return

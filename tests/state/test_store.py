@@ -102,6 +102,14 @@ def test_requeue_inflight_gives_everything_claimed_back(store: StateStore) -> No
     assert [(i.key, i.attempts) for i in store.claim("w2", 10, lease=300)] == [("k1", 0), ("k2", 0)]
 
 
+def test_requeue_inflight_of_one_worker_leaves_the_others_claims(store: StateStore) -> None:
+    store.enqueue(items(("k1", "a"), ("k2", "b")))
+    store.claim("delivery-1.4242", 1, 60)
+    store.claim("worker", 1, 60)
+    assert store.requeue_inflight("delivery-1.4242") == 1
+    assert store.depth()["pending"] == 1 and store.depth()["inflight"] == 1
+
+
 def test_dead_letters_keep_the_reason_and_replay_puts_items_back(store: StateStore) -> None:
     store.enqueue(items(("k1", "a"), ("k2", "a")))
     (item,) = store.claim("w", 10, lease=30)
