@@ -219,3 +219,74 @@ def test_group_commit_failure_reaches_every_waiter_and_acknowledges_none(tmp_pat
     outcomes = asyncio.run(scenario())
     assert all(isinstance(o, Exception) for o in outcomes), outcomes
     assert commits.transactions == 0
+
+
+CLAIM_SPEC = """\
+seamline: 1
+client: claimtest
+systems:
+  shop:
+    connector: http
+    url: "{url}"
+    endpoints:
+      stock: {{ path: "/stock/{{sku}}", method: PUT }}
+flows:
+  stock:
+    trigger: {{ event: {{ webhook: /hooks/stock, id: sku }} }}
+    transform: '{{ "sku": sku }}'
+    target: {{ system: shop, write: stock, key: sku }}
+"""
+
+
+def test_a_claim_the_store_refuses_is_logged_and_the_workers_go_on_once_it_answers(tmp_path: Path) -> None:
+    """A store busy past its lock timeout fails the claim: logged, tried again, and nothing is lost."""
+    import io
+    import json
+    import sqlite3
+
+    from connectors.http import HttpOptions
+    from connectors.http import connect as http_connect
+    from connectors.http.fake import FakeHttpServer
+    from engine.connector import ConnectContext
+    from engine.flow import load_client
+    from engine.runtime.logs import JsonLog
+    from engine.runtime.metrics import Metrics
+    from engine.runtime.worker import Delivery, WorkerPool
+
+    state = tmp_path / "state.db"
+    store = open_store(f"sqlite:///{state}", lock_timeout=0.05)
+    store.enqueue([NewItem("stock", f"S{n}", f"S{n}", {"sku": f"S{n}"}, "test") for n in range(5)])
+    stream = io.StringIO()
+    with FakeHttpServer(port=0) as shop:
+        (tmp_path / "seamline.yaml").write_text(CLAIM_SPEC.format(url=shop.url), encoding="utf-8")
+        client = load_client(tmp_path / "seamline.yaml", environ={})
+        options = HttpOptions.model_validate(client.report.merged.data["systems"]["shop"])
+        connection = http_connect(options, ConnectContext(system="shop", client="claimtest"))
+        log = JsonLog("claimtest", Masker(), stream)
+        delivery = Delivery(
+            client, store, {"shop": connection}, {"shop": Budget(None)}, {"shop": Breaker()}, Metrics("c"), log
+        )
+        blocker = sqlite3.connect(state, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")  # another writer holds the file: every claim times out
+
+        async def scenario() -> None:
+            pool = WorkerPool(delivery, size=2, idle=0.01)
+            pool.start()
+            until = time.monotonic() + 10
+            while "claim_failed" not in stream.getvalue() and time.monotonic() < until:
+                await asyncio.sleep(0.02)
+            assert shop.applied_count("/stock/") == 0
+            blocker.execute("ROLLBACK")
+            while shop.applied_count("/stock/") < 5 and time.monotonic() < until + 10:
+                await asyncio.sleep(0.05)
+            pool.stop()
+            await pool.join()
+            await connection.close()
+
+        asyncio.run(scenario())
+        delivery.commits.close()
+        failed = [json.loads(line) for line in stream.getvalue().splitlines() if '"claim_failed"' in line]
+        assert failed and "locked" in str(failed[0]["error"])
+        assert sorted(w["path"] for w in shop.writes("/stock/")) == [f"/stock/S{n}" for n in range(5)]
+    blocker.close()
+    store.close()
