@@ -222,6 +222,8 @@ class Daemon:
             added = await self.pool.delivery.commits.enqueue(items)
             count_received(self.metrics, flow_name, added, len(items))
         self.pool.wakeup.set()
+        if self.delivery is not None and added:
+            self.delivery.nudge()
         return added
 
     async def _prune_loop(self, store: StateStore, every: float = 3600.0) -> None:
@@ -370,8 +372,15 @@ class Daemon:
         )
         self.pool.start()
         self._tasks.append(asyncio.create_task(self._follow_primary(self.link), name="primary"))
+        self._tasks.append(asyncio.create_task(self._follow_nudges(self.link, self.pool), name="nudges"))
         self.started = True
         self.log.info("started", role="delivery", flows=self.flow_names, pid=os.getpid(), parent=os.getppid())
+
+    async def _follow_nudges(self, link: PrimaryLink, pool: WorkerPool) -> None:
+        while True:
+            await link.nudged.wait()
+            link.nudged.clear()
+            pool.wakeup.set()
 
     async def _follow_primary(self, link: PrimaryLink) -> None:
         await link.primary_gone.wait()

@@ -11,8 +11,9 @@ change, to one worker at a time across processes (``BEGIN IMMEDIATE`` in SQLite,
 PostgreSQL), and the ledger makes a redelivered item a no-op at its targets. What this module adds:
 
 - a socket pair per delivery process: it reports its metrics over it every second (the primary's
-  /metrics shows the sum), and reads end-of-file when the primary is gone, even after a kill -9, and
-  then drains as on SIGTERM;
+  /metrics shows the sum); the primary nudges it when webhooks arrive (one byte per loop tick), so
+  it claims at once instead of at its next idle poll; and it reads end-of-file when the primary is
+  gone, even after a kill -9, and then drains as on SIGTERM;
 - ``limits:`` split between the processes so together they stay inside them; a system whose
   concurrency is smaller than the number of processes stays with the primary, and so do the flows
   that write to it;
@@ -115,6 +116,8 @@ class DeliveryProcesses:
         self.keep_fds = tuple(keep_fds)
         self.give_back = give_back
         self.running: dict[int, asyncio.subprocess.Process] = {}
+        self._writers: dict[int, asyncio.StreamWriter] = {}
+        self._nudging = False
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
 
@@ -163,6 +166,7 @@ class DeliveryProcesses:
             theirs.close()
         self.running[part] = process
         reader, writer = await asyncio.open_connection(sock=mine)
+        self._writers[part] = writer
         self._tasks.append(asyncio.create_task(self._reports(part, process.pid, reader, writer)))
         self.log.info("delivery_process_started", part=part, pid=process.pid, flows=list(self.layout.shared_flows))
 
@@ -173,6 +177,18 @@ class DeliveryProcesses:
                     self.metrics.absorb(f"{part}:{pid}", json.loads(line)["metrics"])
         finally:
             writer.close()
+
+    def nudge(self) -> None:
+        """New items are in the inbox: the delivery processes claim now (once per loop tick, however many)."""
+        if not self._nudging:
+            self._nudging = True
+            asyncio.get_running_loop().call_soon(self._send_nudges)
+
+    def _send_nudges(self) -> None:
+        self._nudging = False
+        for writer in self._writers.values():
+            if not writer.is_closing() and writer.transport.get_write_buffer_size() < 1024:
+                writer.write(b"!")
 
     async def _supervise(self, part: int) -> None:
         delay = 1.0
@@ -232,6 +248,7 @@ class PrimaryLink:
         self.channel = channel
         self.metrics = metrics
         self.primary_gone = asyncio.Event()
+        self.nudged = asyncio.Event()  # the primary took new items into the inbox
         self._writer: asyncio.StreamWriter | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -241,7 +258,8 @@ class PrimaryLink:
 
     async def _watch(self, reader: asyncio.StreamReader) -> None:
         with contextlib.suppress(ConnectionError):
-            await reader.read()  # the primary never writes: this returns at end-of-file, when it is gone
+            while await reader.read(4096):  # nudges; end-of-file when the primary is gone
+                self.nudged.set()
         self.primary_gone.set()
 
     async def _report_loop(self) -> None:

@@ -165,9 +165,11 @@ def _key_of(payload: Any, key: str | list[str] | None) -> Any:
 class WorkerPool:
     """``size`` workers fed by one claimer; they stop taking work when ``stop()`` is called.
 
-    One task claims for all workers (a claim per batch, not per worker) and keeps up to ``batch``
-    items ready; each worker takes the next one. Per-key order holds because the store never hands
-    out a key's next change while an earlier one is open.
+    One task claims for all workers (a claim per batch, not per worker); each worker takes the next
+    item. The pool holds at most a quarter more items than it has workers: items claimed beyond that
+    would wait here while another pool on the same store (``--processes``) has idle workers and finds
+    nothing to claim. Per-key order holds because the store never hands out a key's next change while
+    an earlier one is open.
     """
 
     def __init__(
@@ -175,7 +177,6 @@ class WorkerPool:
         delivery: Delivery,
         *,
         size: int = 8,
-        batch: int = 16,
         lease: float = 60.0,
         idle: float = 0.05,
         flows: list[str] | None = None,
@@ -183,7 +184,8 @@ class WorkerPool:
     ) -> None:
         self.delivery = delivery
         self.size = size
-        self.batch = max(batch, size)
+        self.step = max(1, size // 4)  # claim once this many workers could use an item
+        self.hold = size + self.step  # items in hand at most: being worked on, or ready for the next free worker
         self.lease = lease
         self.idle = idle
         self.flows = flows
@@ -191,7 +193,7 @@ class WorkerPool:
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._ready: asyncio.Queue[InboxItem | None] = asyncio.Queue()
-        self._taken = asyncio.Event()  # a worker took an item: there may be room to claim more
+        self._freed = asyncio.Event()  # a worker took or finished an item: there may be room to claim more
         self.in_flight = 0
         self.wakeup = asyncio.Event()
 
@@ -202,7 +204,7 @@ class WorkerPool:
     def stop(self) -> None:
         self._stopping.set()
         self.wakeup.set()
-        self._taken.set()
+        self._freed.set()
         for _ in range(self.size):
             self._ready.put_nowait(None)
 
@@ -212,13 +214,13 @@ class WorkerPool:
     async def _claim(self) -> None:
         store = self.delivery.store
         while not self._stopping.is_set():
-            ready = self._ready.qsize()  # items claimed and not yet taken by a worker
-            room = self.batch - ready
-            # Topping up after every take would claim one item per transaction; wait until half the
-            # batch is gone (an empty queue always claims: at low load an item is never kept waiting).
-            if ready and room < self.batch // 2:
-                self._taken.clear()
-                await self._taken.wait()
+            held = self._ready.qsize() + self.in_flight
+            room = self.hold - held
+            # Topping up after every take would claim one item per transaction: wait for a step's worth
+            # of room (a pool with nothing in hand always claims: at low load no item is kept waiting).
+            if room <= 0 or (held and room < self.step):
+                self._freed.clear()
+                await self._freed.wait()
                 continue
             try:
                 items = await self.delivery.commits.run(store.claim, self.name, room, self.lease, self.flows)
@@ -240,7 +242,7 @@ class WorkerPool:
         store = self.delivery.store
         while True:
             item = await self._ready.get()
-            self._taken.set()
+            self._freed.set()
             if item is None:
                 return  # stop() queued one of these per worker
             if self._stopping.is_set():
@@ -254,6 +256,7 @@ class WorkerPool:
                 store.retry_later(item.id, 5.0, f"internal error: {exc!r}")
             finally:
                 self.in_flight -= 1
+                self._freed.set()
 
     async def drain(self) -> None:
         """Work until the inbox has nothing ready for these flows (run --once)."""
