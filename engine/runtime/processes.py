@@ -41,6 +41,7 @@ from engine.runtime.metrics import Metrics
 __all__ = ["DeliveryProcesses", "Layout", "PrimaryLink", "delivery_worker", "plan_layout"]
 
 REPORT_EVERY = 1.0
+REPORT_LIMIT = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -146,7 +147,8 @@ class DeliveryProcesses:
         if not self.layout.shared_flows:
             self.log.warning(
                 "delivery_processes_idle",
-                reason="every flow writes to a system whose limits.concurrency is below --processes",
+                reason="no flow can be shared: each writes to a system whose limits.concurrency is below "
+                "--processes, or has no target",
                 pinned=sorted(self.layout.pinned),
             )
             return
@@ -165,7 +167,8 @@ class DeliveryProcesses:
         finally:
             theirs.close()
         self.running[part] = process
-        reader, writer = await asyncio.open_connection(sock=mine)
+        # A report is one line of JSON; a client with many flows makes long ones (the default limit is 64 KiB).
+        reader, writer = await asyncio.open_connection(sock=mine, limit=REPORT_LIMIT)
         self._writers[part] = writer
         self._tasks.append(asyncio.create_task(self._reports(part, process.pid, reader, writer)))
         self.log.info("delivery_process_started", part=part, pid=process.pid, flows=list(self.layout.shared_flows))
