@@ -3,7 +3,7 @@
 The benchmark runs on the same two cores as the daemon it measures, so every microsecond the harness
 spends is taken from the daemon. The contract fakes (connectors/*/fake.py) check schemas and keep
 idempotency state: right for tests, ~200 us of CPU per request here. These speak just enough
-HTTP/1.1 (keep-alive, Content-Length bodies) to be a target and a client at ~20-40 us per request:
+HTTP/1.1 (keep-alive, Content-Length bodies) to be a target and a client at ~40-50 us of CPU per request each:
 
 - ``sink``: takes any PUT/POST, answers 200, logs (path, arrival time, Idempotency-Key, body) in
   memory; ``GET /__stats?prefix=P`` counts the writes under a path prefix, ``GET /__writes?prefix=P``
