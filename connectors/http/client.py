@@ -355,21 +355,26 @@ class HttpConnection:
         exchange itself (bench/README.md); a write needs only the status and the id in the answer. OAuth
         (signed per request, or a token to renew) and any other transport keep the model.
         """
-        auth = self.options.auth
-        if not isinstance(self._transport, AiohttpTransport) or self._oauth2 is not None:
+        credentials = self._static_credentials()
+        if not isinstance(self._transport, AiohttpTransport) or credentials is None:
             return None
         headers = {k.lower(): v for k, v in self._headers.items()}
-        if auth is not None:
-            if auth.oauth1 is not None:
-                return None
-            if auth.bearer is not None:
-                headers["authorization"] = f"Bearer {auth.bearer.token}"
-            elif auth.basic is not None:
-                pair = f"{auth.basic.username}:{auth.basic.password}".encode()
-                headers["authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
-            elif auth.api_key is not None:
-                headers[auth.api_key.header.lower()] = auth.api_key.key
+        headers.update((k.lower(), v) for k, v in credentials.items())
         return headers
+
+    def _static_credentials(self) -> dict[str, str] | None:
+        """The header that carries credentials the same on every request; None when they are signed or renewed."""
+        auth = self.options.auth
+        if auth is None:
+            return {}
+        if auth.bearer is not None:
+            return {"Authorization": f"Bearer {auth.bearer.token}"}
+        if auth.basic is not None:
+            pair = f"{auth.basic.username}:{auth.basic.password}".encode()
+            return {"Authorization": "Basic " + base64.b64encode(pair).decode("ascii")}
+        if auth.api_key is not None:
+            return {auth.api_key.header: auth.api_key.key}
+        return None  # OAuth 1.0a signs each request; OAuth 2 tokens are fetched and renewed
 
     async def _write_direct(self, method: str, url: str, body: Any, headers: dict[str, str]) -> tuple[int, str | None]:
         """A write straight through ``AiohttpTransport.exchange``; the same errors as ``_exchange``'s."""
@@ -748,17 +753,13 @@ class HttpConnection:
 
     async def _authorize(self, request: httpx.Request) -> str | None:
         """Put the credentials on ``request``; returns the OAuth2 token used, if any."""
-        auth = self.options.auth
-        if auth is None:
+        static = self._static_credentials()
+        if static is not None:
+            request.headers.update(static)
             return None
-        if auth.bearer is not None:
-            request.headers["Authorization"] = f"Bearer {auth.bearer.token}"
-        elif auth.basic is not None:
-            pair = f"{auth.basic.username}:{auth.basic.password}".encode()
-            request.headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
-        elif auth.api_key is not None:
-            request.headers[auth.api_key.header] = auth.api_key.key
-        elif auth.oauth1 is not None:
+        auth = self.options.auth
+        assert auth is not None  # without auth the credentials are static: none
+        if auth.oauth1 is not None:
             body_params: list[tuple[str, str]] = []
             if request.headers.get("Content-Type", "").startswith("application/x-www-form-urlencoded"):
                 body_params = parse_qsl(request.content.decode(), keep_blank_values=True)
