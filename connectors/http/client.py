@@ -42,7 +42,7 @@ import jsonschema
 import jsonschema.exceptions
 
 from connectors.http import Endpoint, HttpOptions, Pagination
-from connectors.http.transport import TRANSPORT_ERRORS, AiohttpTransport, as_httpx_error, as_response, send, translate
+from connectors.http.transport import TRANSPORT_ERRORS, PooledTransport, as_httpx_error, as_response, send, translate
 from engine.connector import ConnectContext, MessageHandler, OAuth2ClientCredentials, closest, parse_duration
 from engine.errors import TerminalError, TransientError
 from engine.secrets import Masker
@@ -301,7 +301,7 @@ class HttpConnection:
             if auth.api_key is not None:
                 self._masked_headers.add(auth.api_key.header.lower())
         self._headers = httpx.Headers({"Accept": "application/json", "User-Agent": USER_AGENT, **options.headers})
-        self._transport = transport if transport is not None else AiohttpTransport(max_connections=pool)
+        self._transport = transport if transport is not None else PooledTransport(max_connections=pool)
         self._direct = self._direct_headers()
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -349,14 +349,14 @@ class HttpConnection:
         return f"{status} id={found}" if found is not None else str(status)
 
     def _direct_headers(self) -> dict[str, str] | None:
-        """The headers of every write when writes can skip httpx's model: aiohttp's pool and static credentials.
+        """The headers of every write when writes can skip httpx's model: our pool and static credentials.
 
         Building httpx's URL, Request and Response costs ~150 µs of CPU per write here, as much as the
         exchange itself (bench/README.md); a write needs only the status and the id in the answer. OAuth
         (signed per request, or a token to renew) and any other transport keep the model.
         """
         credentials = self._static_credentials()
-        if not isinstance(self._transport, AiohttpTransport) or credentials is None:
+        if not isinstance(self._transport, PooledTransport) or credentials is None:
             return None
         headers = {k.lower(): v for k, v in self._headers.items()}
         headers.update((k.lower(), v) for k, v in credentials.items())
@@ -377,8 +377,8 @@ class HttpConnection:
         return None  # OAuth 1.0a signs each request; OAuth 2 tokens are fetched and renewed
 
     async def _write_direct(self, method: str, url: str, body: Any, headers: dict[str, str]) -> tuple[int, str | None]:
-        """A write straight through ``AiohttpTransport.exchange``; the same errors as ``_exchange``'s."""
-        assert self._direct is not None and isinstance(self._transport, AiohttpTransport)
+        """A write straight through ``PooledTransport.exchange``; the same errors as ``_exchange``'s."""
+        assert self._direct is not None and isinstance(self._transport, PooledTransport)
         merged = dict(self._direct)
         merged.update((k.lower(), v) for k, v in headers.items())
         content = None

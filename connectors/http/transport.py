@@ -1,82 +1,65 @@
-"""The wire under the http connector: httpx's request and response model, aiohttp's connection pool.
+"""The wire under the http connector: httpx's request and response model, our lean keep-alive pool.
 
 Why not httpx's own transport: on this project's machine kind, httpcore spends ~950 µs of CPU per
-small keep-alive request; aiohttp's C-accelerated HTTP/1.1 parser and pool do the same in ~150 µs,
-and the connector is the daemon's hottest path (bench/README.md, "Runtime"). httpx's Request,
-Response, URL and Headers stay the connector's vocabulary, so everything above this module (auth,
-pagination, error translation, logging) is unchanged, and any ``httpx.AsyncBaseTransport`` (a test's
-``httpx.MockTransport``, httpx's own) can still be passed in instead.
+small keep-alive request; aiohttp's client ~200 µs; ``connectors/http/wire.py`` (asyncio protocols,
+httptools' parser) ~45 µs, and the connector is the daemon's hottest path (bench/README.md,
+"Runtime"). httpx's Request, Response, URL and Headers stay the connector's vocabulary, so everything
+above this module (auth, pagination, error translation, logging) is unchanged, and any
+``httpx.AsyncBaseTransport`` (a test's ``httpx.MockTransport``, httpx's own) can still be passed in
+instead.
 
-aiohttp's exceptions are turned into httpx's here, by meaning, so the connection translates one
+The pool's exceptions are turned into httpx's here, by meaning, so the connection translates one
 family of errors into the engine's Transient/Terminal tree.
 
-``AiohttpTransport.exchange`` is the same exchange without the model, for the one path where building
+``PooledTransport.exchange`` is the same exchange without the model, for the one path where building
 it costs more than the rest of the request: a record write answered 2xx (the model is built only when
 there is an error to explain; ``HttpConnection.write``).
 """
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import httpx
 
+from connectors.http.wire import (
+    Answer,
+    BadAnswer,
+    ConnectFailed,
+    ConnectTimedOut,
+    Dropped,
+    InvalidRequest,
+    Pool,
+)
 from engine.errors import TerminalError, TransientError
 
-__all__ = ["TRANSPORT_ERRORS", "AiohttpTransport", "Answer", "as_httpx_error", "as_response", "send", "translate"]
+__all__ = ["TRANSPORT_ERRORS", "Answer", "PooledTransport", "as_httpx_error", "as_response", "send", "translate"]
 
-# What aiohttp and the socket below it raise for a request that did not get an answer.
-TRANSPORT_ERRORS = (TimeoutError, aiohttp.ClientError, OSError, ValueError)
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """A whole HTTP answer, without httpx's model around it."""
-
-    status: int
-    reason: str
-    headers: list[tuple[str, str]]
-    content: bytes
+# What the pool and the socket below it raise for a request that did not get an answer.
+TRANSPORT_ERRORS = (TimeoutError, OSError, ValueError)
 
 
-class AiohttpTransport(httpx.AsyncBaseTransport):
-    """One pooled aiohttp session per connection, opened on the first request (it needs a running loop)."""
+class PooledTransport(httpx.AsyncBaseTransport):
+    """One pool of keep-alive connections per connection to a system (``connectors/http/wire.py``)."""
 
-    def __init__(self, *, max_connections: int = 16) -> None:
-        self._max_connections = max_connections
-        self._session: aiohttp.ClientSession | None = None
-
-    def _open(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(limit=self._max_connections, enable_cleanup_closed=True)
-            # No cookie jar, no default headers, no decompression surprises: the connection sets what it sends.
-            self._session = aiohttp.ClientSession(
-                connector=connector, cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=True
-            )
-        return self._session
+    def __init__(self, *, max_connections: int = 16, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.pool = Pool(max_connections=max_connections, ssl_context=ssl_context)
 
     async def exchange(
         self, method: str, url: str, headers: Iterable[tuple[str, str]], body: bytes | None, timeout: dict[str, Any]
     ) -> Answer:
         """One request and its whole answer; raises one of ``TRANSPORT_ERRORS`` when there is none."""
-        session = self._open()
-        async with session.request(
+        return await self.pool.request(
             method,
             url,
-            headers=list(headers),
-            data=body,
-            allow_redirects=False,
-            timeout=_timeout(timeout),
-            skip_auto_headers=("Content-Type",) if body is None else (),
-        ) as answer:
-            content = await answer.read()
-            # The body is already decoded; drop what would make httpx decode it again.
-            decoded = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in answer.raw_headers]
-            headers = [(k, v) for k, v in decoded if k.lower() not in ("content-encoding", "transfer-encoding")]
-            return Answer(answer.status, answer.reason or "", headers, content)
+            headers,
+            body,
+            connect=timeout.get("connect"),
+            read=timeout.get("read"),
+            pool=timeout.get("pool"),
+        )
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         timeout = request.extensions.get("timeout", {})
@@ -89,18 +72,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         return as_response(answer, request)
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-
-def _timeout(limits: dict[str, Any]) -> aiohttp.ClientTimeout:
-    return aiohttp.ClientTimeout(
-        total=None,
-        connect=limits.get("pool"),
-        sock_connect=limits.get("connect"),
-        sock_read=limits.get("read"),
-    )
+        await self.pool.aclose()
 
 
 def as_response(answer: Answer, request: httpx.Request) -> httpx.Response:
@@ -116,19 +88,17 @@ def as_response(answer: Answer, request: httpx.Request) -> httpx.Response:
 def as_httpx_error(exc: BaseException, request: httpx.Request) -> httpx.HTTPError | httpx.InvalidURL:
     """The httpx exception that means what ``exc`` means (checked from the most specific)."""
     text = str(exc) or type(exc).__name__
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+    if isinstance(exc, ConnectTimedOut):
         return httpx.ConnectTimeout(text, request=request)
-    if isinstance(exc, aiohttp.ServerTimeoutError | TimeoutError):
+    if isinstance(exc, TimeoutError):
         return httpx.ReadTimeout(text, request=request)
-    if isinstance(exc, aiohttp.ClientConnectorError):
+    if isinstance(exc, ConnectFailed):
         return httpx.ConnectError(text, request=request)
-    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
+    if isinstance(exc, Dropped | BadAnswer):
         return httpx.RemoteProtocolError(text, request=request)
-    if isinstance(exc, aiohttp.InvalidURL | ValueError):
+    if isinstance(exc, InvalidRequest | ValueError):
         return httpx.InvalidURL(text)
-    if isinstance(exc, aiohttp.ClientResponseError):  # a malformed answer: status line or headers
-        return httpx.RemoteProtocolError(text, request=request)
-    return httpx.ReadError(text, request=request)  # ClientOSError and other dropped connections
+    return httpx.ReadError(text, request=request)  # a write to a socket that broke, and other dropped connections
 
 
 LIBRARY_ERRORS = (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError, httpx.CookieConflict)

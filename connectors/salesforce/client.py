@@ -43,7 +43,7 @@ from urllib.parse import quote
 import httpx
 
 from connectors.http.client import parse_retry_after, server_message
-from connectors.http.transport import AiohttpTransport, send
+from connectors.http.transport import PooledTransport, send
 from connectors.salesforce import SOBJECTS, SalesforceOptions
 from engine.connector import ConnectContext, MessageHandler, closest, parse_duration
 from engine.errors import SeamlineError, TerminalError, TransientError
@@ -246,7 +246,7 @@ class SalesforceConnection:
         limits = options.limits
         self.timeout = parse_duration(limits.timeout) if limits and limits.timeout else DEFAULT_TIMEOUT
         pool = limits.concurrency if limits and limits.concurrency else 16
-        self._transport = transport if transport is not None else AiohttpTransport(max_connections=pool)
+        self._transport = transport if transport is not None else PooledTransport(max_connections=pool)
         self._headers = httpx.Headers({"Accept": "application/json", "User-Agent": USER_AGENT})
         self._mask = Masker()  # the secrets this connection knows, replaced in whatever it logs or raises
         self._remember_secret(options.auth.client_secret)

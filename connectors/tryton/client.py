@@ -44,7 +44,7 @@ from urllib.parse import quote
 import httpx
 
 from connectors.http.client import parse_retry_after, server_message
-from connectors.http.transport import AiohttpTransport, send
+from connectors.http.transport import PooledTransport, send
 from connectors.tryton import TrytonOptions
 from engine.connector import ConnectContext, MessageHandler, closest, parse_duration
 from engine.errors import SeamlineError, TerminalError, TransientError
@@ -303,7 +303,7 @@ class TrytonConnection:
         pool = limits.concurrency if limits and limits.concurrency else 4
         base = options.url.rstrip("/")
         self.rpc_url = f"{base}/{quote(options.database, safe='')}/rpc/"
-        self._transport = transport if transport is not None else AiohttpTransport(max_connections=pool)
+        self._transport = transport if transport is not None else PooledTransport(max_connections=pool)
         self._session: _Session | None = None
         self._login_lock = asyncio.Lock()
         self._mask = Masker()  # the secrets this connection knows, replaced in whatever it logs or raises
