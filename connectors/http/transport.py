@@ -32,6 +32,7 @@ from connectors.http.wire import (
     Dropped,
     InvalidRequest,
     Pool,
+    PoolTimedOut,
 )
 from engine.errors import TerminalError, TransientError
 
@@ -90,6 +91,8 @@ def as_httpx_error(exc: BaseException, request: httpx.Request) -> httpx.HTTPErro
     text = str(exc) or type(exc).__name__
     if isinstance(exc, ConnectTimedOut):
         return httpx.ConnectTimeout(text, request=request)
+    if isinstance(exc, PoolTimedOut):
+        return httpx.PoolTimeout(text, request=request)
     if isinstance(exc, TimeoutError):
         return httpx.ReadTimeout(text, request=request)
     if isinstance(exc, ConnectFailed):
@@ -129,6 +132,10 @@ def translate(
 ) -> TransientError | TerminalError:
     """The engine's error for an httpx failure: connection trouble and timeouts are transient, a request
     httpx refuses is terminal."""
+    if isinstance(exc, httpx.PoolTimeout):
+        seconds = request.extensions.get("timeout", {}).get("pool")
+        within = f" for {seconds:g}s" if seconds else ""
+        return TransientError(f"{where}: not sent: every connection to the system stayed busy{within} (PoolTimeout)")
     if isinstance(exc, httpx.TimeoutException):
         limits = request.extensions.get("timeout", {})
         seconds = limits.get("read") or limits.get("connect")

@@ -43,6 +43,7 @@ __all__ = [
     "Dropped",
     "InvalidRequest",
     "Pool",
+    "PoolTimedOut",
 ]
 
 KEEP_IDLE = 15.0  # seconds an idle connection is kept; servers close theirs after 5-75 s
@@ -67,6 +68,10 @@ class ConnectFailed(OSError):
 
 class ConnectTimedOut(TimeoutError):
     """No connection within the ``connect`` limit."""
+
+
+class PoolTimedOut(TimeoutError):
+    """Every connection stayed in use for longer than the ``pool`` limit: the request was never sent."""
 
 
 class AnswerTimedOut(TimeoutError):
@@ -176,7 +181,7 @@ def _decoded(headers: list[tuple[str, str]], content: bytes) -> tuple[list[tuple
         return kept, content
     try:
         if encoding in ("gzip", "x-gzip"):
-            return kept, zlib.decompress(content, 16 + zlib.MAX_WBITS)
+            return kept, _gunzip(content)
         if encoding == "deflate":  # zlib-wrapped as the RFC says, or raw deflate as some servers send
             try:
                 return kept, zlib.decompress(content)
@@ -185,6 +190,18 @@ def _decoded(headers: list[tuple[str, str]], content: bytes) -> tuple[list[tuple
     except zlib.error as exc:
         raise BadAnswer(f"the answer's {encoding} body does not decode: {exc} {headers}") from None
     raise BadAnswer(f"the answer is encoded as '{encoding}', which this client never asked for and cannot decode")
+
+
+def _gunzip(content: bytes) -> bytes:
+    """Every member of a gzip body (concatenated members are valid gzip); bytes after the last are an error."""
+    parts = []
+    while content:
+        member = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        parts.append(member.decompress(content))
+        if not member.eof:
+            raise zlib.error("the gzip body ends in the middle of a member")
+        content = member.unused_data
+    return b"".join(parts)
 
 
 class _Connection(asyncio.Protocol):
@@ -206,6 +223,7 @@ class _Connection(asyncio.Protocol):
         self._body: list[bytes] = []
         self._headers_done = False
         self._framed = False  # Content-Length or chunked: the parser knows where the body ends
+        self._complete = False  # the final answer to the request in flight is whole
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -228,22 +246,30 @@ class _Connection(asyncio.Protocol):
         waiter = self._waiter
         if waiter is None or waiter.done():
             return
-        if self._headers_done and not self._framed:  # a body that runs until the server closes
+        if self._headers_done and not self._framed and exc is None:  # a body that ends when the server closes
             waiter.set_result((self._parser.get_status_code(), False))
             return
         why = f": {exc}" if exc else ""
         waiter.set_exception(Dropped(f"the server closed the connection before a whole answer{why}", heard=self._heard))
 
     # -- httptools callbacks -------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        if self._complete:  # a second answer to one request: raising makes feed_data fail, and the connection close
+            raise BadAnswer("the server sent more than one answer to one request")
+
     def on_status(self, status: bytes) -> None:
         self._reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        if not self._headers_done:  # a chunked body's trailers are not the answer's headers
+            self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
-        framing = any(name.lower() in ("content-length", "transfer-encoding") for name, _ in self._headers)
+        framing = any(
+            name.lower() == "content-length" or (name.lower() == "transfer-encoding" and "chunked" in value.lower())
+            for name, value in self._headers
+        )
         self._framed = framing or status in (204, 304) or status < 200
         self._headers_done = status >= 200
         if self._head_only and status >= 200 and self._waiter is not None and not self._waiter.done():
@@ -259,6 +285,7 @@ class _Connection(asyncio.Protocol):
             self._headers = []
             self._body = []
             return
+        self._complete = True
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result((status, self._parser.should_keep_alive()))
 
@@ -271,7 +298,7 @@ class _Connection(asyncio.Protocol):
         self._waiter = self._loop.create_future()
         self._head_only = method == "HEAD"
         self._heard = False
-        self._headers_done = self._framed = False
+        self._headers_done = self._framed = self._complete = False
         self._reason.clear()
         self._headers = []
         self._body = []
@@ -341,13 +368,17 @@ class Pool:
         target = _target(url)
         head = _head(method, target, headers, body)
         if self._slots.locked():
-            async with asyncio.timeout(pool):
-                await self._slots.acquire()
+            try:
+                async with asyncio.timeout(pool):
+                    await self._slots.acquire()
+            except TimeoutError:
+                raise PoolTimedOut(f"all {self.max_connections} connections stayed busy for {pool:g}s") from None
         else:
             await self._slots.acquire()
         try:
             for attempt in (1, 2):
-                connection, reused = self._take(target.origin)
+                # The second attempt always opens a new connection: other idle ones may be stale as well.
+                connection, reused = self._take(target.origin) if attempt == 1 else (None, False)
                 if connection is None:
                     connection = await self._open(target.origin, connect)
                 try:
@@ -405,7 +436,8 @@ class Pool:
                     lambda: _Connection(loop), host, port, ssl=context, server_hostname=host if context else None
                 )
         except TimeoutError:
-            raise ConnectTimedOut(f"could not connect to {host}:{port} within {connect:g}s") from None
+            within = f" within {connect:g}s" if connect else ""
+            raise ConnectTimedOut(f"could not connect to {host}:{port}{within}") from None
         except OSError as exc:
             raise ConnectFailed(f"could not connect to {host}:{port}: {exc}") from exc
         self.opened += 1

@@ -7,14 +7,19 @@ needs (chunked, close-delimited, interim 100, silence, a dropped connection), an
 from __future__ import annotations
 
 import asyncio
+import gzip
+import socket
 import ssl
+import struct
 import subprocess
 import zlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import httpx
 import pytest
 
+from connectors.http.transport import PooledTransport, translate
 from connectors.http.wire import (
     AnswerTimedOut,
     BadAnswer,
@@ -22,7 +27,10 @@ from connectors.http.wire import (
     Dropped,
     InvalidRequest,
     Pool,
+    PoolTimedOut,
+    _decoded,
 )
+from engine.errors import TransientError
 
 Handler = Callable[[bytes, asyncio.StreamWriter, int], Awaitable[bool]]  # (request, writer, number) -> keep open
 
@@ -184,6 +192,37 @@ def test_chunked_close_delimited_and_interim_answers_are_read_whole() -> None:
     ]
 
 
+def test_chunked_trailers_stay_out_of_the_headers_and_another_transfer_coding_runs_to_the_close() -> None:
+    answers = [
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nX-Sum: 42\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: identity\r\nConnection: close\r\n\r\nto the end",
+    ]
+
+    async def answer(_request: bytes, writer: asyncio.StreamWriter, n: int) -> bool:
+        writer.write(answers[n - 1])
+        await writer.drain()
+        return n < 2
+
+    async def scenario() -> list[tuple[bytes, list[str]]]:
+        async with Server(answer) as server:
+            pool = Pool()
+            got = []
+            for _ in answers:
+                reply = await pool.request("GET", server.url, [], None, read=2)
+                got.append((reply.content, [name for name, _ in reply.headers]))
+            await pool.aclose()
+            return got
+
+    assert run(scenario) == [(b"ok", []), (b"to the end", ["Connection"])]
+
+
+def test_a_gzip_body_of_several_members_is_decoded_whole_and_a_truncated_one_refused() -> None:
+    two = gzip.compress(b"one ") + gzip.compress(b"two")
+    assert _decoded([("Content-Encoding", "gzip")], two) == ([], b"one two")
+    with pytest.raises(BadAnswer, match="gzip body does not decode"):
+        _decoded([("Content-Encoding", "gzip")], two[:-4])
+
+
 def test_a_deflate_answer_is_decoded_raw_or_wrapped() -> None:
     raw = zlib.compressobj(wbits=-zlib.MAX_WBITS)
     bodies = [zlib.compress(b"wrapped"), raw.compress(b"raw") + raw.flush()]
@@ -268,6 +307,57 @@ def test_an_idle_connection_the_server_dropped_is_retried_once_for_a_put_never_f
     run(scenario)
 
 
+def test_a_second_answer_to_one_request_is_refused_and_its_connection_not_reused() -> None:
+    """Bytes after a whole answer are never added to it nor left for the next request to read as its answer."""
+
+    async def answer(_request: bytes, writer: asyncio.StreamWriter, n: int) -> bool:
+        if n == 1:
+            writer.write(ok(b"first") + ok(b"STRAY", "X-Stray: 1"))
+        elif n == 2:
+            writer.write(ok(b"second") + b"HTTP/1.1 500 Stray\r\nContent-Length: 5\r\n")
+        else:
+            writer.write(ok(b"third"))
+        await writer.drain()
+        return True
+
+    async def scenario() -> list[object]:
+        async with Server(answer) as server:
+            pool = Pool()
+            got: list[object] = []
+            for _ in range(3):
+                try:
+                    reply = await pool.request("GET", server.url, [], None, read=2)
+                    got.append((reply.status, reply.content))
+                except BadAnswer as exc:
+                    got.append(str(exc))
+            await pool.aclose()
+            got.append(server.connections)
+            return got
+
+    # Each answer is its own, whole; each connection that carried a stray is closed, never reused.
+    assert run(scenario) == [(200, b"first"), (200, b"second"), (200, b"third"), 3]
+
+
+def test_a_connection_reset_in_the_middle_of_a_body_that_runs_to_the_close_is_dropped() -> None:
+    async def answer(_request: bytes, writer: asyncio.StreamWriter, _n: int) -> bool:
+        writer.write(b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{"id": 12')
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = RST
+        writer.transport.abort()
+        return False
+
+    async def scenario() -> None:
+        async with Server(answer) as server:
+            pool = Pool()
+            with pytest.raises(Dropped):
+                await pool.request("GET", server.url, [], None, read=2)
+            await pool.aclose()
+
+    run(scenario)
+
+
 def test_an_answer_cut_short_is_dropped_not_taken_as_whole() -> None:
     cuts = [b"HTTP/1.1 200 OK\r\nContent-Ty", b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"]
 
@@ -308,6 +398,57 @@ def test_silence_longer_than_read_times_out_but_a_slow_steady_answer_does_not() 
                 await pool.request("GET", server.url, [], None, read=0.4)
             assert (await pool.request("GET", server.url, [], None, read=0.4)).content == b"abcd"
             await pool.aclose()
+
+    run(scenario)
+
+
+def test_the_resend_goes_to_a_new_connection_when_every_idle_one_was_closed() -> None:
+    async def answer(_request: bytes, writer: asyncio.StreamWriter, n: int) -> bool:
+        if n in (3, 4):  # the server's idle timeout closed both pooled connections: each drops its next request
+            return False
+        await asyncio.sleep(0.02)  # the first two overlap: two connections are opened and kept
+        writer.write(ok())
+        await writer.drain()
+        return True
+
+    async def scenario() -> None:
+        async with Server(answer) as server:
+            pool = Pool()
+            await asyncio.gather(*(pool.request("PUT", server.url, [], b"x") for _ in range(2)))
+            assert pool.opened == 2
+            await asyncio.gather(*(pool.request("PUT", server.url, [], b"y") for _ in range(2)))
+            assert pool.opened == 4 and len(server.requests) == 6
+            await pool.aclose()
+
+    run(scenario)
+
+
+def test_waiting_too_long_for_a_free_connection_says_the_request_was_not_sent() -> None:
+    async def answer(_request: bytes, writer: asyncio.StreamWriter, _n: int) -> bool:
+        await asyncio.sleep(0.5)
+        writer.write(ok())
+        await writer.drain()
+        return True
+
+    async def scenario() -> None:
+        async with Server(answer) as server:
+            pool = Pool(max_connections=1)
+            busy = asyncio.create_task(pool.request("GET", server.url, [], None))
+            await asyncio.sleep(0.05)
+            with pytest.raises(PoolTimedOut, match=r"all 1 connections stayed busy for 0\.1s"):
+                await pool.request("GET", server.url, [], None, pool=0.1)
+            await busy
+            await pool.aclose()
+            transport = PooledTransport(max_connections=1)
+            busy = asyncio.create_task(transport.exchange("GET", server.url, [], None, {}))
+            await asyncio.sleep(0.05)
+            request = httpx.Request("GET", server.url, extensions={"timeout": {"pool": 0.1}})
+            with pytest.raises(httpx.PoolTimeout) as caught:
+                await transport.handle_async_request(request)
+            error = translate(caught.value, request, where="erp: GET /")
+            assert isinstance(error, TransientError) and "not sent" in str(error)
+            await busy
+            await transport.aclose()
 
     run(scenario)
 
