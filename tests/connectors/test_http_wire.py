@@ -93,6 +93,14 @@ async def answer_ok(_request: bytes, writer: asyncio.StreamWriter, _n: int) -> b
     return True
 
 
+def answer_ok_after(seconds: float) -> Handler:
+    async def answer(_request: bytes, writer: asyncio.StreamWriter, _n: int) -> bool:
+        await asyncio.sleep(seconds)
+        return await answer_ok(_request, writer, _n)
+
+    return answer
+
+
 def run(scenario: Callable[[], Awaitable[object]]) -> object:
     return asyncio.run(scenario())  # type: ignore[arg-type]
 
@@ -112,14 +120,8 @@ def test_keep_alive_one_connection_carries_every_sequential_request() -> None:
 
 
 def test_no_more_than_max_connections_are_in_use_at_once() -> None:
-    async def slow(_request: bytes, writer: asyncio.StreamWriter, _n: int) -> bool:
-        await asyncio.sleep(0.03)
-        writer.write(ok())
-        await writer.drain()
-        return True
-
     async def scenario() -> None:
-        async with Server(slow) as server:
+        async with Server(answer_ok_after(0.03)) as server:
             pool = Pool(max_connections=2)
             answers = await asyncio.gather(*(pool.request("GET", f"{server.url}/x", [], None) for _ in range(10)))
             await pool.aclose()
@@ -424,14 +426,8 @@ def test_the_resend_goes_to_a_new_connection_when_every_idle_one_was_closed() ->
 
 
 def test_waiting_too_long_for_a_free_connection_says_the_request_was_not_sent() -> None:
-    async def answer(_request: bytes, writer: asyncio.StreamWriter, _n: int) -> bool:
-        await asyncio.sleep(0.5)
-        writer.write(ok())
-        await writer.drain()
-        return True
-
     async def scenario() -> None:
-        async with Server(answer) as server:
+        async with Server(answer_ok_after(0.5)) as server:
             pool = Pool(max_connections=1)
             busy = asyncio.create_task(pool.request("GET", server.url, [], None))
             await asyncio.sleep(0.05)
