@@ -1,12 +1,12 @@
 """The wire under the http connector: httpx's request and response model, our lean keep-alive pool.
 
-Why not httpx's own transport: on this project's machine kind, httpcore spends ~950 µs of CPU per
+Why not httpx's own transport: on this project's machine kind, httpcore spends ~1-2.5 ms of CPU per
 small keep-alive request; aiohttp's client ~200 µs; ``connectors/http/wire.py`` (asyncio protocols,
-httptools' parser) ~45 µs, and the connector is the daemon's hottest path (bench/README.md,
-"Runtime"). httpx's Request, Response, URL and Headers stay the connector's vocabulary, so everything
-above this module (auth, pagination, error translation, logging) is unchanged, and any
-``httpx.AsyncBaseTransport`` (a test's ``httpx.MockTransport``, httpx's own) can still be passed in
-instead.
+httptools' parser) ~85 µs (bench/http_client_bench.py), and the connector is the daemon's hottest path
+(bench/README.md, "HTTP client" and "Runtime"). httpx's Request, Response, URL and Headers stay the
+connector's vocabulary, so everything above this module (auth, pagination, error translation, logging)
+is unchanged, and any ``httpx.AsyncBaseTransport`` (a test's ``httpx.MockTransport``, httpx's own)
+can still be passed in instead.
 
 The pool's exceptions are turned into httpx's here, by meaning, so the connection translates one
 family of errors into the engine's Transient/Terminal tree.

@@ -2,10 +2,11 @@
 
 Why our own and not aiohttp's client: the connector's write is the daemon's hottest path, and on this
 project's machine kind aiohttp's client spends ~200 µs of CPU on a small keep-alive request where
-this spends ~45 µs (bench/README.md, "Runtime"). The part that is easy to get wrong, parsing what a
-server answers (chunked bodies, interim 1xx answers, malformed lines), is llhttp, Node.js's parser,
-through httptools (MagicStack's binding, the one uvicorn uses). What is left here is small: a pool
-of connections per origin, the request's bytes, timeouts, and decoding a compressed body.
+this spends ~85 µs (bench/http_client_bench.py; bench/README.md, "HTTP client"). The part that is
+easy to get wrong, parsing what a server answers (chunked bodies, interim 1xx answers, malformed
+lines), is llhttp, Node.js's parser, through httptools (MagicStack's binding, the one uvicorn uses).
+What is left here is small: a pool of connections per origin, the request's bytes, timeouts, and
+decoding a compressed body.
 
 Behaviour kept from the client this replaces:
 - at most ``max_connections`` requests in flight per pool; idle connections are kept for reuse
@@ -208,7 +209,7 @@ class _Connection(asyncio.Protocol):
     """One keep-alive connection: one request at a time, its answer gathered by httptools' callbacks."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+        self.loop = self._loop = loop
         self._parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
         self.closed = False
@@ -399,10 +400,13 @@ class Pool:
 
     def _take(self, origin: tuple[str, str, int]) -> tuple[_Connection | None, bool]:
         idle = self._idle.get(origin)
-        now = asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
+        now = loop.time()
         while idle:
             connection = idle.pop()
             self._idle_count -= 1
+            if connection.loop is not loop:  # kept from an event loop that has ended: its socket went with it
+                continue
             if not connection.closed and now - connection.idle_since < KEEP_IDLE:
                 return connection, True
             connection.close()

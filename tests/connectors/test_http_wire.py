@@ -119,6 +119,21 @@ def test_keep_alive_one_connection_carries_every_sequential_request() -> None:
     run(scenario)
 
 
+def test_a_pool_works_again_under_a_new_event_loop() -> None:
+    async def serve() -> tuple[asyncio.Server, str]:
+        server = await asyncio.start_server(lambda r, w: Server(answer_ok)._serve(r, w), "127.0.0.1", 0)
+        return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+    async def once(pool: Pool) -> int:
+        server, url = await serve()
+        async with server:
+            return (await pool.request("GET", url, [], None, read=2)).status
+
+    pool = Pool()
+    assert [asyncio.run(once(pool)), asyncio.run(once(pool))] == [200, 200]
+    assert pool.opened == 2
+
+
 def test_no_more_than_max_connections_are_in_use_at_once() -> None:
     async def scenario() -> None:
         async with Server(answer_ok_after(0.03)) as server:
