@@ -42,13 +42,18 @@ class DaemonProcess:
         state_url: str | None = None,
         lease: float = 60.0,
         processes: int = 1,
+        token: str | None = None,
     ) -> None:
+        """``token``: the daemon runs with that API token (from $SEAMLINE_API_TOKEN), not in --dev mode."""
         self.spec = spec
         self.processes = processes
         self.state_url = state_url or f"sqlite:///{state}"
         self.lease = lease
         self.port = free_port()
         self.env = {**os.environ, **(env or {})}
+        self.token = token
+        if token is not None:
+            self.env["SEAMLINE_API_TOKEN"] = token
         self.workers = workers
         self.log_path = state.parent / f"daemon-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -66,7 +71,7 @@ class DaemonProcess:
                 "engine.cli",
                 "run",
                 str(self.spec),
-                "--dev",
+                *([] if self.token is not None else ["--dev"]),
                 "--port",
                 str(self.port),
                 "--state",
@@ -109,7 +114,8 @@ class DaemonProcess:
             self.proc.wait(10)
 
     def metric(self, name: str, **labels: str) -> float:
-        text = httpx.get(f"{self.url}/metrics", timeout=5).text
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token is not None else {}
+        text = httpx.get(f"{self.url}/metrics", headers=headers, timeout=5).text
         total = 0.0
         for line in text.splitlines():
             if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):

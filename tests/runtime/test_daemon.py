@@ -275,6 +275,35 @@ def test_api_needs_a_token_off_dev_and_serves_health_metrics_and_requests(
     assert result.exit_code == 2 and "needs a token" in result.output
 
 
+def test_with_a_token_every_path_but_health_refuses_a_request_without_it_and_takes_nothing_in(
+    tmp_path: Path, fakes: tuple[FakeHttpServer, FakeHttpServer]
+) -> None:
+    erp, shop = fakes
+    root = write_spec(tmp_path)
+    token = "s3cret-api-token-4711"
+    daemon = daemon_for(root, erp, shop, token=token)
+    right = {"Authorization": f"Bearer {token}"}
+    wrong = {"Authorization": "Bearer guess"}
+    event = json.dumps({"material": "M1", "qty": "3"}).encode()
+    try:
+        daemon.start()
+        assert httpx.get(f"{daemon.url}/healthz").status_code == 200  # probes need no token
+        assert httpx.get(f"{daemon.url}/readyz").status_code == 200
+        for headers in ({}, wrong, {"Authorization": token}):  # none, a wrong one, one without "Bearer "
+            refused = httpx.post(f"{daemon.url}/hooks/stock", content=event, headers=headers)
+            assert refused.status_code == 401 and refused.headers["WWW-Authenticate"] == "Bearer"
+            assert refused.json() == {"error": "missing or wrong bearer token"}
+            assert httpx.get(f"{daemon.url}/metrics", headers=headers).status_code == 401
+            assert httpx.get(f"{daemon.url}/no/such/path", headers=headers).status_code == 401
+        assert daemon.metric("seamline_received_total", flow="stock") == 0  # nothing refused was taken in
+        assert httpx.post(f"{daemon.url}/hooks/stock", content=event, headers=right).status_code == 202
+        wait_for(lambda: shop.resource("/stock/M1") is not None, 10, "the accepted event at the shop")
+        assert daemon.metric("seamline_received_total", flow="stock") == 1
+    finally:
+        daemon.stop()
+    assert token not in daemon.log_path.read_text(encoding="utf-8")
+
+
 def test_the_daemon_prunes_work_finished_before_the_retention_window_at_start(
     tmp_path: Path, fakes: tuple[FakeHttpServer, FakeHttpServer]
 ) -> None:
