@@ -304,6 +304,38 @@ def test_with_a_token_every_path_but_health_refuses_a_request_without_it_and_tak
     assert token not in daemon.log_path.read_text(encoding="utf-8")
 
 
+def test_a_secret_the_target_echoes_back_in_its_errors_never_reaches_the_daemon_log(
+    tmp_path: Path, fakes: tuple[FakeHttpServer, FakeHttpServer]
+) -> None:
+    erp, shop = fakes
+    secret = "shop-bearer-9f8e7d6c5b"
+    root = write_spec(tmp_path)
+    spec = root / "seamline.yaml"
+    with_auth = spec.read_text(encoding="utf-8").replace(
+        "    limits: { concurrency: 4, timeout: 2s }",
+        '    auth: { bearer: { token: "{{ secret.SHOP_TOKEN }}" } }\n    limits: { concurrency: 4, timeout: 2s }',
+    )
+    assert with_auth != spec.read_text(encoding="utf-8")
+    spec.write_text(with_auth, encoding="utf-8")
+    shop.configure(auth={"bearer": secret})
+    # A careless upstream that quotes the credentials it was sent in its error bodies.
+    shop.fail_next(2, status=503, body={"message": f"overloaded; request had Authorization: Bearer {secret}"})
+    daemon = DaemonProcess(
+        root, root / "state.db", env={"ERP_URL": erp.url, "SHOP_URL": shop.url, "SHOP_TOKEN": secret}
+    )
+    try:
+        daemon.start()
+        event = json.dumps({"material": "M7", "qty": "1"}).encode()
+        assert httpx.post(f"{daemon.url}/hooks/stock", content=event).status_code == 202
+        wait_for(lambda: shop.resource("/stock/M7") is not None, 20, "the write after two refusals")
+    finally:
+        daemon.stop()
+    log = daemon.log_path.read_text(encoding="utf-8")
+    retries = [e for e in daemon.log_events() if e["event"] == "retry"]
+    assert len(retries) == 2 and all("overloaded" in str(e["reason"]) for e in retries)  # the body is quoted...
+    assert secret not in log  # ...with the secret masked
+
+
 def test_the_daemon_prunes_work_finished_before_the_retention_window_at_start(
     tmp_path: Path, fakes: tuple[FakeHttpServer, FakeHttpServer]
 ) -> None:
