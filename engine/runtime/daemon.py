@@ -28,7 +28,7 @@ from engine.flow import CompiledClient, load_client
 from engine.runtime.api import build_app, check_exposure
 from engine.runtime.guards import Backoff, Breaker, Budget
 from engine.runtime.logs import JsonLog
-from engine.runtime.metrics import Metrics
+from engine.runtime.metrics import Metrics, escape_label
 from engine.runtime.processes import DeliveryProcesses, Layout, PrimaryLink, delivery_worker, plan_layout
 from engine.runtime.triggers import (
     RequestHandler,
@@ -250,11 +250,17 @@ class Daemon:
 
     def _gauges(self, store: StateStore) -> None:
         def depth() -> dict[str, float]:
-            counts = store.depth()
-            return {f'status="{status}"': float(n) for status, n in counts.items()}
+            # Every flow of the spec shows, even before its first record: a dashboard sees 0, not a gap.
+            empty = dict.fromkeys(("pending", "inflight", "done", "dead"), 0)
+            counts = {flow: empty for flow in self.flow_names} | store.depth_by_flow()
+            return {
+                f'flow="{escape_label(flow)}",status="{status}"': float(n)
+                for flow, per_status in counts.items()
+                for status, n in per_status.items()
+            }
 
         def breakers() -> dict[str, float]:
-            return {f'system="{s}"': float(BREAKER_STATES[b.state]) for s, b in self.breakers.items()}
+            return {f'system="{escape_label(s)}"': float(BREAKER_STATES[b.state]) for s, b in self.breakers.items()}
 
         self.metrics.gauges["inbox_items"] = depth
         self.metrics.gauges["breaker_state"] = breakers

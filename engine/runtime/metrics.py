@@ -7,7 +7,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["Metrics"]
+__all__ = ["Metrics", "escape_label"]
 
 BUCKETS: Sequence[float] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 COUNTERS = {
@@ -15,6 +15,7 @@ COUNTERS = {
     "duplicates": "Records a trigger saw again and skipped (idempotency key already known)",
     "written": "Target writes the target accepted",
     "skipped": "Records a transform filtered out (no write)",
+    "failed": "Tries that failed: a transform error, or a target that refused or did not answer (each try counts)",
     "retried": "Transient failures given back for a retry",
     "dead_lettered": "Records sent to dead letters",
     "requests": "Request-trigger calls answered",
@@ -88,7 +89,7 @@ class Metrics:
 
     def render(self) -> str:
         lines: list[str] = []
-        client = _label(self.client)
+        client = escape_label(self.client)
         with self._lock:
             counters, hist = self._merged()
             for name, help_text in COUNTERS.items():
@@ -96,10 +97,10 @@ class Metrics:
                 lines += [f"# HELP {metric} {help_text}", f"# TYPE {metric} counter"]
                 for (counter, flow), value in sorted(counters.items()):
                     if counter == name:
-                        lines.append(f'{metric}{{client="{client}",flow="{_label(flow)}"}} {value:g}')
+                        lines.append(f'{metric}{{client="{client}",flow="{escape_label(flow)}"}} {value:g}')
             for (name, flow), (buckets, total, count) in sorted(hist.items()):
                 metric = f"seamline_{name}_seconds"
-                labels = f'client="{client}",flow="{_label(flow)}"'
+                labels = f'client="{client}",flow="{escape_label(flow)}"'
                 lines += [f"# TYPE {metric} histogram"]
                 for bound, in_bucket in zip(BUCKETS, buckets, strict=True):
                     lines.append(f'{metric}_bucket{{{labels},le="{bound:g}"}} {in_bucket:g}')
@@ -113,5 +114,6 @@ class Metrics:
         return "\n".join(lines) + "\n"
 
 
-def _label(value: str) -> str:
+def escape_label(value: str) -> str:
+    """A Prometheus label value: backslash, double quote and newline escaped."""
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

@@ -106,6 +106,7 @@ def enqueue_event(
         raw = {"raw": body.decode("utf-8", errors="replace")}
         business, key = identify(flow.flow, raw, message_id=message_id)
         if store.reject(NewItem(flow.name, key, business, raw, source), reason):
+            metrics.inc("failed", flow.name)
             metrics.inc("dead_lettered", flow.name)
         return 0
     records = record if isinstance(record, list) else [record]

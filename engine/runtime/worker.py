@@ -137,6 +137,7 @@ class Delivery:
                     item, f"gave up after {item.attempts + 1} attempts: {reason}", "exhausted", target.label
                 )
             self.store.retry_later(item.id, self.backoff.delay(item.attempts, retry_after), reason)
+            self.metrics.inc("failed", item.flow)
             self.metrics.inc("retried", item.flow)
             self.log.warning("retry", flow=item.flow, key=item.key, target=target.label, reason=reason)
             return Outcome("retry", reason)
@@ -149,6 +150,7 @@ class Delivery:
 
     def _dead(self, item: InboxItem, reason: str, kind: str, target: str = "") -> Outcome:
         self.store.dead_letter(item.id, reason, error_kind=kind, target=target, spec_version=self.spec_version)
+        self.metrics.inc("failed", item.flow)
         self.metrics.inc("dead_lettered", item.flow)
         self.log.error("dead_letter", flow=item.flow, key=item.key, target=target, kind=kind, reason=reason)
         return Outcome("dead", reason)

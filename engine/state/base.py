@@ -173,6 +173,10 @@ class StateStore(Protocol):
         """Items per status."""
         ...
 
+    def depth_by_flow(self) -> dict[str, dict[str, int]]:
+        """Items per flow and status, in one query (the inbox gauge of /metrics)."""
+        ...
+
     def item(self, item_id: int) -> InboxItem | None: ...
 
     # ledger -----------------------------------------------------------------------------------

@@ -386,6 +386,15 @@ class SqlStore:
             counts.update({row[0]: int(row[1]) for row in cur.fetchall()})
             return counts
 
+    def depth_by_flow(self) -> dict[str, dict[str, int]]:
+        with self._tx() as cur:
+            cur.execute(self._sql("SELECT flow, status, COUNT(*) FROM inbox GROUP BY flow, status"))
+            counts: dict[str, dict[str, int]] = {}
+            for flow, status, count in cur.fetchall():
+                per_flow = counts.setdefault(flow, {s: 0 for s in ("pending", "inflight", "done", "dead")})
+                per_flow[status] = int(count)
+            return counts
+
     def item(self, item_id: int) -> InboxItem | None:
         with self._tx() as cur:
             cur.execute(self._sql(f"SELECT {_ITEM_COLUMNS} FROM inbox WHERE id = ?"), (item_id,))

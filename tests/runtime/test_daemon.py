@@ -1,7 +1,10 @@
 """The daemon as a real subprocess against real HTTP fakes: crashes, outages, poison records, shutdown.
 
-Every scenario counts what the target applied: each record exactly once (a resend with the same
-Idempotency-Key is not applied twice by the fake, as a well-behaved API would do), nothing lost.
+Every scenario counts what the target applied: each record exactly once, nothing lost. The fake does not
+apply a resend with the same Idempotency-Key twice, as a well-behaved API would not, so the tests also count
+every request the engine sent (``resent``): after a clean stop there are none, after kill -9 at most the
+writes that were in flight when the process died. The crash, outage, poison and shutdown scenarios run on
+both state stores.
 """
 
 from __future__ import annotations
@@ -75,6 +78,18 @@ def fakes() -> Iterator[tuple[FakeHttpServer, FakeHttpServer]]:
         yield erp, shop
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def state_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """None: the daemon's own SQLite file next to the spec; else a fresh PostgreSQL schema, dropped after."""
+    if request.param == "sqlite":
+        yield None
+        return
+    schema = f"t_{uuid.uuid4().hex[:10]}"
+    yield f"{PG_DSN}?schema={schema}"
+    with psycopg.connect(PG_DSN, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
 def write_spec(root: Path, *, timeout: str = "2s", mapping: str = MAPPING) -> Path:
     (root / "transforms").mkdir(parents=True, exist_ok=True)
     (root / "transforms" / "product.jsonata").write_text(mapping, encoding="utf-8")
@@ -92,17 +107,23 @@ def applied_once(shop: FakeHttpServer, prefix: str) -> Counter[str]:
     return Counter(w["path"] for w in shop.writes(prefix) if not w["duplicate"] and 200 <= int(w["status"]) < 300)
 
 
-@pytest.mark.parametrize("store", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def resent(shop: FakeHttpServer, prefix: str) -> dict[str, int]:
+    """Resources the engine sent again after the target had accepted them: extra requests per path.
+
+    The fake answers such a resend with the first answer and does not apply it (``duplicate``), so
+    ``applied_once`` cannot see it; a target without idempotency keys would have applied it twice.
+    """
+    accepted = Counter(w["path"] for w in shop.writes(prefix) if 200 <= int(w["status"]) < 300)
+    return {path: n - 1 for path, n in accepted.items() if n > 1}
+
+
 def test_kill_9_in_the_middle_of_a_batch_loses_and_duplicates_nothing(
-    tmp_path: Path, fakes: tuple[FakeHttpServer, FakeHttpServer], store: str
+    tmp_path: Path, fakes: tuple[FakeHttpServer, FakeHttpServer], state_url: str | None
 ) -> None:
     erp, shop = fakes
     erp.seed("/products", products(300))
     shop.configure(latency=0.01)
     root = write_spec(tmp_path)
-    state_url = None
-    if store == "postgres":
-        state_url = f"{PG_DSN}?schema=t_{uuid.uuid4().hex[:10]}"
     daemon = daemon_for(root, erp, shop, state_url=state_url, lease=2.0)
     try:
         daemon.start()
@@ -114,18 +135,20 @@ def test_kill_9_in_the_middle_of_a_batch_loses_and_duplicates_nothing(
         time.sleep(0.5)  # anything extra would arrive now
     finally:
         daemon.stop()
-        if state_url:
-            with psycopg.connect(PG_DSN, autocommit=True) as conn:
-                conn.execute(f'DROP SCHEMA IF EXISTS "{state_url.rsplit("=", 1)[1]}" CASCADE')
     counts = applied_once(shop, "/products/")
     assert len(counts) == 300
     assert set(counts.values()) == {1}, [p for p, n in counts.items() if n > 1]
+    # Only a write the target accepted just before the kill, whose ledger entry died with the process, is sent
+    # again: at most one per worker. Everything delivered before that is in the ledger and never resent.
+    assert sum(resent(shop, "/products/").values()) <= daemon.workers, resent(shop, "/products/")
 
 
-def test_kill_9_in_the_middle_of_an_event_stream(tmp_path: Path, fakes: tuple[FakeHttpServer, FakeHttpServer]) -> None:
+def test_kill_9_in_the_middle_of_an_event_stream(
+    tmp_path: Path, fakes: tuple[FakeHttpServer, FakeHttpServer], state_url: str | None
+) -> None:
     erp, shop = fakes
     shop.configure(latency=0.005)
-    daemon = daemon_for(write_spec(tmp_path), erp, shop)
+    daemon = daemon_for(write_spec(tmp_path), erp, shop, state_url=state_url)
     sent = threading.Event()
 
     def sender() -> None:
@@ -162,15 +185,16 @@ def test_kill_9_in_the_middle_of_an_event_stream(tmp_path: Path, fakes: tuple[Fa
     assert len(counts) == 200
     assert set(counts.values()) == {1}
     assert shop.resource("/stock/M199") == {"sku": "M199", "qty": 199}
+    assert sum(resent(shop, "/stock/").values()) <= daemon.workers, resent(shop, "/stock/")
 
 
 def test_target_outage_opens_the_breaker_and_everything_arrives_after(
-    tmp_path: Path, fakes: tuple[FakeHttpServer, FakeHttpServer]
+    tmp_path: Path, fakes: tuple[FakeHttpServer, FakeHttpServer], state_url: str | None
 ) -> None:
     erp, shop = fakes
     erp.seed("/products", products(50))
     shop.configure(error_rate=1.0, error_status=500)
-    daemon = daemon_for(write_spec(tmp_path, timeout="500ms"), erp, shop)
+    daemon = daemon_for(write_spec(tmp_path, timeout="500ms"), erp, shop, state_url=state_url)
     try:
         daemon.start()
         wait_for(lambda: daemon.metric("seamline_breaker_state", system="shop") == 2, 20, "the breaker to open")
@@ -179,7 +203,12 @@ def test_target_outage_opens_the_breaker_and_everything_arrives_after(
         shop.configure(latency=0.0)
         wait_for(lambda: shop.applied_count("/products/") >= 50, 90, "every product written after the outage")
         assert daemon.metric("seamline_dead_lettered_total") == 0
-        assert daemon.metric("seamline_retried_total") > 0
+        retried = daemon.metric("seamline_retried_total", flow="catalog")
+        assert retried > 0 and daemon.metric("seamline_failed_total", flow="catalog") == retried
+        wait_for(lambda: daemon.metric("seamline_written_total", flow="catalog") >= 50, 10, "the written count")
+        assert daemon.metric("seamline_latency_seconds_count", flow="catalog") == 50  # one per record done
+        assert daemon.metric("seamline_inbox_items", flow="catalog", status="done") == 50
+        assert daemon.metric("seamline_inbox_items", flow="stock", status="pending") == 0  # shown, though idle
     finally:
         daemon.stop()
     assert set(applied_once(shop, "/products/").values()) == {1}
@@ -191,18 +220,20 @@ def test_target_outage_opens_the_breaker_and_everything_arrives_after(
 
 
 def test_poison_records_are_dead_lettered_and_replayed_once_after_the_fix(
-    tmp_path: Path, fakes: tuple[FakeHttpServer, FakeHttpServer]
+    tmp_path: Path, fakes: tuple[FakeHttpServer, FakeHttpServer], state_url: str | None
 ) -> None:
     erp, shop = fakes
     erp.seed("/products", products(200, poison={17, 123}))
     root = write_spec(tmp_path)
-    daemon = daemon_for(root, erp, shop)
+    daemon = daemon_for(root, erp, shop, state_url=state_url)
     runner = CliRunner()
     state = ["--state", daemon.state_url]
     try:
         daemon.start()
         wait_for(lambda: shop.applied_count("/products/") >= 198, 30, "the good records")
         wait_for(lambda: daemon.metric("seamline_dead_lettered_total") >= 2, 10, "the poison records")
+        assert daemon.metric("seamline_failed_total", flow="catalog") == 2
+        assert daemon.metric("seamline_inbox_items", flow="catalog", status="dead") == 2
         listing = runner.invoke(main, ["dlq", "list", str(root), *state])
         assert listing.exit_code == 0, listing.output
         assert "2 dead letter(s)" in listing.output
@@ -227,15 +258,16 @@ def test_poison_records_are_dead_lettered_and_replayed_once_after_the_fix(
     counts = applied_once(shop, "/products/")
     assert len(counts) == 200 and set(counts.values()) == {1}
     assert shop.resource("/products/P0017") == {"sku": "P0017", "price": None}
+    assert resent(shop, "/products/") == {}
 
 
 def test_sigterm_under_load_drains_and_loses_nothing(
-    tmp_path: Path, fakes: tuple[FakeHttpServer, FakeHttpServer]
+    tmp_path: Path, fakes: tuple[FakeHttpServer, FakeHttpServer], state_url: str | None
 ) -> None:
     erp, shop = fakes
     erp.seed("/products", products(300))
     shop.configure(latency=0.01)
-    daemon = daemon_for(write_spec(tmp_path), erp, shop)
+    daemon = daemon_for(write_spec(tmp_path), erp, shop, state_url=state_url)
     try:
         daemon.start()
         wait_for(lambda: shop.applied_count("/products/") >= 50, 30, "the first writes")
@@ -252,6 +284,7 @@ def test_sigterm_under_load_drains_and_loses_nothing(
         daemon.stop()
     counts = applied_once(shop, "/products/")
     assert len(counts) == 300 and set(counts.values()) == {1}
+    assert resent(shop, "/products/") == {}  # the drain finished what it had sent: nothing went out twice
 
 
 def test_api_needs_a_token_off_dev_and_serves_health_metrics_and_requests(
@@ -356,3 +389,49 @@ def test_the_daemon_prunes_work_finished_before_the_retention_window_at_start(
     pruned = next(e for e in daemon.log_events() if e["event"] == "pruned")
     assert (pruned["inbox"], pruned["ledger"]) == (7, 7)
     assert pruned["older_than_s"] == 30 * 86400  # the default state.retention
+
+
+FANOUT_SPEC = """\
+seamline: 1
+client: fanout
+systems:
+  shop:
+    connector: http
+    url: "{{ env.SHOP_URL }}"
+    endpoints:
+      stock: { path: "/stock/{sku}", method: PUT }
+  crm:
+    connector: http
+    url: "{{ env.CRM_URL }}"
+    endpoints:
+      stock: { path: "/stock/{sku}", method: PUT }
+flows:
+  stock:
+    trigger: { event: { webhook: /hooks/stock, id: material } }
+    transform: '{ "sku": material, "qty": $number(qty) }'
+    targets:
+      - { system: shop, write: stock, key: sku }
+      - { system: crm, write: stock, key: sku }
+"""
+
+
+def test_a_later_targets_failure_never_sends_an_earlier_target_its_write_again(
+    tmp_path: Path, state_url: str | None
+) -> None:
+    (tmp_path / "seamline.yaml").write_text(FANOUT_SPEC, encoding="utf-8")
+    with FakeHttpServer(port=0) as shop, FakeHttpServer(port=0) as crm:
+        crm.fail_next(6, status=503)  # each of the three events is refused twice by the second target
+        env = {"SHOP_URL": shop.url, "CRM_URL": crm.url}
+        daemon = DaemonProcess(tmp_path, tmp_path / "state.db", env=env, state_url=state_url)
+        try:
+            daemon.start()
+            for n in range(3):
+                event = json.dumps({"material": f"M{n}", "qty": str(n)}).encode()
+                assert httpx.post(f"{daemon.url}/hooks/stock", content=event).status_code == 202
+            wait_for(lambda: crm.applied_count("/stock/") >= 3, 30, "the second target after its refusals")
+            assert daemon.metric("seamline_retried_total", flow="stock") == 6
+        finally:
+            daemon.stop()
+        # The ledger kept the first target's write: each retry went to the second target only.
+        assert Counter(w["path"] for w in shop.writes("/stock/")) == {f"/stock/M{n}": 1 for n in range(3)}
+        assert applied_once(crm, "/stock/") == {f"/stock/M{n}": 1 for n in range(3)}

@@ -7,11 +7,12 @@ import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 
-from engine.state import Delivered, NewItem, StateStore, open_store
+from engine.state import POSTGRES, SQLITE, Delivered, NewItem, StateStore, open_store
 from engine.state.sql import MIGRATIONS
 
 PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
@@ -56,6 +57,17 @@ def test_enqueue_is_idempotent_by_key(store: StateStore) -> None:
     assert store.enqueue(items(("k1", "a"), ("k2", "b"))) == 2
     assert store.enqueue(items(("k1", "a"), ("k3", "c"))) == 1
     assert store.depth() == {"pending": 3, "inflight": 0, "done": 0, "dead": 0}
+
+
+def test_depth_by_flow_counts_each_flows_items_per_status(store: StateStore) -> None:
+    store.enqueue([*items(("k1", "a"), ("k2", "b")), NewItem("stock", "s1", "M1", {"m": 1})])
+    claimed = store.claim("w", 1, lease=30, flows=["catalog"])
+    store.complete(claimed[0].id)
+    store.reject(NewItem("stock", "s2", "M2", {"raw": "x"}), "message is not JSON")
+    assert store.depth_by_flow() == {
+        "catalog": {"pending": 1, "inflight": 0, "done": 1, "dead": 0},
+        "stock": {"pending": 1, "inflight": 0, "done": 0, "dead": 1},
+    }
 
 
 def test_claim_keeps_order_per_business_key_and_parallelism_across_keys(store: StateStore) -> None:
@@ -250,6 +262,54 @@ def test_schema_is_migrated_in_place_not_recreated(tmp_path: Path) -> None:
         assert upgraded.dead_letters()[0].spec_version == "v2"
     finally:
         upgraded.close()
+
+
+def _raw_connection(store_url: str) -> Any:
+    """A plain DB-API connection to the store's database (PostgreSQL: inside the URL's schema)."""
+    if store_url.startswith("sqlite:"):
+        return sqlite3.connect(store_url.removeprefix("sqlite:///"))
+    schema = store_url.rsplit("schema=", 1)[1]
+    conn = psycopg.connect(PG_DSN)
+    conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+    conn.execute(f'SET search_path TO "{schema}"')
+    return conn
+
+
+def test_a_store_made_by_the_first_release_is_migrated_with_its_data_on_every_backend(store_url: str) -> None:
+    dialect = POSTGRES if store_url.startswith("postgres") else SQLITE
+    placeholder = dialect.placeholder
+    conn = _raw_connection(store_url)
+    # The first release's schema, made by its own statements, holding a pending item and a delivered one.
+    for statement in MIGRATIONS[0]:
+        conn.execute(statement.format(id=dialect.id_column, real=dialect.real, blob=dialect.blob))
+    conn.execute("CREATE TABLE seamline_schema (version INTEGER NOT NULL)")
+    conn.execute("INSERT INTO seamline_schema (version) VALUES (1)")
+    insert = "INSERT INTO inbox (flow, key, business_key, payload, status, available_at, created_at) VALUES ({})"
+    values = ", ".join([placeholder] * 7)
+    conn.execute(insert.format(values), ("catalog", "k1", "a", '{"n": 1}', "pending", 0, 0))
+    conn.execute(insert.format(values), ("catalog", "k0", "a", '{"n": 0}', "done", 0, 0))
+    ledger = "INSERT INTO ledger (flow, key, target, delivered_at) VALUES ({}, 0)"
+    conn.execute(ledger.format(", ".join([placeholder] * 3)), ("catalog", "k0", "shop.products"))
+    conn.commit()
+    conn.close()
+
+    upgraded = open_store(store_url)
+    try:
+        assert upgraded.schema_version() == len(MIGRATIONS)
+        assert upgraded.depth() == {"pending": 1, "inflight": 0, "done": 1, "dead": 0}  # the data survived
+        assert upgraded.delivered("catalog", "k0", "shop.products")
+        (item,) = upgraded.claim("w", 5, lease=10)
+        assert (item.key, item.payload) == ("k1", {"n": 1})
+        upgraded.dead_letter(item.id, "x", error_kind="terminal", spec_version="v2")  # a column v2 added
+        assert upgraded.dead_letters()[0].spec_version == "v2"
+        assert upgraded.enqueue(items(("k0", "a"))) == 0  # the old rows still dedupe new deliveries
+    finally:
+        upgraded.close()
+    again = open_store(store_url)  # opening an up-to-date store changes nothing
+    try:
+        assert again.schema_version() == len(MIGRATIONS) and again.depth()["dead"] == 1
+    finally:
+        again.close()
 
 
 @pytest.mark.parametrize("flows", [None, ["orders"]], ids=["all-flows", "one-flow"])
