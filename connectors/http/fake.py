@@ -242,6 +242,7 @@ class FakeHttpServer(ServedFake):
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._routes: dict[tuple[str, str], Handler] = {}
+        self._in_flight = 0  # not reset with the rest: requests being answered still finish
         self._clear()
         self._load()
 
@@ -253,6 +254,7 @@ class FakeHttpServer(ServedFake):
         self._log: list[dict[str, Any]] = []
         self._requests: list[dict[str, Any]] = []
         self._next_id = 1
+        self._peak_in_flight = 0
         self._faults = _Faults()
         self._random = random.Random(self._seed)
 
@@ -384,6 +386,22 @@ class FakeHttpServer(ServedFake):
         """Answer one request; None means: drop the connection without answering."""
         if request.path.startswith("/__fake/"):
             return self._admin(request)
+        with self._lock:
+            self._in_flight += 1
+            self._peak_in_flight = max(self._peak_in_flight, self._in_flight)
+        try:
+            return self._answer(request)
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
+    @property
+    def peak_in_flight(self) -> int:
+        """The most requests this fake was answering at one time (a client's concurrency limit, seen from here)."""
+        with self._lock:
+            return self._peak_in_flight
+
+    def _answer(self, request: FakeRequest) -> FakeResponse | None:
         with self._lock:
             faults = self._faults
             if faults.drop_next > 0:

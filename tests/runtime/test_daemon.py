@@ -243,10 +243,14 @@ def test_poison_records_are_dead_lettered_and_replayed_once_after_the_fix(
         assert shown["record"]["price"] == "n/a" and shown["kind"] == "terminal"
         assert "transforms/product.jsonata" in shown["reason"]
         daemon.terminate()
+        first_version = next(e["spec_version"] for e in daemon.log_events() if e["event"] == "started")
+        assert shown["spec_version"] == first_version  # the letter names the spec (and mappings) that made it
 
         # The architect fixes the mapping; the daemon restarts with it; the operator replays.
         (root / "transforms" / "product.jsonata").write_text(FIXED_MAPPING, encoding="utf-8")
         daemon.start()
+        fixed_version = [e["spec_version"] for e in daemon.log_events() if e["event"] == "started"][-1]
+        assert fixed_version != first_version  # a changed mapping file is a new spec version
         replay = runner.invoke(main, ["dlq", "replay", str(root), "--flow", "catalog", *state])
         assert replay.output.strip() == "replayed 2 dead letter(s)"
         wait_for(lambda: shop.applied_count("/products/") >= 200, 30, "the replayed records")
@@ -335,6 +339,32 @@ def test_with_a_token_every_path_but_health_refuses_a_request_without_it_and_tak
     finally:
         daemon.stop()
     assert token not in daemon.log_path.read_text(encoding="utf-8")
+
+
+def test_the_daemon_keeps_each_system_within_the_concurrency_and_rate_of_its_limits(
+    tmp_path: Path, fakes: tuple[FakeHttpServer, FakeHttpServer]
+) -> None:
+    erp, shop = fakes
+    erp.seed("/products", products(120))
+    shop.configure(latency=0.02)
+    root = write_spec(tmp_path)
+    spec = root / "seamline.yaml"
+    limited = spec.read_text(encoding="utf-8").replace(
+        "limits: { concurrency: 4, timeout: 2s }", "limits: { concurrency: 4, rate: 40/s, timeout: 2s }"
+    )
+    assert limited != spec.read_text(encoding="utf-8")
+    spec.write_text(limited, encoding="utf-8")
+    daemon = daemon_for(root, erp, shop, workers=12)  # three times more workers than the shop may take
+    try:
+        daemon.start()
+        wait_for(lambda: shop.applied_count("/products/") >= 120, 60, "every product written")
+    finally:
+        daemon.stop()
+    assert shop.peak_in_flight <= 4  # held by the budget of the workers and by the connector's pool, each alone
+    # A token bucket of 40 lets a burst of 40 through, then 40 a second: never more than 80 in any second.
+    stamps = sorted(w["at"] for w in shop.writes("/products/"))
+    busiest = max(sum(1 for t in stamps[i:] if t < start + 1.0) for i, start in enumerate(stamps))
+    assert busiest <= 80, f"{busiest} writes in one second"
 
 
 def test_a_secret_the_target_echoes_back_in_its_errors_never_reaches_the_daemon_log(
