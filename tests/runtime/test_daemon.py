@@ -10,6 +10,7 @@ both state stores.
 from __future__ import annotations
 
 import json
+import signal
 import threading
 import time
 import uuid
@@ -289,6 +290,34 @@ def test_sigterm_under_load_drains_and_loses_nothing(
     counts = applied_once(shop, "/products/")
     assert len(counts) == 300 and set(counts.values()) == {1}
     assert resent(shop, "/products/") == {}  # the drain finished what it had sent: nothing went out twice
+
+
+def test_while_it_drains_the_daemon_is_not_ready_and_turns_new_events_away_to_be_sent_again(
+    tmp_path: Path, fakes: tuple[FakeHttpServer, FakeHttpServer]
+) -> None:
+    erp, shop = fakes
+    shop.configure(latency=1.5)  # the write in hand keeps the drain going while the test looks
+    daemon = daemon_for(write_spec(tmp_path), erp, shop)
+    try:
+        daemon.start()
+        event = json.dumps({"material": "M1", "qty": "2"}).encode()
+        assert httpx.post(f"{daemon.url}/hooks/stock", content=event).status_code == 202
+        wait_for(lambda: shop.peak_in_flight >= 1, 10, "the write to be in flight")
+        assert daemon.proc is not None
+        daemon.proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: httpx.get(f"{daemon.url}/readyz").status_code == 503, 5, "/readyz to say not ready")
+        assert httpx.get(f"{daemon.url}/readyz").json() == {"status": "stopping"}
+        turned_away = httpx.post(f"{daemon.url}/hooks/stock", content=b'{"material": "M2", "qty": "1"}')
+        assert turned_away.status_code == 503 and turned_away.headers["Retry-After"] == "5"
+        assert daemon.proc.wait(30) == 0
+    finally:
+        daemon.stop()
+    assert applied_once(shop, "/stock/") == {"/stock/M1": 1}  # the drain finished the write in hand
+    store = open_store(daemon.state_url)
+    try:
+        assert store.depth() == {"pending": 0, "inflight": 0, "done": 1, "dead": 0}  # M2 was never taken in
+    finally:
+        store.close()
 
 
 def test_api_needs_a_token_off_dev_and_serves_health_metrics_and_requests(
