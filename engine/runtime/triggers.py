@@ -28,6 +28,7 @@ from engine.runtime.guards import Breaker, Budget
 from engine.runtime.identity import identify, pick
 from engine.runtime.logs import JsonLog
 from engine.runtime.metrics import Metrics
+from engine.spec.model import Schedule
 from engine.state import NewItem, StateStore
 from engine.transform import canonical
 
@@ -127,6 +128,16 @@ def shift_cursor(value: str, overlap: float) -> str:
     return text.replace("+00:00", "Z") if value.endswith("Z") else text
 
 
+def _first_read_since(cursor: str | None, schedule: Schedule) -> str | None:
+    """Where a pass starts reading: the stored cursor less the overlap window; on the very first pass the
+    backfill date as it is (midnight UTC), since nothing before it was read that the overlap could re-read."""
+    if cursor:
+        return shift_cursor(cursor, parse_duration(schedule.overlap))
+    if schedule.backfill_from is not None:
+        return f"{schedule.backfill_from.isoformat()}T00:00:00Z"
+    return None
+
+
 def _max_cursor(current: str | None, records: list[Any], field_name: str) -> str | None:
     best = current
     for record in records:
@@ -174,9 +185,7 @@ class ScheduleTrigger:
         self.last_error = ""
         counts = {"read": 0, "new": 0, "pages": 0}
         cursor = self.store.get_cursor(self.flow.name)
-        if cursor is None and flow.trigger.schedule.backfill_from is not None:
-            cursor = flow.trigger.schedule.backfill_from.isoformat()
-        since = shift_cursor(cursor, parse_duration(flow.trigger.schedule.overlap)) if cursor else None
+        since = _first_read_since(cursor, flow.trigger.schedule)
         status = "ok"
         try:
             pages = self.connection.read(

@@ -290,3 +290,16 @@ def test_a_claim_the_store_refuses_is_logged_and_the_workers_go_on_once_it_answe
         assert sorted(w["path"] for w in shop.writes("/stock/")) == [f"/stock/S{n}" for n in range(5)]
     blocker.close()
     store.close()
+
+
+def test_backoff_delays_for_the_same_attempt_are_spread_across_the_jitter_range() -> None:
+    # Full jitter exists so that many workers failing together do not all retry at the same instant:
+    # one attempt's delays must differ, and cover the range rather than cluster at one end.
+    backoff = Backoff(base=1.0, cap=30.0)
+    for attempts in (0, 3, 8):
+        ceiling = min(30.0, 2.0**attempts)
+        delays = [backoff.delay(attempts) for _ in range(200)]
+        assert all(ceiling / 2 <= d <= ceiling for d in delays)
+        assert len(set(delays)) > 1
+        # 200 uniform draws all in one fifth of the range: about 1e-19, i.e. never by chance
+        assert min(delays) < ceiling * 0.6 and max(delays) > ceiling * 0.9, (attempts, min(delays), max(delays))
