@@ -79,6 +79,8 @@ def test_run_once_reads_delivers_and_summarises(
     row = next(line for line in output.splitlines() if "catalog" in line and "│" in line)
     cells = [c.strip() for c in row.strip("│ ").split("│")]
     assert cells[:8] == ["catalog", "25", "25", "25", "0", "0", "0", "0"], output
+    # the progress lines stay on screen once done: what was read, and the delivery bar at its end
+    assert "read catalog: 25 records" in output and "delivering" in output and "25/25" in output, output
 
     # a second pass re-reads from the cursor minus the overlap: nothing new, nothing written twice
     code, output = cli("run", str(root), "--once", *state, env=env)
