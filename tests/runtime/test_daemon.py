@@ -494,3 +494,50 @@ def test_a_later_targets_failure_never_sends_an_earlier_target_its_write_again(
         # The ledger kept the first target's write: each retry went to the second target only.
         assert Counter(w["path"] for w in shop.writes("/stock/")) == {f"/stock/M{n}": 1 for n in range(3)}
         assert applied_once(crm, "/stock/") == {f"/stock/M{n}": 1 for n in range(3)}
+
+
+TWO_SHOPS_SPEC = FANOUT_SPEC.replace(
+    """flows:
+  stock:
+    trigger: { event: { webhook: /hooks/stock, id: material } }
+    transform: '{ "sku": material, "qty": $number(qty) }'
+    targets:
+      - { system: shop, write: stock, key: sku }
+      - { system: crm, write: stock, key: sku }
+""",
+    """flows:
+  shop-stock:
+    trigger: { event: { webhook: /hooks/shop, id: material } }
+    transform: '{ "sku": material, "qty": $number(qty) }'
+    target: { system: shop, write: stock, key: sku }
+  crm-stock:
+    trigger: { event: { webhook: /hooks/crm, id: material } }
+    transform: '{ "sku": material, "qty": $number(qty) }'
+    target: { system: crm, write: stock, key: sku }
+""",
+)
+
+
+def test_one_systems_outage_opens_only_its_breaker_and_the_other_systems_flows_go_on(tmp_path: Path) -> None:
+    assert TWO_SHOPS_SPEC != FANOUT_SPEC
+    (tmp_path / "seamline.yaml").write_text(TWO_SHOPS_SPEC, encoding="utf-8")
+    with FakeHttpServer(port=0) as shop, FakeHttpServer(port=0) as crm:
+        shop.configure(error_rate=1.0, error_status=500)
+        daemon = DaemonProcess(tmp_path, tmp_path / "state.db", env={"SHOP_URL": shop.url, "CRM_URL": crm.url})
+        try:
+            daemon.start()
+            for n in range(10):
+                event = json.dumps({"material": f"M{n}", "qty": str(n)}).encode()
+                assert httpx.post(f"{daemon.url}/hooks/shop", content=event).status_code == 202
+            wait_for(lambda: daemon.metric("seamline_breaker_state", system="shop") == 2, 20, "shop's breaker to open")
+            for n in range(10):
+                event = json.dumps({"material": f"M{n}", "qty": str(n)}).encode()
+                assert httpx.post(f"{daemon.url}/hooks/crm", content=event).status_code == 202
+            wait_for(lambda: crm.applied_count("/stock/") >= 10, 20, "the crm's writes while the shop is down")
+            assert daemon.metric("seamline_breaker_state", system="crm") == 0
+            assert daemon.metric("seamline_written_total", flow="shop-stock") == 0
+            shop.configure(error_rate=0.0)
+            wait_for(lambda: shop.applied_count("/stock/") >= 10, 60, "the shop's writes after it recovered")
+            assert daemon.metric("seamline_dead_lettered_total") == 0
+        finally:
+            daemon.stop()
