@@ -108,7 +108,9 @@ class Schedule(_Strict):
         "60s",
         description="Re-read this much before the cursor, so records updated in the same second are not missed.",
     )
-    backfill_from: date | None = Field(None, description="On the very first run, start from this date.")
+    backfill_from: date | None = Field(
+        None, description="On the very first run, start from midnight UTC of this date (no overlap window before it)."
+    )
 
     @model_validator(mode="after")
     def _one_timing(self) -> Self:
