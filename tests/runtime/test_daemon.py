@@ -296,8 +296,8 @@ def test_while_it_drains_the_daemon_is_not_ready_and_turns_new_events_away_to_be
     tmp_path: Path, fakes: tuple[FakeHttpServer, FakeHttpServer]
 ) -> None:
     erp, shop = fakes
-    shop.configure(latency=1.5)  # the write in hand keeps the drain going while the test looks
-    daemon = daemon_for(write_spec(tmp_path), erp, shop)
+    shop.configure(latency=3.0)  # the write in hand keeps the drain going while the test looks
+    daemon = daemon_for(write_spec(tmp_path, timeout="10s"), erp, shop)
     try:
         daemon.start()
         event = json.dumps({"material": "M1", "qty": "2"}).encode()
@@ -374,7 +374,7 @@ def test_the_daemon_keeps_each_system_within_the_concurrency_and_rate_of_its_lim
     tmp_path: Path, fakes: tuple[FakeHttpServer, FakeHttpServer]
 ) -> None:
     erp, shop = fakes
-    erp.seed("/products", products(120))
+    erp.seed("/products", products(160))
     shop.configure(latency=0.02)
     root = write_spec(tmp_path)
     spec = root / "seamline.yaml"
@@ -386,14 +386,16 @@ def test_the_daemon_keeps_each_system_within_the_concurrency_and_rate_of_its_lim
     daemon = daemon_for(root, erp, shop, workers=12)  # three times more workers than the shop may take
     try:
         daemon.start()
-        wait_for(lambda: shop.applied_count("/products/") >= 120, 60, "every product written")
+        wait_for(lambda: shop.applied_count("/products/") >= 160, 60, "every product written")
     finally:
         daemon.stop()
     assert shop.peak_in_flight <= 4  # held by the budget of the workers and by the connector's pool, each alone
-    # A token bucket of 40 lets a burst of 40 through, then 40 a second: never more than 80 in any second.
+    # A token bucket of 40 lets a burst of 40 through, then 40 a second: at most 80 writes start in any second,
+    # and the fake stamps a write when it ends, so up to 4 begun just before may end inside it (84). Without
+    # the rate, the 4 connections at 20 ms a write would do all 160 within about a second.
     stamps = sorted(w["at"] for w in shop.writes("/products/"))
     busiest = max(sum(1 for t in stamps[i:] if t < start + 1.0) for i, start in enumerate(stamps))
-    assert busiest <= 80, f"{busiest} writes in one second"
+    assert busiest <= 90, f"{busiest} writes in one second"
 
 
 def test_a_secret_the_target_echoes_back_in_its_errors_never_reaches_the_daemon_log(
