@@ -84,7 +84,7 @@ def product(n: int) -> dict[str, Any]:
             {"attribute_code": "color", "value": f"RAL {5000 + n % 30}"},
             {"attribute_code": "material_grade", "value": "1.4404"},
             {"attribute_code": "sales_unit", "value": "ST"},
-            {"attribute_code": "pieces_per_unit", "value": 1},
+            {"attribute_code": "pieces_per_unit", "value": "1"},
             {"attribute_code": "gtin", "value": f"4006381{n:06d}"},
         ],
     }

@@ -7,6 +7,7 @@ a failed run, 2 a usage error.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -18,7 +19,7 @@ from typing import ParamSpec, TypeVar
 import click
 
 from engine import __version__
-from engine.connector import closest, default_registry
+from engine.connector import closest, default_registry, parse_duration, parse_size
 from engine.errors import SeamlineError, UsageError
 from engine.playground import play, watch_and_play
 from engine.spec import SPEC_FILENAME, discover_specs, resolve_spec, spec_json_schema, validate_spec
@@ -31,6 +32,7 @@ __all__ = ["main"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 
 SCHEMA_FILE = "spec.schema.json"
 
@@ -128,7 +130,24 @@ def show(client: str, specs_dir: Path, fmt: str) -> None:
         for diagnostic in merged.diagnostics:
             click.echo(diagnostic.render(), err=True)
         sys.exit(1)
-    click.echo(render_effective_spec(merged, fmt))  # type: ignore[arg-type]
+    click.echo(render_effective_spec(merged, fmt, _flow_ids(merged.data)))  # type: ignore[arg-type]
+
+
+def _flow_ids(data: object) -> dict[str, dict[str, str]]:
+    """Each valid flow's business key, dedupe id and version in words (a broken flow is left out: validate says why)."""
+    from pydantic import ValidationError
+
+    from engine.runtime.identity import describe
+    from engine.spec.model import Flow
+
+    flows = data.get("flows") if isinstance(data, dict) else None
+    ids: dict[str, dict[str, str]] = {}
+    for name, body in (flows or {}).items():
+        try:
+            ids[str(name)] = describe(Flow.model_validate(body))
+        except ValidationError:
+            continue
+    return ids
 
 
 @main.command("test")
@@ -235,6 +254,26 @@ def map_command(
     type=click.FloatRange(1, 3600),
     help="Seconds a claimed record stays a worker's; after a crash, a shared store waits this long.",
 )
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="With --once --dry-run: json prints what would be written, refused and rejected as one JSON document.",
+)
+@click.option(
+    "--body-timeout",
+    default="10s",
+    show_default=True,
+    help="A webhook or request body must arrive within this; a slower one is answered 408.",
+)
+@click.option(
+    "--body-memory",
+    default="64MiB",
+    show_default=True,
+    help="Request bodies held at once, over all requests; past it a sender is answered 503 with Retry-After.",
+)
 @click.option("--specs", "specs_dir", type=click.Path(path_type=Path), default=Path("specs"), show_default=True)
 @_handle_errors
 def run(
@@ -252,6 +291,9 @@ def run(
     delivery_part: int,
     delivery_channel: int | None,
     lease: float,
+    fmt: str,
+    body_timeout: str,
+    body_memory: str,
     specs_dir: Path,
 ) -> None:
     """Run CLIENT's flows: the daemon (until SIGTERM), or one batch pass with --once."""
@@ -265,6 +307,8 @@ def run(
 
     if dry_run and not once:
         raise UsageError("--dry-run goes with --once")
+    if fmt == "json" and not dry_run:
+        raise UsageError("--format json goes with --once --dry-run")
     if once and processes > 1:
         raise UsageError("--processes is for the daemon; --once runs in one process")
     token = token_file.read_text(encoding="utf-8").strip() if token_file else os.environ.get("SEAMLINE_API_TOKEN")
@@ -280,11 +324,14 @@ def run(
         processes=processes,
         delivery_part=delivery_part,
         delivery_channel=delivery_channel,
+        body_timeout=_parsed(parse_duration, body_timeout, "--body-timeout"),
+        body_memory=_parsed(parse_size, body_memory, "--body-memory"),
         serve_http=delivery_channel is None,
     )
     spec = _client_spec_path(client, specs_dir)
     if once:
-        summary = asyncio.run(run_once(spec, options, dry_run=dry_run, console=Console()))
+        console = Console(soft_wrap=True) if fmt == "json" else Console()
+        summary = asyncio.run(run_once(spec, options, dry_run=dry_run, console=console, fmt=fmt))
         if not summary.ok:
             sys.exit(1)
         return
@@ -302,7 +349,7 @@ def runs(client: str, flow_name: str | None, limit: int, state_url: str | None, 
     """Recent batch runs of CLIENT's flows."""
     from datetime import datetime
 
-    with _operator_store(client, specs_dir, state_url) as store:
+    with _operator_store(client, specs_dir, state_url, read_only=True) as store:
         records = store.runs(flow_name, limit)
     if not records:
         click.echo("no runs yet")
@@ -311,7 +358,7 @@ def runs(client: str, flow_name: str | None, limit: int, state_url: str | None, 
     for r in records:
         took = f"{r.finished_at - r.started_at:.1f}s" if r.finished_at else "running"
         started = datetime.fromtimestamp(r.started_at).strftime("%Y-%m-%d %H:%M:%S")
-        counts = " ".join(f"{k}={v}" for k, v in sorted(r.counts.items()))
+        counts = " ".join(f"{k}={v}" for k, v in sorted(r.counts.items()) if v or k == "read")
         click.echo(f"{r.id:>5}  {r.flow:<20} {r.kind:<9} {started:<19}  {took:>7}  {r.status:<7} {counts}")
 
 
@@ -339,14 +386,23 @@ def fake(kind: str | None, args: tuple[str, ...]) -> None:
 
     \b
     seamline fake magento --port 8082     then point a spec's url at http://127.0.0.1:8082
-    seamline fake KIND --help             the fake's own options
+    seamline fake KIND --help             the fake's own options and credentials
     """
     import importlib
 
     fakes = _fakes()
     if kind is None or kind in ("-h", "--help"):
-        click.echo("usage: seamline fake KIND [OPTIONS]   (KIND: " + ", ".join(sorted(fakes)) + ")")
-        click.echo("each fake answers on loopback like the real API; 'seamline fake KIND --help' lists its options")
+        click.echo("usage: seamline fake KIND [OPTIONS]")
+        click.echo("")
+        click.echo("Serve a contract fake on loopback until Ctrl-C. Its banner prints the URL, the credentials a")
+        click.echo("spec needs to reach it, and its write log (GET <url>/__fake/log).")
+        click.echo("")
+        click.echo("fakes:")
+        width = max(len(name) for name in fakes)
+        for name in sorted(fakes):
+            doc = (importlib.import_module(fakes[name]).__doc__ or "").strip().splitlines()
+            click.echo(f"  {name:<{width}}  {doc[0] if doc else ''}")
+            click.echo(f"  {'':<{width}}  seamline fake {name} --help")
         return
     if kind not in fakes:
         hint = closest(kind, fakes)
@@ -425,7 +481,7 @@ def dlq_list(
     client: str, flow_name: str | None, include_replayed: bool, state_url: str | None, specs_dir: Path
 ) -> None:
     """List dead letters (id, flow, key, kind, reason)."""
-    with _operator_store(client, specs_dir, state_url) as store:
+    with _operator_store(client, specs_dir, state_url, read_only=True) as store:
         letters = store.dead_letters(flow_name, include_replayed=include_replayed)
     for letter in letters:
         replayed = " (replayed)" if letter.replayed_at else ""
@@ -443,7 +499,7 @@ def dlq_list(
 @_handle_errors
 def dlq_show(client: str, letter_id: int, state_url: str | None, specs_dir: Path) -> None:
     """One dead letter in full: reason, target, spec version and the record as it arrived."""
-    with _operator_store(client, specs_dir, state_url) as store:
+    with _operator_store(client, specs_dir, state_url, read_only=True) as store:
         found = [d for d in store.dead_letters(include_replayed=True) if d.id == letter_id]
     if not found:
         raise UsageError(f"no dead letter {letter_id}; see 'seamline dlq list {client}'")
@@ -487,19 +543,66 @@ def dlq_replay(
     A letter whose record has had a newer change delivered since is skipped (it would overwrite the newer
     change with the older one) unless --force.
     """
+    import getpass
+
+    from engine.flow import load_client
+    from engine.runtime.daemon import HEARTBEAT, spec_version
+    from engine.runtime.processes import HOST
+    from engine.state import ReplayRecord
+
     if not flow_name and not ids:
         raise UsageError("say which: --flow F, --id N (repeatable), or both")
-    with _operator_store(client, specs_dir, state_url) as store:
+    on_disk = spec_version(load_client(_client_spec_path(client, specs_dir), environ=dict(os.environ)))
+    with _operator_store(client, specs_dir, state_url, read_only=True) as store:
+        for daemon in store.daemons(seen_within=3 * HEARTBEAT):
+            if daemon.spec_version != on_disk:
+                click.echo(
+                    f"warning: the running daemon {daemon.name} runs spec version {daemon.spec_version}, the spec on "
+                    f"disk is {on_disk}: the replayed letters are delivered with the running version, so a fix made "
+                    "on disk (a mapping, a lookup table) is not in effect yet; restart the daemon, then replay",
+                    err=True,
+                )
         letters = store.dead_letters(flow_name)
         chosen = [d.id for d in letters if not ids or d.id in ids]
         stale = [] if force else store.superseded(chosen)
         count = store.replay(chosen, include_superseded=force)
+        store.record_replay(
+            ReplayRecord(
+                flow_name or "", tuple(chosen), count, len(stale), force, on_disk, f"{getpass.getuser()}@{HOST}"
+            )
+        )
     click.echo(f"replayed {count} dead letter(s)")
     if stale:
         listed = ", ".join(str(i) for i in stale)
         click.echo(
             f"skipped {len(stale)} superseded (a newer change of the same record was delivered since): {listed}; "
             "--force replays them anyway"
+        )
+
+
+@dlq.command("history")
+@click.argument("client")
+@click.option("--limit", default=20, show_default=True, type=int)
+@click.option("--state", "state_url")
+@click.option("--specs", "specs_dir", type=click.Path(path_type=Path), default=Path("specs"), show_default=True)
+@_handle_errors
+def dlq_history(client: str, limit: int, state_url: str | None, specs_dir: Path) -> None:
+    """Past replays: when, by whom, which letters, how many went back and how many were skipped."""
+    from datetime import datetime
+
+    with _operator_store(client, specs_dir, state_url, read_only=True) as store:
+        records = store.replays(limit)
+    if not records:
+        click.echo("no replays yet")
+        return
+    click.echo(f"{'id':>4}  {'when':<19}  {'by':<24} {'flow':<16} {'replayed':>8} {'skipped':>7}  spec      letters")
+    for r in records:
+        when = datetime.fromtimestamp(r.at).strftime("%Y-%m-%d %H:%M:%S")
+        letters = ",".join(str(i) for i in r.letters[:12]) + (" ..." if len(r.letters) > 12 else "")
+        forced = " (--force)" if r.forced else ""
+        click.echo(
+            f"{r.id:>4}  {when:<19}  {r.by[:24]:<24} {r.flow or '-':<16} {r.replayed:>8} {r.skipped:>7}  "
+            f"{r.spec_version:<9} {letters}{forced}"
         )
 
 
@@ -515,7 +618,7 @@ def state() -> None:
 @_handle_errors
 def state_show(client: str, state_url: str | None, specs_dir: Path) -> None:
     """Inbox depth per status, deliveries, and each flow's cursor."""
-    with _operator_store(client, specs_dir, state_url) as store:
+    with _operator_store(client, specs_dir, state_url, read_only=True) as store:
         depth, cursors, deliveries = store.depth(), store.cursors(), store.deliveries()
         url = store.url
     click.echo(f"state: {url}")
@@ -572,20 +675,41 @@ def state_prune(client: str, older_than: str | None, state_url: str | None, spec
 
 
 @contextmanager
-def _operator_store(client: str, specs_dir: Path, state_url: str | None) -> Iterator[StateStore]:
+def _operator_store(
+    client: str, specs_dir: Path, state_url: str | None, *, read_only: bool = False
+) -> Iterator[StateStore]:
+    """The client's state store. ``read_only``: a command that only looks never creates an empty one; where
+    there is none it says so (and where it looked) and exits 1, rather than answering "no runs yet"."""
     import os
 
     from engine.flow import load_client
     from engine.runtime.daemon import resolve_state_url
     from engine.secrets import Masker
-    from engine.state import open_store
+    from engine.state import open_store, state_exists
 
     compiled = load_client(_client_spec_path(client, specs_dir), environ=dict(os.environ))
-    store = open_store(resolve_state_url(compiled, state_url, os.environ, Masker()))
+    url = resolve_state_url(compiled, state_url, os.environ, Masker())
+    if read_only and not state_exists(url):
+        raise NoState(
+            f"no state for client '{compiled.client}' at {url.split('?')[0]}: nothing has run with it yet, or the "
+            "daemon keeps its state elsewhere (--state, $SEAMLINE_STATE_URL, the spec's state.url, $SEAMLINE_HOME)"
+        )
+    store = open_store(url)
     try:
         yield store
     finally:
         store.close()
+
+
+def _parsed(parse: Callable[[str], T], text: str, option: str) -> T:
+    try:
+        return parse(text)
+    except ValueError as exc:
+        raise UsageError(f"{option}: {exc}") from None
+
+
+class NoState(SeamlineError):
+    """A read-only command found no state store where the client's state would be."""
 
 
 def _client_spec_path(client: str, specs_dir: Path) -> Path:

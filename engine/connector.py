@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterat
 from dataclasses import dataclass, field
 from functools import cache
 from importlib.metadata import entry_points
-from typing import Annotated, Any, Literal, Protocol
+from typing import Annotated, Any, Literal, Protocol, runtime_checkable
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -30,25 +30,32 @@ __all__ = [
     "Connection",
     "ConnectorKind",
     "Duration",
+    "EffectFinder",
+    "ExistenceChecker",
     "Limits",
     "Message",
     "MessageHandler",
     "OAuth1Auth",
     "OAuth2ClientCredentials",
     "Rate",
+    "ReadItem",
     "Registry",
     "SessionAuth",
+    "Size",
     "SystemOptions",
     "Url",
     "closest",
     "default_registry",
     "parse_duration",
+    "parse_size",
 ]
 
 ENTRY_POINT_GROUP = "seamline.connectors"
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _DURATION_FACTORS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|KiB|MiB|GiB)\s*$")
+_SIZE_FACTORS = {"B": 1, "KB": 1000, "MB": 1000**2, "GB": 1000**3, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|m|h)\s*$")
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://\S+$")
 
@@ -59,6 +66,19 @@ def parse_duration(text: str) -> float:
     if not match:
         raise ValueError(f"'{text}' is not a duration; write a number and a unit, e.g. 500ms, 10s, 5m, 1h, 1d")
     return float(match.group(1)) * _DURATION_FACTORS[match.group(2)]
+
+
+def parse_size(text: str) -> int:
+    """'1MB' -> 1000000, '512KiB' -> 524288; ValueError with a usable message otherwise."""
+    match = _SIZE.match(text)
+    if not match:
+        raise ValueError(f"'{text}' is not a size; write a number and a unit, e.g. 512KB, 1MB, 16MiB")
+    return int(float(match.group(1)) * _SIZE_FACTORS[match.group(2)])
+
+
+def _check_size(text: str) -> str:
+    parse_size(text)
+    return text
 
 
 def _check_duration(text: str) -> str:
@@ -86,6 +106,11 @@ Duration = Annotated[
     AfterValidator(_check_duration),
     Field(description="A duration: a number and a unit (ms, s, m, h, d).", examples=["500ms", "10s", "5m"]),
 ]
+Size = Annotated[
+    str,
+    AfterValidator(_check_size),
+    Field(description="A size: a number and a unit (B, KB, MB, GB, KiB, MiB, GiB).", examples=["1MB", "512KiB"]),
+]
 Rate = Annotated[
     str,
     AfterValidator(_check_rate),
@@ -111,6 +136,13 @@ class Limits(_Strict):
     rate: Rate | None = Field(None, description="Most requests per unit of time.", examples=["5/s"])
     concurrency: int | None = Field(None, ge=1, le=1024, description="Most requests in flight at once.")
     timeout: Duration | None = Field(None, description="Longest wait for one answer.", examples=["10s"])
+    max_retry_after: Duration = Field(
+        "5m",
+        description="Longest wait a Retry-After answer (a 429 or 503) can impose before the record is tried "
+        "again; a longer one is cut to this, and the cut is logged. A record waiting parks every newer change "
+        "of its key behind it, so a day-long Retry-After must not park them for a day.",
+        examples=["5m", "30s"],
+    )
 
 
 class BearerAuth(_Strict):
@@ -165,6 +197,23 @@ class SystemOptions(_Strict):
         """
         return None
 
+    def reads_rows(self, entity: str) -> bool:
+        """Whether a read of ``entity`` hands over flat rows, several of which may make one record (a CSV drop
+        with a row per language or price scale): ``validate`` then suggests ``source.group_by``."""
+        return False
+
+    def gives_row_ids(self, entity: str) -> bool:
+        """Whether a read of ``entity`` gives each row a stable id of its own (:class:`ReadItem`), so a row read
+        again is known without a version (a file drop's rows)."""
+        return False
+
+    def declared_once_only(self) -> frozenset[str] | None:
+        """Write operations of this system whose resend is not safe, when the spec itself declares them.
+
+        None means the connector kind's fixed ``once_only`` list applies (see :class:`ConnectorKind`).
+        """
+        return None
+
 
 REJECT_HEADER = "x-seamline-reject"
 
@@ -187,6 +236,26 @@ MessageHandler = Callable[[Message], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
+class ReadItem:
+    """One row of a source read, with what the source knows about it besides its data.
+
+    A page from :meth:`Connection.read` is a list whose elements are plain records or ``ReadItem`` objects.
+    A source wraps a row when it has one of these to say:
+
+    * ``id``: the source's own stable id of this row, the same however often it is read (a file drop's
+      ``<file>:<sha256 of the content>:<index>``). The runtime dedupes on it: a row read again (a file
+      read twice after a crash) is stored once, and a row with new content is never mistaken for an old one.
+    * ``rejected``: why the row cannot be handed over as data (an IDoc without a mandatory segment, a CSV
+      row with a bad number); ``data`` then holds what the row was (``{"raw": text}``). The runtime stores it
+      straight in dead letters with this reason (outcome "rejected at read") and the rest of the page goes on.
+    """
+
+    data: Any
+    id: str = ""
+    rejected: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class ConnectContext:
     """What a connector gets besides its options: its system's name in the spec, and who to tell secrets to.
 
@@ -199,6 +268,7 @@ class ConnectContext:
     client: str
     mask: Callable[[str], None] = lambda _value: None
     base_dir: str = ""
+    state_url: str = ""  # the daemon's own state store (a connector that keeps its data there, the embedded queue)
 
 
 class Connection(Protocol):
@@ -255,6 +325,36 @@ class Connection(Protocol):
         ...
 
 
+@runtime_checkable
+class ExistenceChecker(Protocol):
+    """Optional role of a connection: whether a target already has a record (for create-only fields).
+
+    Called by a worker before writing to a target with ``create_only`` or ``update_only`` fields:
+    True, the record exists (create-only fields are left out); False, it does not (update-only fields
+    are left out). None: this connection cannot tell for ``entity``; the runtime then decides from its
+    ledger (has this flow delivered this business key to this target before). Errors as for ``write``.
+    """
+
+    async def exists(self, entity: str, record: Any, *, key: Any) -> bool | None: ...
+
+
+@runtime_checkable
+class EffectFinder(Protocol):
+    """Optional role of a connection: whether a once-only write already took effect at the target.
+
+    A write the connector kind declares ``once_only`` (a shipment, an invoice, an order comment, a sale)
+    is not safe to send twice. When the runtime does not know whether an earlier attempt of it reached
+    the target (it was in flight when the daemon died, or it timed out), it calls this before sending
+    again: the receipt to record when the target has the effect already (our reference on the order,
+    the sale, the external id), None when it does not (the write is then sent). Raise
+    :class:`~engine.errors.TransientError` when the target cannot tell now (tried again later), and
+    :class:`~engine.errors.TerminalError` when this connection has no way to check ``entity`` (the
+    record is dead-lettered as "outcome unknown" for a person to look at, never sent twice blindly).
+    """
+
+    async def find_effect(self, entity: str, record: Any, *, key: Any, idempotency_key: str) -> str | None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class ConnectorKind:
     """One connector kind, as it declares itself.
@@ -263,6 +363,21 @@ class ConnectorKind:
     ``source.read``, ``target.write`` and ``source.call``; ``events`` says the system can feed an
     event trigger (a queue). ``connect`` opens a :class:`Connection` for the runtime; a kind without
     it is declared but not runnable: specs using it validate, and ``validate`` says it cannot run yet.
+
+    ``once_only`` names the write operations whose resend is not safe (a shipment, an invoice, a
+    comment, a sale): every other write is taken to be an idempotent PUT or upsert. Before sending a
+    once-only write again whose earlier outcome is unknown, the runtime asks the connection's
+    :class:`EffectFinder` role. ``keeps_groups``: the kind's ``read`` takes ``group_by`` (a list of
+    fields) and then never splits the rows sharing a group key across pages (a file drop keeps a file's
+    groups together), so the runtime groups each page as it comes; for any other kind the runtime
+    collects a pass's rows before grouping them. ``read_moves``: the kind's ``read`` changes the source
+    (a file drop moves its files to archive/ once read); it then takes ``preview=True`` to read without
+    changing anything, which ``run --once --dry-run`` and previews use. ``sample(options, entity, content,
+    file_name)``: a sample file's rows exactly as ``read`` of ``entity`` would hand them over (a file drop's
+    format, delimiter, decimal comma, encoding, IDoc split and checks), as records or :class:`ReadItem`
+    objects; ``seamline map`` and golden cases read their input through it, so a preview reads as the
+    daemon does. It raises ``ValueError`` with the reason when the file cannot be read at all. Kinds without
+    it take samples as the records their API sends (JSON).
     """
 
     name: str
@@ -273,6 +388,10 @@ class ConnectorKind:
     calls: frozenset[str] = frozenset()
     events: bool = False
     connect: Callable[[SystemOptions, ConnectContext], Connection] | None = None
+    once_only: frozenset[str] = frozenset()
+    keeps_groups: bool = False
+    read_moves: bool = False
+    sample: Callable[[SystemOptions, str, bytes, str], list[Any]] | None = None
 
     @property
     def runnable(self) -> bool:
@@ -283,6 +402,11 @@ class ConnectorKind:
         if declared is not None:
             return declared
         return {"read": self.reads, "write": self.writes, "call": self.calls}.get(capability, frozenset())
+
+    def is_once_only(self, operation: str, options: SystemOptions | None = None) -> bool:
+        """Whether a write of ``operation`` must happen once (its resend is not safe)."""
+        declared = options.declared_once_only() if options is not None else None
+        return operation in (declared if declared is not None else self.once_only)
 
 
 @dataclass(slots=True)

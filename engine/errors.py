@@ -4,6 +4,7 @@
 
     SeamlineError                      exit 1   base of everything we raise on purpose
     ├── UsageError                     exit 2   the command line itself is wrong (bad path, bad option)
+    ├── ServeError                     exit 1   the daemon cannot serve where it was told (a port in use)
     ├── SpecError                      exit 1   a spec is invalid; carries every Diagnostic found
     ├── TransientError                 exit 1   worth retrying: timeouts, 429, 5xx, broker down
     └── TerminalError                  exit 1   retrying will not help: dead-letter it
@@ -22,6 +23,7 @@ from enum import StrEnum
 __all__ = [
     "Diagnostic",
     "SeamlineError",
+    "ServeError",
     "Severity",
     "SpecError",
     "TerminalError",
@@ -83,6 +85,12 @@ class UsageError(SeamlineError):
     """The command line is wrong: a path that does not exist, an option out of range."""
 
     exit_code = 2
+
+
+class ServeError(SeamlineError):
+    """The daemon cannot serve where it was told to (a port in use): one line saying so, exit 1."""
+
+    exit_code = 1
 
 
 class SpecError(SeamlineError):

@@ -4,6 +4,7 @@ really go away — stopping it also closes keep-alive connections, so a client s
 from __future__ import annotations
 
 import contextlib
+import errno
 import signal
 import socket
 import threading
@@ -12,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType
 from typing import Any, ClassVar, Self
 
-__all__ = ["ServedFake", "TrackingHTTPServer", "serve_until_signalled"]
+__all__ = ["ServedFake", "TrackingHTTPServer", "listen", "serve_until_signalled"]
 
 
 class TrackingHTTPServer(ThreadingHTTPServer):
@@ -121,3 +122,14 @@ def serve_until_signalled(fake: ServedFake, banner: Callable[[], str]) -> int:
         while not stopped.wait(0.5):
             pass
     return 0
+
+
+def listen(fake: ServedFake) -> str | None:
+    """Start serving; None, or the one line that says why the port cannot be used (a port in use, say)."""
+    try:
+        fake.start()
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            return f"error: port {fake.port} on {fake.host} is in use; choose another with --port"
+        return f"error: cannot listen on {fake.host}:{fake.port}: {exc.strerror or exc}"
+    return None

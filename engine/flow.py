@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.connector import SystemOptions
 from engine.errors import Diagnostic, Severity, SpecError, TransformError
 from engine.spec import SpecReport, validate_spec
 from engine.spec.expressions import expression_source
@@ -29,6 +30,22 @@ class CompiledTarget:
     target: Target | None
     expression: Expression | None
 
+    @property
+    def depends_on_existence(self) -> bool:
+        """Whether what is sent depends on the target having the record (create-only or update-only fields)."""
+        return self.target is not None and bool(self.target.create_only or self.target.update_only)
+
+    def shapes(self) -> list[tuple[str, bool]]:
+        """How previews name the two shapes of a target with create-only or update-only fields."""
+        return [(f"{self.label} (when new)", False), (f"{self.label} (when it exists)", True)]
+
+    def for_existence(self, payload: Any, exists: bool) -> Any:
+        """``payload`` as sent to a target that has the record (create-only fields left out) or not (update-only)."""
+        if self.target is None or not isinstance(payload, dict):
+            return payload
+        drop = set(self.target.create_only if exists else self.target.update_only)
+        return {k: v for k, v in payload.items() if k not in drop} if drop else payload
+
 
 @dataclass(slots=True)
 class CompiledFlow:
@@ -40,6 +57,7 @@ class CompiledFlow:
     bindings: Bindings
     origins: dict[str, str] = field(default_factory=dict)  # transform path -> file that wrote it
     request_expression: Expression | None = None  # a request trigger's shaping of the caller's request
+    source_options: SystemOptions | None = None  # the options of the system records come from (read or consumed)
 
     def shape_request(self, request: Any, *, record_id: str = "") -> Any:
         """What a request trigger sends its source for the caller's ``request`` (as it is without a transform)."""
@@ -54,14 +72,23 @@ class CompiledFlow:
         return self.expression.evaluate(record, self.bindings, record_id=record_id)
 
     def preview(self, record: Any, *, record_id: str = "") -> dict[str, Any]:
-        """What each target would be sent for ``record``: {target label: payload or None}."""
+        """What each target would be sent for ``record``: {target label: payload or None}.
+
+        A target with create-only or update-only fields shows both shapes, ``<label> (when new)`` and
+        ``<label> (when it exists)``, as the worker sends one or the other.
+        """
         shaped = self.transform(record, record_id=record_id)
         out: dict[str, Any] = {}
         for target in self.targets:
             if target.expression is None or shaped is None:
-                out[target.label] = shaped
+                payload = shaped
             else:
-                out[target.label] = target.expression.evaluate(shaped, self.bindings, record_id=record_id)
+                payload = target.expression.evaluate(shaped, self.bindings, record_id=record_id)
+            if target.depends_on_existence:
+                for label, exists in target.shapes():
+                    out[label] = None if payload is None else target.for_existence(payload, exists)
+            else:
+                out[target.label] = payload
         return out
 
     @property
@@ -77,6 +104,19 @@ class CompiledClient:
     backend: str
     report: SpecReport
     flows: dict[str, CompiledFlow]
+    lookup_files: list[str] = field(default_factory=list)  # code tables read from files
+
+    @property
+    def input_files(self) -> list[str]:
+        """Every file the client's behaviour is made of: the spec chain, its mappings and its code tables.
+
+        What the spec version is computed from (:func:`engine.runtime.daemon.spec_version`): a fixed lookup
+        table is a new version, so a dead letter made by the old table is told apart from a new one.
+        """
+        files = set(self.report.merged.chain) | set(self.lookup_files)
+        for flow in self.flows.values():
+            files.update(flow.mapping_files)
+        return sorted(files)
 
     def flow(self, name: str) -> CompiledFlow:
         if name not in self.flows:
@@ -108,8 +148,11 @@ def load_client(
     merged = report.merged
     chosen = resolve_backend(backend)
     lookups: dict[str, Any] = {}
+    lookup_files: list[str] = []
     problems: list[Diagnostic] = []
     for name, table in document.lookups.items():
+        if table.file is not None:
+            lookup_files.append(str(_table_dir(report, name, table) / table.file))
         try:
             lookups[name] = load_table(table, _table_dir(report, name, table))
         except TableError as exc:
@@ -147,8 +190,14 @@ def load_client(
             targets.append(CompiledTarget("response", None, None))  # a request flow answers its caller
         request = flow.trigger.request
         shaping = compile_at(request.transform, ("flows", name, "trigger", "request", "transform")) if request else None
-        flows[name] = CompiledFlow(document.client, name, flow, expression, targets, bindings, origins, shaping)
-    return CompiledClient(document.client, str(path), chosen, report, flows)
+        origin = flow.source.system if flow.source is not None else None
+        if origin is None and flow.trigger.event is not None:
+            origin = flow.trigger.event.system
+        source_options = report.systems.get(origin) if origin is not None else None
+        flows[name] = CompiledFlow(
+            document.client, name, flow, expression, targets, bindings, origins, shaping, source_options
+        )
+    return CompiledClient(document.client, str(path), chosen, report, flows, lookup_files)
 
 
 def _table_dir(report: SpecReport, name: str, table: LookupTable) -> Path:

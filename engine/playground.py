@@ -9,7 +9,8 @@ from pathlib import Path
 
 from engine.errors import SpecError, TransformError
 from engine.flow import load_client
-from engine.testing import GoldenInputError, read_input
+from engine.preview import SampleError, preview_file
+from engine.testing import GoldenInputError
 from engine.transform import canonical_json
 
 __all__ = ["play", "watch_and_play"]
@@ -18,25 +19,33 @@ Echo = Callable[[str], None]
 
 
 def play(spec: Path, flow_name: str, input_path: Path, *, backend: str | None, now: str | None, echo: Echo) -> bool:
-    """Print what the flow makes of the input; on a broken mapping, the error with its position."""
+    """Print what the flow makes of the input, read as the daemon reads the flow's source; on a broken
+    mapping, the error with its position. False when a record would be rejected or dead-lettered."""
     try:
         client = load_client(spec, backend=backend, now=now)
         flow = client.flow(flow_name)
-        data = read_input(input_path)
-        if isinstance(data, list):
-            out = [flow.preview(record, record_id=f"{input_path.name}[{i}]") for i, record in enumerate(data)]
-            echo(canonical_json(out))
-        else:
-            echo(canonical_json(flow.preview(data, record_id=input_path.name)))
-        return True
+        previews, single = preview_file(flow, input_path)
     except SpecError as exc:
         for diagnostic in exc.diagnostics:
             if diagnostic.severity.value == "error":
                 echo(diagnostic.render())
         return False
-    except (TransformError, GoldenInputError) as exc:
+    except (TransformError, GoldenInputError, SampleError) as exc:
         echo(f"error: {exc}")
         return False
+    delivered = [p.payloads for p in previews if p.payloads is not None]
+    if single and len(previews) == 1:
+        if delivered:
+            echo(canonical_json(delivered[0]))
+    else:
+        echo(canonical_json(delivered))
+    ok = True
+    for preview in previews:
+        if preview.problem:
+            ok = ok and preview.problem.startswith("skipped")
+            kind = "note" if preview.problem.startswith("skipped") else "error"
+            echo(f"{kind}: record {preview.record}: {preview.problem}")
+    return ok
 
 
 def _watched_files(spec: Path, input_path: Path) -> list[Path]:

@@ -2,8 +2,15 @@
 
 Layout::
 
-    golden/<client>/<flow>/<case>.input.json      what the flow's transform receives (.xml, .csv too)
+    golden/<client>/<flow>/<case>.input.json      what the flow's source hands over (.xml, .csv too)
     golden/<client>/<flow>/<case>.snapshot.json   what each target would be sent, reviewed in PRs
+    golden/<client>/<flow>/<case>.error.txt       the records it would not deliver, with the reason
+                                                  (rejected at read, dead-lettered, skipped), when any
+
+The input is read as the flow's source reads it (:mod:`engine.preview`): a file drop's sample with the
+drop's own format and options, else the records an API sends. A case whose record is rejected or
+dead-lettered is not an error of the test: its ``.error.txt`` says what is expected, and ``--update``
+writes it, as it writes snapshots.
 
 A snapshot is canonical JSON (:func:`engine.transform.canonical_json`): the same text whichever
 JSONata backend produced it, so switching backends never shows up as a diff. ``$now()`` is fixed
@@ -24,11 +31,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from engine.errors import SeamlineError, TransformError
-from engine.flow import CompiledClient, CompiledFlow
+from engine.flow import CompiledClient, CompiledFlow, CompiledTarget
 from engine.runtime.identity import pick
 from engine.transform import canonical_json
 
 __all__ = [
+    "ERROR_SUFFIX",
     "GOLDEN_NOW",
     "INPUT_SUFFIXES",
     "REQUEST_SUFFIX",
@@ -39,6 +47,7 @@ __all__ = [
     "discover_cases",
     "golden_extension",
     "read_input",
+    "render_case",
     "render_snapshot",
     "run_case",
     "run_golden",
@@ -48,6 +57,7 @@ GOLDEN_NOW = "2025-01-15T08:00:00.000Z"
 INPUT_SUFFIXES = (".input.json", ".input.xml", ".input.csv")
 REQUEST_SUFFIX = ".request.json"  # a request trigger's caller asking: the case proves trigger.request.transform
 SNAPSHOT_SUFFIX = ".snapshot.json"
+ERROR_SUFFIX = ".error.txt"
 
 
 class GoldenInputError(SeamlineError):
@@ -64,6 +74,10 @@ class GoldenCase:
     @property
     def snapshot_path(self) -> Path:
         return self.input_path.parent / f"{self.name}{SNAPSHOT_SUFFIX}"
+
+    @property
+    def error_path(self) -> Path:
+        return self.input_path.parent / f"{self.name}{ERROR_SUFFIX}"
 
     @property
     def id(self) -> str:
@@ -191,20 +205,38 @@ class TargetKeyError(SeamlineError):
     """A target's ``key`` names a field its payload does not have (the worker reads the key from the payload)."""
 
 
-def render_snapshot(flow: CompiledFlow, case: GoldenCase) -> str:
-    """The snapshot text of ``case``: {target: payload} for one record, {target: [payloads]} for a list."""
-    data = read_input(case.input_path)
+def render_case(flow: CompiledFlow, case: GoldenCase) -> tuple[str | None, str | None]:
+    """(snapshot text, error text) of ``case``; either is None when there is nothing of it.
+
+    The snapshot is {target: payload} for an input of one record, {target: [payloads]} for several
+    (the delivered ones, in order); the error text has a line per record that would not be delivered.
+    """
+    from engine.preview import SampleError, preview_file
+
     if case.is_request:
-        return canonical_json(_shaped_request(flow, case, data)) + "\n"
-    if isinstance(data, list):
-        previews = [flow.preview(record, record_id=f"{case.name}[{i}]") for i, record in enumerate(data)]
-        out: dict[str, Any] = {label.label: [p[label.label] for p in previews] for label in flow.targets}
-    else:
-        previews = [flow.preview(data, record_id=case.name)]
-        out = previews[0]
-    for preview in previews:
-        check_target_keys(flow, preview)
-    return canonical_json(out) + "\n"
+        data = read_input(case.input_path)
+        return canonical_json(_shaped_request(flow, case, data)) + "\n", None
+    try:
+        previews, single = preview_file(flow, case.input_path, name=case.name)
+    except SampleError as exc:
+        raise GoldenInputError(str(exc)) from None
+    delivered = [p.payloads for p in previews if p.payloads is not None]
+    for payloads in delivered:
+        check_target_keys(flow, payloads)
+    problems = [f"record {p.record}: {p.problem}" for p in previews if p.problem]
+    errors = "\n".join(problems) + "\n" if problems else None
+    if not delivered:
+        return None, errors
+    if single:
+        return canonical_json(delivered[0]) + "\n", errors
+    out: dict[str, Any] = {label: [p[label] for p in delivered] for label in delivered[0]}
+    return canonical_json(out) + "\n", errors
+
+
+def render_snapshot(flow: CompiledFlow, case: GoldenCase) -> str:
+    """The snapshot text of ``case`` ("" when no record of it is delivered: see its ``.error.txt``)."""
+    snapshot, _ = render_case(flow, case)
+    return snapshot or ""
 
 
 def _shaped_request(flow: CompiledFlow, case: GoldenCase, request: Any) -> dict[str, Any]:
@@ -221,39 +253,61 @@ def _shaped_request(flow: CompiledFlow, case: GoldenCase, request: Any) -> dict[
 def check_target_keys(flow: CompiledFlow, preview: dict[str, Any]) -> None:
     """Every target ``key`` field is in the payload that target is sent: the key the runtime orders and upserts by."""
     for target in flow.targets:
-        spec = target.target
-        payload = preview.get(target.label)
-        if spec is None or spec.key is None or payload is None:
-            continue
-        for field in [spec.key] if isinstance(spec.key, str) else spec.key:
-            if pick(payload, field) is None:
-                has = ", ".join(sorted(payload)) if isinstance(payload, dict) else type(payload).__name__
-                raise TargetKeyError(
-                    f"flow '{flow.name}', target {target.label}: key '{field}' is not in the payload it is sent "
-                    f"(it has: {has}); the runtime reads the key from that payload, after the target's own "
-                    "transform: name one of its fields"
-                )
+        labels = [label for label, _ in target.shapes()] if target.depends_on_existence else [target.label]
+        for label in labels:
+            _check_key(flow, target, preview.get(label))
+
+
+def _check_key(flow: CompiledFlow, target: CompiledTarget, payload: Any) -> None:
+    spec = target.target
+    if spec is None or spec.key is None or payload is None:
+        return
+    for field in [spec.key] if isinstance(spec.key, str) else spec.key:
+        if pick(payload, field) is None:
+            has = ", ".join(sorted(payload)) if isinstance(payload, dict) else type(payload).__name__
+            raise TargetKeyError(
+                f"flow '{flow.name}', target {target.label}: key '{field}' is not in the payload it is sent "
+                f"(it has: {has}); the runtime reads the key from that payload, after the target's own "
+                "transform: name one of its fields"
+            )
 
 
 def run_case(client: CompiledClient, case: GoldenCase, *, update: bool = False) -> CaseResult:
-    """Compare (or with ``update``, rewrite) one case's snapshot; failures are results, not exceptions."""
+    """Compare (or with ``update``, rewrite) one case's snapshot and error file; failures are results."""
     try:
         flow = client.flow(case.flow)
-        actual = render_snapshot(flow, case)
+        snapshot, errors = render_case(flow, case)
     except (TransformError, GoldenInputError) as exc:
         return CaseResult(case, "error", error=str(exc))
     except SeamlineError as exc:
         return CaseResult(case, "error", error=str(exc))
-    snapshot = case.snapshot_path
-    expected = snapshot.read_text(encoding="utf-8") if snapshot.is_file() else None
-    if expected == actual:
+    files = ((case.snapshot_path, snapshot), (case.error_path, errors))
+    before = [path.read_text(encoding="utf-8") if path.is_file() else None for path, _ in files]
+    actual, expected = _joined(snapshot, errors), _joined(*before)
+    if before == [snapshot, errors]:
         return CaseResult(case, "passed", actual, expected)
     if update:
-        snapshot.write_text(actual, encoding="utf-8")
-        return CaseResult(case, "new" if expected is None else "updated", actual, expected or "")
-    if expected is None:
+        for path, text in files:
+            if text is None:
+                path.unlink(missing_ok=True)
+            else:
+                path.write_text(text, encoding="utf-8")
+        return CaseResult(case, "new" if before == [None, None] else "updated", actual, expected)
+    if errors is not None and before[1] is None:
+        first = errors.splitlines()[0]
+        hint = f"{first}; if that is expected, run with --update to write {case.error_path.name}"
+        return CaseResult(case, "failed", actual, expected, error=hint)
+    if before == [None, None]:
         return CaseResult(case, "failed", actual, "", error="no reviewed snapshot yet; run with --update")
     return CaseResult(case, "failed", actual, expected)
+
+
+def _joined(snapshot: str | None, errors: str | None) -> str:
+    """A case's files as one text for the diff: the snapshot, then the records not delivered."""
+    text = snapshot or ""
+    if errors:
+        text += f"--- {ERROR_SUFFIX.lstrip('.')} ---\n" + errors
+    return text
 
 
 def clients_in(cases: Iterable[GoldenCase]) -> list[str]:

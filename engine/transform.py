@@ -8,7 +8,10 @@ Two backends sit behind :class:`Expression`:
 ``auto`` picks jlens when it is installed. Both give identical output on every golden case:
 numbers leave in one canonical form (``2457.0`` becomes ``2457``), and the places where
 jsonata-python goes wrong on ERP data (``$number("12 pcs")`` raising a raw ValueError,
-``$string`` writing long ids in exponent form, an unstable ``$sort``) are patched here.
+``$string`` writing long ids in exponent form, an unstable ``$sort``) are patched here, each
+replacement keeping its builtin's JSONata signature. tests/test_jsonata_conformance.py runs
+JSONata's official suite through this module on both backends and both paths (dict, JSON text):
+it passes every case the bare backend passes, plus the cases these patches fix.
 
 Where an expression came from matters for every error: :class:`ExpressionSource` keeps the file
 and position and maps an offset inside the text back to ``file:line:col``. Every failure leaves
@@ -17,11 +20,13 @@ this module as a :class:`~engine.errors.TransformError`, never as a library's ex
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import math
 import os
 import re
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -211,7 +216,7 @@ def canonical_json(value: Any, *, indent: int | None = 2) -> str:
 class _Compiled(Protocol):
     def evaluate(self, data: Any, bindings: Bindings, limits: Limits) -> Any: ...
 
-    def evaluate_json(self, text: str, bindings: Bindings, limits: Limits) -> str | None: ...
+    def evaluate_json(self, text: str | None, bindings: Bindings, limits: Limits) -> str | None: ...
 
 
 def available_backends() -> list[str]:
@@ -259,8 +264,11 @@ class Expression:
         except TransformError as exc:
             raise self._locate(exc, bindings, record_id) from None
 
-    def evaluate_json(self, text: str, bindings: Bindings | None = None, *, record_id: str = "") -> str | None:
-        """JSON text in, JSON text out: the fast path, where the backend can skip unread fields."""
+    def evaluate_json(self, text: str | None, bindings: Bindings | None = None, *, record_id: str = "") -> str | None:
+        """JSON text in, JSON text out: the fast path, where the backend can skip unread fields.
+
+        None in is no input document (JSONata's undefined; ``"null"`` is the document null); None out
+        is an undefined result, ``"null"`` a null one."""
         try:
             return self._compiled.evaluate_json(text, bindings or Bindings(), self.limits)
         except TransformError as exc:
@@ -356,24 +364,29 @@ class _JsonataPyCompiled:
     def __init__(self, text: str) -> None:
         import jsonata
 
+        _keep_builtin_names()
+
         self._jsonata = jsonata
         self._names = bound_names(text)
         try:
             self._expr = jsonata.Jsonata(text)
+            self._expr.set_output_convert_nulls(False)  # null stays Utils.NULL_VALUE, told from undefined
         except jsonata.JException as exc:
             raise _from_jexception(exc) from None
-        except (ValueError, TypeError, IndexError, KeyError, RecursionError) as exc:
+        except Exception as exc:
             # jsonata-python raises raw exceptions on a few malformed inputs (an unclosed comment)
             raise _raw_syntax_error(exc, text) from None
         for name, helper in HELPERS.items():
             self._expr.register_lambda(name, _placed(helper))
         for name, fixed in _jsonata_python_fixes().items():
-            self._expr.register_lambda(name, fixed)
+            self._expr.register_function(name, fixed)
 
     def evaluate(self, data: Any, bindings: Bindings, limits: Limits) -> Any:
         jsonata = self._jsonata
         frame = jsonata.Jsonata.Frame(None)
-        frame.set_runtime_bounds(int(limits.timeout * 1000), limits.max_depth)
+        runaway = _Runaway(limits)
+        frame.set_evaluate_entry_callback(runaway.enter)
+        frame.set_evaluate_exit_callback(runaway.leave)
         for name, value in (bindings.values(self._names) or {}).items():
             frame.bind(name, value)
         now = _now_ms(bindings)
@@ -390,18 +403,66 @@ class _JsonataPyCompiled:
             raise _from_helper(exc) from None
         except RecursionError:
             raise _offset_error("JSONata error D1011: expression nests too deep (recursion)", -1, "D1011") from None
-        except (ValueError, TypeError, ArithmeticError, IndexError, KeyError, AttributeError) as exc:
+        except Exception as exc:  # a raw one of jsonata-python's (ValueError, RuntimeError...): still ours
             raise _offset_error(f"JSONata error: {type(exc).__name__}: {exc}", -1) from None
 
-    def evaluate_json(self, text: str, bindings: Bindings, limits: Limits) -> str | None:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise _offset_error(f"input is not valid JSON: {exc}", -1) from None
+    def evaluate_json(self, text: str | None, bindings: Bindings, limits: Limits) -> str | None:
+        data = None
+        if text is not None:
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise _offset_error(f"input is not valid JSON: {exc}", -1) from None
+            if data is None:  # the document null; None would be no document at all
+                data = self._jsonata.utils.Utils.NULL_VALUE
         result = self.evaluate(data, bindings, limits)
-        if result is None:
+        if result is None:  # undefined; a null result is Utils.NULL_VALUE, which canonical() makes None
             return None
         return json.dumps(canonical(result), ensure_ascii=False, separators=(",", ":"))  # compact, as jlens
+
+
+class _Runaway:
+    """jsonata-python's Timebox (``Frame.set_runtime_bounds``) without its depth leak.
+
+    The Timebox counts a step in on entry and out on exit unless the frame is flagged as a
+    "parallel call", but it reads that flag again on exit, and jsonata-python sets it on a shared
+    frame in between (``{key: value}`` grouping the results of a function, one step per group): the
+    count then grows with the data, not the nesting, and a grouping of 250 records fails D1011 at
+    depth 200. Here a step is counted out exactly when it was counted in.
+    """
+
+    __slots__ = ("counted", "deadline", "depth", "limits")
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.deadline = time.monotonic() + limits.timeout
+        self.depth = 0
+        self.counted: list[bool] = []
+
+    def enter(self, expr: Any, data: Any, env: Any) -> None:
+        counted = not env.is_parallel_call
+        self.counted.append(counted)
+        if counted:
+            self.depth += 1
+            if self.depth > self.limits.max_depth:
+                raise _jexception("D1011")
+        self.check_time()
+
+    def leave(self, expr: Any, data: Any, env: Any, result: Any) -> None:
+        if self.counted and self.counted.pop():
+            self.depth -= 1
+        self.check_time()
+
+    def check_time(self) -> None:
+        if time.monotonic() > self.deadline:
+            raise _jexception("D1012", int(self.limits.timeout * 1000))
+
+
+def _jexception(code: str, *args: Any) -> Exception:
+    from jsonata.jexception import JException
+
+    failure: Exception = JException(code, -1, *args)
+    return failure
 
 
 def _from_helper(exc: HelperError) -> TransformError:
@@ -490,65 +551,168 @@ def _fixed_now(now_ms: int) -> Callable[..., Any]:
     return now
 
 
-def _jsonata_python_fixes() -> dict[str, Callable[..., Any]]:
-    """Builtins of jsonata-python replaced where they disagree with JSONata on real data."""
+@functools.cache
+def _keep_builtin_names() -> None:
+    """jsonata-python renames a builtin's shared signature to the variable it is bound to: after any expression
+    ran ``$g := $uppercase``, every later T0410 of ``$uppercase`` in any record says 'function "g"'. A
+    signature keeps the first name it was given here (a builtin's own; a lambda's first binding)."""
+    import jsonata
+
+    frame = jsonata.Jsonata.Frame
+    if getattr(frame.bind, "_seamline", False):
+        return
+
+    def bind(self: Any, name: str, val: Any) -> None:
+        self.bindings[name] = val
+        signature = getattr(val, "signature", None)
+        if signature is not None and not getattr(signature, "function_name", None):
+            signature.set_function_name(name)
+
+    bind._seamline = True  # type: ignore[attr-defined]
+    frame.bind = bind
+
+
+def _jsonata_python_fixes() -> dict[str, Any]:
+    """Builtins of jsonata-python replaced where they disagree with JSONata on the data ERPs send.
+
+    - ``$number``: jsonata-python raises a raw ValueError on text that is not a number
+      (``$number("12 pcs")``, ``"1/2"``, ``""``) and accepts what JSONata refuses (``" 12"``,
+      ``"+5"``, ``"1."``); here the text follows JSONata's rules exactly (see
+      :func:`_parse_jsonata_number`: leading zeros are fine, ``"0123"`` is 123) and anything else is
+      D3030, which dead-letters the record with a reason.
+    - ``$string``: jsonata-python writes numbers from 1e15 in exponent form (a 16-digit ERP id
+      becomes ``"5.89084071224308e+15"``), and inside arrays and objects writes Python's float
+      digits and escapes every non-ASCII letter (``"M\u00fcller"``); here numbers, strings and
+      functions are written as JSONata's ``JSON.stringify`` writes them.
+    - ``$sort``: jsonata-python's sort with a comparator is not stable, and without one raises a
+      raw TypeError on objects; here it is JSONata's merge sort, and D3070.
+
+    Each replacement is a native function with its builtin's JSONata signature, as jsonata-python
+    defines its own builtins: the signature supplies the context argument when it is left out
+    (``qty.$number()``, ``[1..5].$string()``) and raises T0410/T0411 for an argument of the wrong
+    type or one too many (``$number([1])``, ``$string(2, 3)``), and a function given as a value
+    (``$string($string)``, ``$map(xs, $number)``) is one, with the arity JSONata gives it.
+    """
     from jsonata import jexception
     from jsonata.functions import Functions
+    from jsonata.jsonata import Jsonata
 
-    def number(arg: Any = None) -> Any:
-        if isinstance(arg, str):
-            parsed = _parse_jsonata_number(arg)
-            if parsed is None:
-                raise jexception.JException("D3030", -1, arg)
-            return parsed
-        return Functions.number(arg)
+    class Fixed:
+        @staticmethod
+        def number(arg: Any) -> Any:
+            if isinstance(arg, str):
+                parsed = _parse_jsonata_number(arg)
+                if parsed is None:
+                    raise jexception.JException("D3030", -1, arg)
+                return parsed
+            return Functions.number(arg)
 
-    def string(arg: Any = None, prettify: Any = None) -> Any:
-        if isinstance(arg, float | int) and not isinstance(arg, bool):
-            return js_number_string(arg)
-        return Functions.string(arg, prettify)
+        @staticmethod
+        def string(arg: Any, prettify: Any) -> Any:
+            return _js_string(arg, bool(prettify))
 
-    def sort(arr: Any = None, comparator: Any = None) -> Any:
-        if arr is None:
-            return None
-        items = list(arr) if isinstance(arr, list) else [arr]
-        if len(items) <= 1:
-            return items  # as JSONata: nothing to compare, whatever the type
-        if comparator is None:
-            if not (all(_is_number(x) for x in items) or all(isinstance(x, str) for x in items)):
-                raise jexception.JException("D3070", -1)
-            return Functions.sort(items, None)
-        return _merge_sort(items, lambda a, b: bool(Functions.func_apply(comparator, [a, b])))
+        @staticmethod
+        def sort(arr: Any, comparator: Any) -> Any:
+            if arr is None:
+                return None
+            items = list(arr) if isinstance(arr, list) else [arr]
+            if len(items) <= 1:
+                return items  # as JSONata: nothing to compare, whatever the type
+            if comparator is None:
+                if not (all(_is_number(x) for x in items) or all(isinstance(x, str) for x in items)):
+                    raise jexception.JException("D3070", -1)
+                return Functions.sort(items, None)
+            return _merge_sort(items, lambda a, b: bool(Functions.func_apply(comparator, [a, b])))
 
-    return {"number": number, "string": string, "sort": sort}
+    signatures = {"number": "<(nsb)-:n>", "string": "<x-b?:s>", "sort": "<af?:a>"}  # JSONata's own
+    return {name: Jsonata.JNativeFunction(name, signature, Fixed, name) for name, signature in signatures.items()}
 
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-_JSON_NUMBER = re.compile(r"^-?(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?$")
+_DECIMAL_NUMBER = re.compile(r"-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?")
+_PREFIXED_NUMBER = re.compile(r"0([xX][0-9a-fA-F]+|[oO][0-7]+|[bB][01]+)")
+_BASES = {"x": 16, "o": 8, "b": 2}
 
 
 def _parse_jsonata_number(text: str) -> int | float | None:
-    """$number's rules: JSON number syntax (no surrounding blanks) or 0x/0o/0b prefixed integers, and
-    finite; anything else is D3030."""
-    s = text
-    try:
-        if re.fullmatch(r"0[xX][0-9a-fA-F]+", s):
-            return int(s[2:], 16)
-        if re.fullmatch(r"0[oO][0-7]+", s):
-            return int(s[2:], 8)
-        if re.fullmatch(r"0[bB][01]+", s):
-            return int(s[2:], 2)
-    except ValueError:
+    """$number of a string, by JSONata's rules; None where JSONata raises D3030.
+
+    A decimal number as JSON writes it except that leading zeros are allowed (``"0123"`` is 123,
+    ``"-007"`` is -7, ``"000.5"`` is 0.5), with no blanks, ``+`` or bare ``.`` (``" 12"``,
+    ``"+5"``, ``"1."`` and ``".5"`` are D3030), and finite (``"1e400"`` is D3030); or an integer
+    written ``0x``/``0o``/``0b`` (``"0x1F"`` is 31). ASCII digits only, the whole text.
+
+    One deliberate difference: JSONata (and jlens) return NaN, written null, for text that merely
+    starts with such a prefix (``"0x1Fzz"``: its pattern's ``^``/``$`` bind to the first and last
+    alternatives only); seamline calls that D3030 too, so the record is dead-lettered with a
+    reason rather than a null field.
+    """
+    if _DECIMAL_NUMBER.fullmatch(text):
+        value = float(text)
+        if not math.isfinite(value):
+            return None
+        return int(value) if value.is_integer() and not re.search(r"[.eE]", text) else value
+    if _PREFIXED_NUMBER.fullmatch(text):
+        return int(text[2:], _BASES[text[1].lower()])
+    return None
+
+
+def _js_string(value: Any, prettify: bool) -> str | None:
+    """``$string``: text unchanged, a function ``""``, anything else as JSONata's ``JSON.stringify``
+    writes it (numbers to 15 significant digits, integral ones in full; non-ASCII as is; with
+    ``prettify``, two-space indents)."""
+    jlist, functions = _jsonata_python_types()
+    if isinstance(value, jlist) and value.outer_wrapper:
+        value = value[0] if value else None
+    if value is None:
         return None
-    if not _JSON_NUMBER.match(s):
-        return None
-    value = float(s)
-    if not math.isfinite(value):
-        return None
-    return int(value) if value.is_integer() and "." not in s and "e" not in s.lower() else value
+    if isinstance(value, str):
+        return value
+    if _is_number(value):
+        return js_number_string(value)
+    if isinstance(value, functions):
+        return ""
+    return _js_json(value, functions, "  " if prettify else "", "")
+
+
+@functools.cache
+def _jsonata_python_types() -> tuple[Any, tuple[type, ...]]:
+    """jsonata-python's sequence type, and its function types (builtin, host, lambda)."""
+    from jsonata.jsonata import Jsonata
+    from jsonata.parser import Parser
+    from jsonata.utils import Utils
+
+    return Utils.JList, (Jsonata.JFunction, Jsonata.JLambda, Parser.Symbol)
+
+
+def _js_json(value: Any, functions: tuple[type, ...], indent: str, margin: str) -> str:
+    """JSON text as ``JSON.stringify(value, replacer, indent)`` writes it in JSONata's ``$string``."""
+    if value is None or isinstance(value, bool):
+        return "null" if value is None else ("true" if value else "false")
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if _is_number(value):
+        return js_number_string(value) if math.isfinite(value) else "null"
+    if isinstance(value, functions):
+        return '""'
+    inner, newline, colon = margin + indent, "\n" if indent else "", ": " if indent else ":"
+    if isinstance(value, Mapping):
+        if not value:
+            return "{}"
+        fields = [
+            f"{inner}{json.dumps(str(k), ensure_ascii=False)}{colon}{_js_json(v, functions, indent, inner)}"
+            for k, v in value.items()
+        ]
+        return "{" + newline + ("," + newline).join(fields) + newline + margin + "}"
+    if isinstance(value, list | tuple):
+        if not value:
+            return "[]"
+        items = [inner + _js_json(v, functions, indent, inner) for v in value]
+        return "[" + newline + ("," + newline).join(items) + newline + margin + "]"
+    return "null"  # jsonata-python's null (Utils.NULL_VALUE)
 
 
 def js_number_string(value: float) -> str:
@@ -610,6 +774,10 @@ class _JlensCompiled:
             self._expr = jlens.Expression(text)
         except jlens.JlensError as exc:
             raise _from_jlens(exc) from None
+        except UnicodeEncodeError as exc:  # a lone surrogate ("\ud800"), which UTF-8 cannot carry into Rust
+            raise _offset_error(
+                f"JSONata syntax error: the expression is not valid Unicode ({exc.reason})", exc.start
+            ) from None
         for name, helper in HELPERS.items():
             self._expr.register_function(name, helper)
 
@@ -628,10 +796,10 @@ class _JlensCompiled:
             raise
         except HelperError as exc:
             raise _from_helper(exc) from None
-        except (ValueError, TypeError, ArithmeticError, RecursionError) as exc:
+        except Exception as exc:  # a host function's own bug, say: still a TransformError
             raise _offset_error(f"JSONata error: {type(exc).__name__}: {exc}", -1) from None
 
-    def evaluate_json(self, text: str, bindings: Bindings, limits: Limits) -> str | None:
+    def evaluate_json(self, text: str | None, bindings: Bindings, limits: Limits) -> str | None:
         try:
             return self._expr.evaluate_json(text, bindings.values(self._names), **self._options(bindings, limits))
         except self._jlens.JlensError as exc:

@@ -22,7 +22,7 @@ systems:
 flows:
   catalog:
     trigger: { schedule: "0 */4 * * *" }
-    source: { system: shop, read: product }
+    source: { system: shop, read: product, cursor: updated_at }
     transform: |
       { "sku": sku,
         "name": $uppercas(name) }

@@ -12,11 +12,12 @@ import pytest
 from syrupy.assertion import SnapshotAssertion
 
 from engine.flow import CompiledClient, load_client
-from engine.testing import GOLDEN_NOW, GoldenCase, discover_cases, golden_extension, render_snapshot
+from engine.testing import GOLDEN_NOW, GoldenCase, golden_extension, render_snapshot
 from engine.transform import BACKENDS, available_backends
+from tests.reference import reference_cases, reference_specs
 
 ROOT = Path(__file__).resolve().parent.parent
-CASES = discover_cases(ROOT / "golden")
+CASES = reference_cases()
 _clients: dict[tuple[str, str], CompiledClient] = {}
 
 
@@ -28,11 +29,9 @@ def compiled(client: str, backend: str) -> CompiledClient:
 
 
 def test_there_are_golden_cases_for_every_flow_of_every_client() -> None:
-    for spec in sorted((ROOT / "specs").glob("*/seamline.yaml")):
-        if spec.parent.name.startswith("_"):
-            continue
+    for spec in reference_specs():
         client = compiled(spec.parent.name, "jsonata-python")
-        own = spec.parent.resolve()
+        own = (ROOT / spec.parent).resolve()
         if not any(Path(f).resolve().is_relative_to(own) for flow in client.flows.values() for f in flow.mapping_files):
             continue  # an overlay that changes systems only (demo-rabbitmq): its parent's goldens cover its mappings
         tested = {case.flow for case in CASES if case.client == client.client}

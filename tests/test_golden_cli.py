@@ -26,7 +26,8 @@ from click.testing import CliRunner
 
 from engine.cli import main
 from engine.flow import load_client
-from engine.testing import GOLDEN_NOW, discover_cases
+from engine.testing import GOLDEN_NOW
+from tests.reference import copy_reference, reference_cases
 
 ROOT = Path(__file__).resolve().parent.parent
 STOCK = Path("specs/acme/transforms/stock.jsonata")
@@ -47,10 +48,9 @@ def edit(path: Path, old: str, new: str) -> None:
 
 
 def copy_repo(into: Path) -> Path:
+    """Our reference clients' specs and goldens (never a user's client beside them)."""
     into.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(ROOT / "specs", into / "specs")
-    shutil.copytree(ROOT / "golden", into / "golden")
-    return into
+    return copy_reference(into)
 
 
 @pytest.fixture
@@ -80,8 +80,8 @@ def table_row(output: str, client: str, flow: str) -> list[str]:
     raise AssertionError(f"no summary row for {client}/{flow} in:\n{output}")
 
 
-ACME_CASES = discover_cases(ROOT / "golden", "acme")
-ALL_CASES = discover_cases(ROOT / "golden")  # every client's (acme, demo, ...)
+ACME_CASES = reference_cases("acme")
+ALL_CASES = reference_cases()  # every reference client's (acme, demo, ...)
 OTHER_CASES = len(ALL_CASES) - len(ACME_CASES)
 ACME_FLOWS = list(load_client(ROOT / "specs" / "acme" / "seamline.yaml").flows)
 
@@ -90,7 +90,7 @@ ACME_FLOWS = list(load_client(ROOT / "specs" / "acme" / "seamline.yaml").flows)
 
 
 @pytest.mark.parametrize("args", [["test", "acme"], ["test", "--all"], ["test"]])
-def test_the_repository_passes(args: list[str], repo_root: Path) -> None:
+def test_the_repository_passes(args: list[str], scratch: Path) -> None:
     code, output = run(*args)
     assert code == 0, output
     cases = ACME_CASES if "acme" in args else ALL_CASES
@@ -103,7 +103,7 @@ def test_the_repository_passes(args: list[str], repo_root: Path) -> None:
     assert "specs/acme/transforms/stock.jsonata" in output  # the table names each flow's mapping files
 
 
-def test_one_flow_of_the_repository(repo_root: Path) -> None:
+def test_one_flow_of_the_repository(scratch: Path) -> None:
     code, output = run("test", "acme", "--flow", "inventory")
     assert code == 0
     assert summary(output) == "3 passed, 0 failed"
@@ -144,23 +144,49 @@ def test_a_broken_mapping_is_an_error_per_case_with_its_place_and_record(scratch
     edit(LIST_PRICE, '"price": $number(ConditionRateValue),', '"price": $number(ConditionRateValue & "EUR"),')
     code, output = run("test", "acme")
     assert code == 1
+    # a record whose transform fails would be dead-lettered: the case fails, naming the place and the record
     for case, document in [
         ("receipt-in-cartons", "5000012345"),
         ("return-us-decimal", "6000000001"),
         ("ship-to-zero-stuttgart", "8000004711"),
     ]:
         assert (
-            f"ERROR acme/inventory/{case}: [acme/inventory] specs/acme/transforms/stock.jsonata:5:55: "
-            f'JSONata error D3030: Unable to cast value to a number: "{document} pcs" (record {case})'
+            f"FAIL acme/inventory/{case}: record 1: would be dead-lettered: [acme/inventory] "
+            f"specs/acme/transforms/stock.jsonata:5:55: JSONata error D3030: Unable to cast value to a number: "
+            f'"{document} pcs" (record {case}); if that is expected, run with --update to write {case}.error.txt'
         ) in output
     # a list input names the record inside the case
     assert (
-        "ERROR acme/list-prices/pr00-and-deleted: [acme/list-prices] specs/_base/transforms/list-price.jsonata:4:12: "
-        'JSONata error D3030: Unable to cast value to a number: "189.90EUR" (record pr00-and-deleted[0])'
+        "FAIL acme/list-prices/pr00-and-deleted: record 1: would be dead-lettered: [acme/list-prices] "
+        "specs/_base/transforms/list-price.jsonata:4:12: JSONata error D3030: Unable to cast value to a number: "
+        '"189.90EUR" (record pr00-and-deleted[0])'
     ) in output
-    assert summary(output) == f"{len(ACME_CASES) - 4} passed, 0 failed, 4 errors"
-    assert table_row(output, "acme", "inventory") == ["3", "0", "0", "3"]
+    assert summary(output) == f"{len(ACME_CASES) - 4} passed, 4 failed"
+    assert table_row(output, "acme", "inventory") == ["3", "0", "3", "0"]
     assert table_row(output, "acme", "catalog")[3] == "0"
+
+
+def test_a_case_can_expect_a_rejection_and_update_writes_it(scratch: Path) -> None:
+    """A poison case states the dead-letter reason it expects (<case>.error.txt); it is no longer deleted."""
+    poison = Path("golden/acme/inventory/poison-unit.input.json")
+    poison.write_text(
+        '{ "movement": "receipt", "material": "000000000000004711", "plant": "DE01", "unit": "XYZ",'
+        ' "available": "1", "document": "5000099999" }\n',
+        encoding="utf-8",
+    )
+    code, output = run("test", "acme", "--flow", "inventory")
+    assert code == 1 and "FAIL acme/inventory/poison-unit: record 1: would be dead-lettered" in output, output
+    code, output = run("test", "acme", "--flow", "inventory", "--update")
+    assert code == 0, output
+    expected = Path("golden/acme/inventory/poison-unit.error.txt")
+    assert expected.read_text(encoding="utf-8").startswith("record 1: would be dead-lettered: ")
+    assert not Path("golden/acme/inventory/poison-unit.snapshot.json").exists()  # nothing is delivered
+    code, output = run("test", "acme", "--flow", "inventory")
+    assert code == 0 and summary(output) == "4 passed, 0 failed", output
+    # the mapping fixed: the record is delivered, the expected rejection no longer holds
+    expected.write_text("record 1: would be dead-lettered: something else\n", encoding="utf-8")
+    code, output = run("test", "acme", "--flow", "inventory")
+    assert code == 1 and "--- error.txt ---" in output, output
 
 
 def test_update_rewrites_snapshots_and_the_next_run_passes(scratch: Path) -> None:
@@ -443,8 +469,8 @@ def test_map_of_a_broken_mapping_prints_the_error_with_its_place(scratch: Path) 
     code, output = run("map", "--client", "acme", "--flow", "inventory", "--input", f"{RECEIPT}.input.json")
     assert code == 1
     assert output == (
-        "error: [acme/inventory] specs/acme/transforms/stock.jsonata:5:15: JSONata error D3030: "
-        'Unable to cast value to a number: "DE02" (record receipt-in-cartons.input.json)\n'
+        "error: record 1: would be dead-lettered: [acme/inventory] specs/acme/transforms/stock.jsonata:5:15: "
+        'JSONata error D3030: Unable to cast value to a number: "DE02" (record receipt-in-cartons.input.json)\n'
     )
 
 

@@ -11,6 +11,7 @@ PUBLIC = {
         "Diagnostic",
         "Severity",
         "SeamlineError",
+        "ServeError",
         "SpecError",
         "TerminalError",
         "TransformError",

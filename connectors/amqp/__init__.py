@@ -9,7 +9,10 @@ spec never imports aio-pika, and connecting sends nothing until the first consum
   back to the queue if storing failed. A message whose body is not JSON goes to the
   ``dead_letter_exchange`` with its reason when one is set, else to the state store's dead letters.
   A dropped connection or a broker restart is survived: the consumer reconnects with backoff, and
-  messages that were not acknowledged come again (the inbox keeps one copy per message id).
+  messages that were not acknowledged come again (the inbox keeps one copy per message id). A message
+  published without a message id is handed over with message id ``""``: never one made from its
+  content, which would merge two publications of the same content into one record; the spec names
+  what identifies such messages (a body field or header as the dedupe id).
 - **Target** (``target: { system: bus, write: <routing key> }``): each record is published as JSON to
   ``exchange`` with the routing key named by ``write``, persistent, with the idempotency key as its
   message id, and the write returns only once the broker confirmed it. A message no queue is bound

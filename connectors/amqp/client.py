@@ -25,6 +25,13 @@ a pause. When the connection is lost the consumer reconnects with backoff until 
 deliveries it had not acknowledged are redelivered by the broker with the same message id, and the
 runtime's inbox stores each message id once.
 
+Message ids: the handler gets the publisher's message id, or ``""`` when it sent none. The
+connector never makes one up from the content: two publications of the same content are two
+records (a stock level of 5, then 7, then 5 again for one SKU), and a content hash would merge the
+third into the first and lose it. What identifies such a message is the spec's to say (a body
+field or a header it names as the dedupe id). Only the connector's own dead-letter copy of such a
+message gets an id, a unique one (:func:`dead_letter_id`), as a confirmed mandatory publish needs one.
+
 Logs go to the ``seamline.connectors.amqp`` logger, with the URL's password replaced by ``***``;
 message bodies are never logged.
 """
@@ -37,6 +44,7 @@ import hashlib
 import json
 import logging
 import random
+import uuid
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, Final, NoReturn
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -58,7 +66,7 @@ from connectors.amqp import AmqpOptions
 from engine.connector import ConnectContext, Message, MessageHandler, parse_duration
 from engine.errors import TerminalError, TransientError
 
-__all__ = ["REASON_HEADER", "SOURCE_QUEUE_HEADER", "AmqpConnection", "delivery_id", "redact_url", "unparsable"]
+__all__ = ["REASON_HEADER", "SOURCE_QUEUE_HEADER", "AmqpConnection", "dead_letter_id", "redact_url", "unparsable"]
 
 logger = logging.getLogger("seamline.connectors.amqp")
 
@@ -92,29 +100,26 @@ def unparsable(body: bytes) -> str | None:
         json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         return f"message is not JSON: {exc}"
+    except RecursionError:  # 100,000 levels of [: it stopped the consumer for good once
+        return "message is JSON nested deeper than a record can be"
     return None
 
 
-def delivery_id(message: AbstractIncomingMessage) -> str:
-    """A stable id for a message published without a message id.
+def dead_letter_id(message: AbstractIncomingMessage) -> str:
+    """The message id of the dead-letter copy of ``message``: its own, else a new unique one.
 
-    Made from what a redelivery keeps (exchange, routing key, body and the publisher's properties),
-    so the same message delivered twice gets the same id and the inbox stores it once; two
-    publications of identical content with identical properties collapse, which is harmless.
+    Called only when the connector publishes a message to its dead-letter exchange: a confirmed,
+    mandatory publish is matched to a basic.return by message id. Unique per delivery, never a hash
+    of the content, so two dead letters of the same content stay two.
     """
-    digest = hashlib.sha256()
-    for part in (
-        message.exchange or "",
-        message.routing_key or "",
-        str(message.timestamp or ""),
-        message.correlation_id or "",
-        message.type or "",
-        message.app_id or "",
-        json.dumps(dict(message.headers or {}), sort_keys=True, default=str),
-    ):
-        digest.update(part.encode("utf-8", errors="replace") + b"\x00")
-    digest.update(message.body)
-    return "amqp-sha256:" + digest.hexdigest()[:40]
+    return message.message_id or f"seamline-dead-letter:{uuid.uuid4().hex}"
+
+
+def _describe(message: AbstractIncomingMessage) -> str:
+    """'message m7', or 'a message without a message id (delivery tag 3)', for logs and errors."""
+    if message.message_id:
+        return f"message {message.message_id}"
+    return f"a message without a message id (delivery tag {message.delivery_tag})"
 
 
 def _reply_text(exc: BaseException) -> str:
@@ -427,26 +432,26 @@ class AmqpConnection:
         order (changes of one record must not overtake each other) and the next session starts after
         a pause, so a store that keeps failing is not hammered.
         """
-        message_id = message.message_id or delivery_id(message)
         reason = unparsable(message.body)
         try:
-            if reason is not None and dead is not None and await dead.send(message, message_id, queue, reason):
+            if reason is not None and dead is not None and await dead.send(message, queue, reason):
                 await message.ack()
                 return
             try:
-                await handler(Message(message.body, message_id, dict(message.headers or {})))
+                # No message id stays "": a content hash would merge two publications of the same content.
+                await handler(Message(message.body, message.message_id or "", dict(message.headers or {})))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 await message.nack(requeue=True)
                 raise _HandlerFailed(
-                    f"the handler failed on message {message_id} ({type(exc).__name__}: {exc}); "
+                    f"the handler failed on {_describe(message)} ({type(exc).__name__}: {exc}); "
                     "it and the messages behind it go back to the queue"
                 ) from None
             await message.ack()
         except (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError, ConnectionError) as exc:
             # The channel died between delivery and ack: the broker will deliver this message again.
-            raise _Lost(f"could not settle message {message_id}: {_reply_text(exc)}") from None
+            raise _Lost(f"could not settle {_describe(message)}: {_reply_text(exc)}") from None
 
     async def _declared_queue(
         self, connection: AbstractConnection, queue: str
@@ -536,8 +541,12 @@ class _DeadLetters:
         self.exchange = exchange
         self.timeout = timeout
 
-    async def send(self, message: AbstractIncomingMessage, message_id: str, queue: str, reason: str) -> bool:
-        """True once the broker confirmed it; False (logged) when it could not take it."""
+    async def send(self, message: AbstractIncomingMessage, queue: str, reason: str) -> bool:
+        """True once the broker confirmed it; False (logged) when it could not take it.
+
+        The copy keeps the message's id, or gets a unique one (:func:`dead_letter_id`) when it had none.
+        """
+        message_id = dead_letter_id(message)
         dead = aio_pika.Message(
             message.body,
             headers={**dict(message.headers or {}), REASON_HEADER: reason, SOURCE_QUEUE_HEADER: queue},
@@ -556,15 +565,17 @@ class _DeadLetters:
             raise
         except Exception as exc:
             logger.warning(
-                "%s: dead-letter exchange %r did not take message %s (%s: %s); it goes to the handler instead",
+                "%s: dead-letter exchange %r did not take %s (%s: %s); it goes to the handler instead",
                 self.system,
                 self.exchange.name,
-                message_id,
+                _describe(message),
                 type(exc).__name__,
                 _reply_text(exc),
             )
             return False
-        logger.info("%s: message %s from queue %r dead-lettered: %s", self.system, message_id, queue, reason)
+        logger.info(
+            "%s: %s from queue %r dead-lettered as %s: %s", self.system, _describe(message), queue, message_id, reason
+        )
         return True
 
 

@@ -15,6 +15,9 @@ system answers are translated, right where they enter (no httpx exception ever l
 The connector never retries on its own (the runtime owns retries, backoff and the breaker); the one
 exception is the single token refresh on a 401 with OAuth2 client credentials.
 
+Once-only endpoints (``once``, by default every POST): ``find_effect`` sends the endpoint's ``check``
+before a resend whose earlier outcome is unknown (see :mod:`connectors.http`).
+
 Requests and responses are logged on the ``seamline.connectors.http`` logger at DEBUG, with the
 Authorization and API-key headers and every secret value masked; a token request and its answer
 are never logged.
@@ -229,6 +232,11 @@ def _dig(body: Any, path: str) -> Any:
     return current
 
 
+def _nothing(value: Any) -> bool:
+    """Whether a check's answer says "not there": missing, null, false, or an empty string, list or object."""
+    return value is None or value is False or (isinstance(value, str | list | dict) and not value)
+
+
 def _query_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -347,6 +355,45 @@ class HttpConnection:
             response = await self._exchange(endpoint.method, url, body=body, headers=headers, timeout=None)
             status, found = response.status_code, _record_id(self._json(response, allow_empty=True))
         return f"{status} id={found}" if found is not None else str(status)
+
+    async def find_effect(self, entity: str, record: Any, *, key: Any, idempotency_key: str) -> str | None:
+        """Whether a once-only write whose earlier outcome is unknown took effect (the EffectFinder role).
+
+        Called by a worker before it sends again a write to an endpoint that is ``once`` (by default every
+        POST). Sends the endpoint's ``check``: a GET whose ``{name}`` placeholders come from the record and
+        ``{$idempotency_key}`` is the key the write was sent with. Found (the answer's ``found`` path, or the
+        answer itself, is non-empty): a receipt with the id at ``receipt``. Not found, or 404: None, and the
+        write is sent. No ``check`` declared: a TerminalError naming the option to set, so the runtime
+        dead-letters the record as "outcome unknown" instead of sending it twice. 5xx, 429 and timeouts are
+        transient, as for any request.
+        """
+        endpoint = self._endpoint(entity, "check")
+        if not endpoint.once_only:
+            raise TerminalError(
+                f"{self.system}.{entity}: a {endpoint.method} here is taken as safe to send again (once: false), "
+                "so there is nothing to check"
+            )
+        effect = endpoint.check
+        if effect is None:
+            raise TerminalError(
+                f"{self.system}.{entity}: {endpoint.method} {endpoint.path} is once-only and has no check: set "
+                f"endpoints.{entity}.check so seamline can tell whether the earlier attempt took effect (or "
+                "once: false if the server deduplicates on the Idempotency-Key header)"
+            )
+        values = {**(record if isinstance(record, dict) else {}), "$idempotency_key": idempotency_key}
+        url = self._url(effect.path, values, f"{entity}.check")
+        try:
+            response = await self._exchange("GET", url, timeout=None)
+        except TerminalError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        answer = self._json(response, allow_empty=True)
+        hit = answer if effect.found is None else _dig(answer, effect.found)
+        if _nothing(hit):
+            return None
+        found = _dig(answer, effect.receipt) if effect.receipt else _record_id(hit[0] if isinstance(hit, list) else hit)
+        return f"already there: id={found}" if found not in (None, "") else "already there"
 
     def _direct_headers(self) -> dict[str, str] | None:
         """The headers of every write when writes can skip httpx's model: our pool and static credentials.

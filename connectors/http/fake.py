@@ -9,7 +9,7 @@
         fake.writes("/products")             # the write log, oldest first
         fake.applied_count()                 # writes that changed the store (duplicates excluded)
 
-    python3 -m connectors.http.fake --port 8081 [--state-file fake.json]
+    seamline fake http --port 8081 [--state-file fake.json] [--bearer TOKEN] [--fail-path /products --fail-status 503]
 
 What it does with a request, in this order:
 
@@ -17,7 +17,8 @@ What it does with a request, in this order:
    ``POST /__fake/reset``, ``GET|POST /__fake/faults`` (same keys as :meth:`FakeHttpServer.configure`),
    ``POST /__fake/seed`` ``{"path", "items"}``, ``GET /__fake/resources?prefix=``, ``GET /__fake/health``.
 2. Faults: ``drop_next`` closes the socket without answering; ``latency`` waits; ``fail_next`` answers
-   the next N requests with a status (and Retry-After, and a body if given); ``error_rate`` answers that
+   the next N requests (or ``"all"`` of them, until changed) with a status (and Retry-After, and a body
+   if given), only those to one path or under it when it names a ``path``; ``error_rate`` answers that
    share of requests with ``error_status`` (seeded, so runs repeat).
 3. Auth, when required: a bearer token, a basic user and password, or an API-key header; else 401.
 4. ``intercept`` (a Python hook) and routes added with :meth:`FakeHttpServer.route`.
@@ -26,11 +27,18 @@ What it does with a request, in this order:
    ``PATCH`` merges (404 when missing); ``DELETE`` removes (204; 404 when missing). A write with an
    ``Idempotency-Key`` seen before gets the first answer again, is not applied, and is logged as a
    duplicate (a key reused for another method or path is a 422).
-6. ``GET`` of a resource answers it; ``GET`` of a collection lists its direct children, filtered and paged:
+6. ``GET`` of a resource answers it; ``GET`` of a collection lists its direct children, filtered and paged.
+   A collection nobody has written to yet is an empty page, not a 404, so a spec reading a fresh fake
+   finds nothing to do: any path the fake does not know whose last segment is a word (``/products``,
+   ``/api/sales-orders``) and whose parent is no collection. A path ending in an id (``/products/A-1``,
+   ``/orders/42``) or under a known collection is a missing resource: 404.
 
    * generic: ``page``/``size`` (1-based), ``offset``/``limit``, or ``cursor``; filters ``f=v``,
      ``f_gte``, ``f_gt``, ``f_lte``, ``f_lt``; answer ``{"items", "total", "next", "next_cursor"}`` and a
-     ``Link: <…>; rel="next"`` header;
+     ``Link: <…>; rel="next"`` header. ``idempotency_key=K`` keeps the resources last written by a
+     write with ``Idempotency-Key: K`` (as an API that stores the client's key with what it created lets
+     a client look it up): what an endpoint's ``check`` asks after a crash; a field of that name in the
+     stored records, when they have one, is filtered on instead;
    * OData V2 (any ``$`` parameter): ``$filter`` (``f ge datetime'…'`` clauses joined by ``and``),
      ``$orderby``, ``$top``, ``$skip``; answer ``{"d": {"results", "__count", "__next"}}``;
    * Magento (any ``searchCriteria`` parameter): filter groups, sort orders, ``pageSize``,
@@ -53,6 +61,7 @@ import os
 import random
 import re
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -62,14 +71,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from engine.fakeserver import ServedFake, TrackingHTTPServer, serve_until_signalled
+from engine.fakeserver import ServedFake, TrackingHTTPServer, listen, serve_until_signalled
 
 __all__ = ["FakeHttpServer", "FakeRequest", "FakeResponse", "main"]
 
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+IDEMPOTENCY_FILTER = "idempotency_key"  # a list filter on the Idempotency-Key that last wrote each resource
 _PAGING = frozenset({"page", "size", "limit", "offset", "cursor"})
 _MAGENTO_KEY = re.compile(r"^searchCriteria\[(filter_groups|filterGroups)\]\[(\d+)\]\[filters\]\[(\d+)\]\[(\w+)\]$")
 _MAGENTO_SORT = re.compile(r"^searchCriteria\[(sort_orders|sortOrders)\]\[(\d+)\]\[(\w+)\]$")
+_COLLECTION_NAME = re.compile(r"^[a-z]+(?:[-_][a-z]+)*$")  # products, sales-orders: not an id such as A-1 or 42
 _ODATA_CLAUSE = re.compile(r"^\(?\s*([\w/]+)\s+(eq|ne|gt|ge|lt|le)\s+(.+?)\s*\)?$")
 
 
@@ -115,6 +126,8 @@ class _Faults:
     fail_status: int = 503
     fail_retry_after: str | None = None
     fail_body: Any = None
+    fail_all: bool = False  # every request (under fail_path) fails until the fault is changed
+    fail_path: str | None = None  # only requests to this path, or under it, fail
     drop_next: int = 0
     auth: dict[str, Any] | None = None
     max_page_size: int = 1000
@@ -125,10 +138,11 @@ class _Faults:
             "error_rate": self.error_rate,
             "error_status": self.error_status,
             "fail_next": {
-                "count": self.fail_next,
+                "count": "all" if self.fail_all else self.fail_next,
                 "status": self.fail_status,
                 "retry_after": self.fail_retry_after,
                 "body": self.fail_body,
+                "path": self.fail_path,
             },
             "drop_next": self.drop_next,
             "auth": self.auth,
@@ -251,6 +265,7 @@ class FakeHttpServer(ServedFake):
         self._resources: dict[str, Any] = {}
         self._collections: set[str] = set()
         self._idempotency: dict[str, dict[str, Any]] = {}
+        self._written_by: dict[str, str] = {}  # resource path -> Idempotency-Key of the write that last set it
         self._log: list[dict[str, Any]] = []
         self._requests: list[dict[str, Any]] = []
         self._next_id = 1
@@ -271,6 +286,7 @@ class FakeHttpServer(ServedFake):
         self._resources = dict(data.get("resources", {}))
         self._collections = set(data.get("collections", []))
         self._idempotency = dict(data.get("idempotency", {}))
+        self._written_by = dict(data.get("written_by", {}))
         self._log = list(data.get("log", []))
         self._next_id = int(data.get("next_id", 1))
 
@@ -281,6 +297,7 @@ class FakeHttpServer(ServedFake):
             "resources": self._resources,
             "collections": sorted(self._collections),
             "idempotency": self._idempotency,
+            "written_by": self._written_by,
             "log": self._log,
             "next_id": self._next_id,
         }
@@ -327,14 +344,17 @@ class FakeHttpServer(ServedFake):
     # -- faults and extension -------------------------------------------------------------------
     def configure(self, **knobs: Any) -> None:
         """Set fault knobs: latency (s), error_rate (0..1), error_status, fail_next ({count, status,
-        retry_after, body} or a count), drop_next, auth ({bearer: token} | {basic: {username, password}}
-        | {api_key: {header, key}} | None), max_page_size."""
+        retry_after, body, path} or a count; count "all" fails every request until changed, path limits
+        the fault to requests to that path or under it), drop_next, auth ({bearer: token} | {basic:
+        {username, password}} | {api_key: {header, key}} | None), max_page_size."""
         with self._lock:
             faults = self._faults
             for name, value in knobs.items():
                 if name == "fail_next":
                     spec = value if isinstance(value, dict) else {"count": value}
-                    faults.fail_next = int(spec.get("count", 1))
+                    count, path = _fail_count(spec.get("count", 1)), _fail_path(spec.get("path"))
+                    faults.fail_all, faults.fail_next = count == "all", 0 if count == "all" else int(count)
+                    faults.fail_path = path
                     faults.fail_status = int(spec.get("status", 503))
                     after = spec.get("retry_after")
                     faults.fail_retry_after = None if after is None else str(after)
@@ -353,8 +373,19 @@ class FakeHttpServer(ServedFake):
         with self._lock:
             return self._faults.as_json()
 
-    def fail_next(self, count: int, status: int = 503, *, retry_after: str | None = None, body: Any = None) -> None:
-        self.configure(fail_next={"count": count, "status": status, "retry_after": retry_after, "body": body})
+    def fail_next(
+        self,
+        count: int | str,
+        status: int = 503,
+        *,
+        retry_after: str | None = None,
+        body: Any = None,
+        path: str | None = None,
+    ) -> None:
+        """Answer the next ``count`` requests (``"all"``: every one) with ``status``; with ``path``, only
+        requests to that path or under it (``/products`` fails ``/products/A-1`` too)."""
+        spec = {"count": count, "status": status, "retry_after": retry_after, "body": body, "path": path}
+        self.configure(fail_next=spec)
 
     def drop_next(self, count: int = 1) -> None:
         self.configure(drop_next=count)
@@ -436,8 +467,10 @@ class FakeHttpServer(ServedFake):
 
     def _faulted(self, request: FakeRequest) -> FakeResponse | None:
         faults = self._faults
-        if faults.fail_next > 0:
-            faults.fail_next -= 1
+        targeted = faults.fail_path is None or _under(request.path, faults.fail_path)
+        if targeted and (faults.fail_all or faults.fail_next > 0):
+            if not faults.fail_all:
+                faults.fail_next -= 1
             status = faults.fail_status
             headers = {"Retry-After": faults.fail_retry_after} if faults.fail_retry_after is not None else {}
             body = faults.fail_body
@@ -479,13 +512,19 @@ class FakeHttpServer(ServedFake):
         if request.method in ("GET", "HEAD"):
             if path in self._resources:
                 return FakeResponse(200, self._resources[path])
-            if path in self._collections or any(p.rsplit("/", 1)[0] == path for p in self._resources):
+            if self._is_collection(path):
                 return self._list(request, path)
-            parent = path.rsplit("/", 1)[0]
-            if parent in self._collections:
+            parent, name = path.rsplit("/", 1)
+            if not self._is_collection(parent) and _COLLECTION_NAME.match(name):
+                return self._list(request, path)  # a collection nobody has written to yet: an empty page
+            if self._is_collection(parent):
                 return FakeResponse(404, _message("The entity that was requested doesn't exist: %1", path))
             return FakeResponse(404, {"message": "Request does not match any route.", "trace": None})
         return FakeResponse(405, _message("Method %1 is not allowed", request.method))
+
+    def _is_collection(self, path: str) -> bool:
+        """Whether ``path`` is a collection the fake knows: written to or seeded, or holding resources."""
+        return path in self._collections or any(p.rsplit("/", 1)[0] == path for p in self._resources)
 
     # -- writes ---------------------------------------------------------------------------------
     def _write(self, request: FakeRequest, path: str) -> FakeResponse:
@@ -510,6 +549,8 @@ class FakeHttpServer(ServedFake):
             return FakeResponse(400, _message("Decoding error: %1", exc))
         response = self._apply(request.method, path, body)
         self._append_log(request, path, response.status, key, duplicate=False, body=body)
+        if 200 <= response.status < 300:
+            self._remember_writer(request.method, response.headers.get("Location") or path, key)
         if key is not None and 200 <= response.status < 300:
             self._idempotency[key] = {
                 "method": request.method,
@@ -550,6 +591,13 @@ class FakeHttpServer(ServedFake):
         del self._resources[path]
         return FakeResponse(204)
 
+    def _remember_writer(self, method: str, resource: str, key: str | None) -> None:
+        """Keep which Idempotency-Key last set a resource, for ``?idempotency_key=`` in a list."""
+        if method == "DELETE" or key is None:
+            self._written_by.pop(resource, None)
+        else:
+            self._written_by[resource] = key
+
     def _append_log(
         self, request: FakeRequest, path: str, status: int, key: str | None, *, duplicate: bool, body: Any = None
     ) -> None:
@@ -578,8 +626,12 @@ class FakeHttpServer(ServedFake):
 
     # -- listing --------------------------------------------------------------------------------
     def _children(self, path: str) -> list[Any]:
+        return [value for _, value in self._child_items(path)]
+
+    def _child_items(self, path: str) -> list[tuple[str, Any]]:
+        """(resource path, value) of the direct children of a collection."""
         prefix = path.rstrip("/") + "/"
-        return [v for p, v in self._resources.items() if p.startswith(prefix) and "/" not in p[len(prefix) :]]
+        return [(p, v) for p, v in self._resources.items() if p.startswith(prefix) and "/" not in p[len(prefix) :]]
 
     def _list(self, request: FakeRequest, path: str) -> FakeResponse:
         names = {name for name, _ in request.query}
@@ -591,10 +643,14 @@ class FakeHttpServer(ServedFake):
 
     def _list_generic(self, request: FakeRequest, path: str) -> FakeResponse:
         params = dict(request.query)
-        items = self._children(path)
+        children = self._child_items(path)
         filters = [(k, v) for k, v in request.query if k not in _PAGING]
         for name, value in filters:
-            items = [item for item in items if _generic_match(item, name, value)]
+            if name == IDEMPOTENCY_FILTER and not any(isinstance(v, dict) and name in v for _, v in children):
+                children = [(p, v) for p, v in children if self._written_by.get(p) == value]
+            else:
+                children = [(p, v) for p, v in children if _generic_match(v, name, value)]
+        items = [value for _, value in children]
         try:
             size = int(params.get("size") or params.get("limit") or self.default_page_size)
             if "cursor" in params:
@@ -709,6 +765,29 @@ class FakeHttpServer(ServedFake):
         return FakeResponse(404, _message("No admin endpoint %1 %2", request.method, request.path))
 
 
+def _under(path: str, prefix: str) -> bool:
+    """Whether ``path`` is ``prefix`` or below it (``/products/A-1`` is under ``/products``;
+    ``/products-archive`` is not)."""
+    prefix = prefix.rstrip("/") or "/"
+    return path == prefix or path.startswith(prefix if prefix == "/" else prefix + "/")
+
+
+def _fail_count(value: Any) -> int | str:
+    if value == "all":
+        return "all"
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    raise ValueError(f'fail_next.count is a number of requests or "all"; got {value!r}')
+
+
+def _fail_path(value: Any) -> str | None:
+    if value is None or (isinstance(value, str) and value.startswith("/")):
+        return value
+    raise ValueError(f"fail_next.path is a path starting with '/', such as '/products'; got {value!r}")
+
+
 def _check_auth(value: Any) -> dict[str, Any] | None:
     if value is None:
         return None
@@ -791,15 +870,101 @@ def _magento_match(item: Any, spec: dict[str, str]) -> bool:
     return checks.get(condition, False)
 
 
+CREDENTIALS_HELP = """\
+credentials: none by default; with --bearer, --basic or --api-key every request but the admin API's
+must carry that credential, as a spec's auth says it:
+  --bearer T          auth: { bearer: { token: T } }
+  --basic U:P         auth: { basic: { username: U, password: P } }
+  --api-key H:K       auth: { api_key: { header: H, key: K } }
+
+admin API (no credentials, never faulted): GET /__fake/log (the write log), GET /__fake/requests,
+GET /__fake/resources?prefix=, POST /__fake/seed {"path", "items"}, GET|POST /__fake/faults
+(e.g. {"fail_next": {"count": "all", "status": 503, "path": "/products"}}), POST /__fake/reset.
+"""
+
+
+def _pair(text: str, option: str, names: str) -> tuple[str, str]:
+    first, colon, second = text.partition(":")
+    if not (first and colon and second):
+        raise argparse.ArgumentTypeError(f"{option} takes {names}, e.g. {option} {names.replace(' ', '')}")
+    return first, second
+
+
+def _auth_of(args: argparse.Namespace) -> dict[str, Any] | None:
+    if args.bearer is not None:
+        return {"bearer": args.bearer}
+    if args.basic is not None:
+        username, password = _pair(args.basic, "--basic", "USER:PASSWORD")
+        return {"basic": {"username": username, "password": password}}
+    if args.api_key is not None:
+        header, key = _pair(args.api_key, "--api-key", "HEADER:KEY")
+        return {"api_key": {"header": header, "key": key}}
+    return None
+
+
+def _banner(fake: FakeHttpServer) -> str:
+    """What a spec needs to reach the fake: its URL, its credentials, its fault and where its write log is."""
+    faults = fake.faults()
+    auth = faults["auth"] or {}
+    lines = [f"fake http server on {fake.url}"]
+    if "bearer" in auth:
+        lines.append(f"  bearer token: {auth['bearer']}")
+    elif "basic" in auth:
+        lines.append(f"  basic user: {auth['basic']['username']} / {auth['basic']['password']}")
+    elif "api_key" in auth:
+        lines.append(f"  api key: {auth['api_key']['header']}: {auth['api_key']['key']}")
+    else:
+        lines.append("  credentials: none (--bearer, --basic or --api-key to require one)")
+    failing = faults["fail_next"]
+    if failing["count"]:
+        every = failing["count"] == "all"
+        which = "every request" if every else f"the next {failing['count']} request(s)"
+        where = f" to {failing['path']}" if failing["path"] else ""
+        lines.append(f"  fault: {which}{where} {'answers' if every else 'answer'} {failing['status']}")
+    lines.append(f"  write log: GET {fake.url}/__fake/log")
+    lines.append("stop with Ctrl-C")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python3 -m connectors.http.fake --port 8081 [--state-file f.json]``: serve until SIGINT/SIGTERM."""
-    parser = argparse.ArgumentParser(prog="python3 -m connectors.http.fake", description=__doc__.split("\n")[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8081)
+    """``seamline fake http --port 8081``: serve until SIGINT/SIGTERM (the banner says how to reach it)."""
+    parser = argparse.ArgumentParser(
+        prog="seamline fake http",
+        description=__doc__.split("\n")[0],
+        epilog=CREDENTIALS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=8081, help="port to listen on (default: %(default)s)")
     parser.add_argument("--state-file", type=Path, default=None, help="keep the store and the write log here")
+    auth = parser.add_mutually_exclusive_group()
+    auth.add_argument("--bearer", metavar="TOKEN", help="require this bearer token")
+    auth.add_argument("--basic", metavar="USER:PASSWORD", help="require this basic user")
+    auth.add_argument("--api-key", metavar="HEADER:KEY", help="require this key in this header")
+    parser.add_argument("--fail-path", metavar="PATH", help="fail only requests to PATH or under it, e.g. /products")
+    parser.add_argument("--fail-status", type=int, metavar="STATUS", help="fail requests with STATUS (default 503)")
+    parser.add_argument(
+        "--fail-count", type=int, metavar="N", help="fail only the next N requests (default: every one)"
+    )
+    parser.add_argument("--fail-retry-after", metavar="SECONDS", help="send Retry-After with the failures")
     args = parser.parse_args(argv)
     fake = FakeHttpServer(port=args.port, host=args.host, state_file=args.state_file)
-    return serve_until_signalled(fake, lambda: f"fake http server on {fake.url}")
+    try:
+        fake.configure(auth=_auth_of(args))
+        if args.fail_path is not None or args.fail_status is not None or args.fail_count is not None:
+            fake.fail_next(
+                "all" if args.fail_count is None else args.fail_count,
+                503 if args.fail_status is None else args.fail_status,
+                retry_after=args.fail_retry_after,
+                path=args.fail_path,
+            )
+    except (ValueError, argparse.ArgumentTypeError) as exc:
+        parser.error(str(exc))
+    refused = listen(fake)
+    if refused is not None:
+        print(refused, file=sys.stderr)
+        return 1
+    return serve_until_signalled(fake, lambda: _banner(fake))
 
 
 if __name__ == "__main__":

@@ -7,8 +7,19 @@ Operation names follow the REST resources in Magento 2.4.8's published schema
 
 Runnable: :mod:`connectors.magento.client` implements the connection (opened lazily, so validating a
 spec never imports httpx); its docstring says what each entity's record looks like, how each is
-written and read, and how Magento's answers become errors. :mod:`connectors.magento.fake` is a real
-HTTP server that behaves like Magento for tests and demos.
+written and read, and how Magento's answers become errors. Every request body it sends is held to
+Magento's published request schema, to the letter (:mod:`connectors.magento.schema`, fed by
+``schema_requests.json``, derived from the reference by :mod:`connectors.magento.derive_schema`).
+:mod:`connectors.magento.fake` is a real HTTP server that behaves like Magento for tests and demos, and
+refuses what that schema refuses; ``seamline fake magento`` serves it from the command line.
+
+Once-only writes (``once_only``): ``order-comments``, ``invoices``, ``shipments`` and ``credit-memos``
+each add a document or a comment to an order every time they are sent, so a resend whose earlier
+outcome is unknown is first checked with the connection's ``find_effect`` (the rule per entity is in
+:mod:`connectors.magento.client`). ``order-status`` is not one of them: it reads the order and does
+only what is missing (an invoice while something is left to invoice, a shipment while something is
+left to ship, its comment unless the order already says it since it entered that status), so sending
+it again changes nothing. Every other entity is a PUT or an upsert by its key.
 """
 
 from __future__ import annotations
@@ -126,4 +137,5 @@ CONNECTOR = ConnectorKind(
         }
     ),
     connect=connect,
+    once_only=frozenset({"order-comments", "invoices", "shipments", "credit-memos"}),
 )

@@ -21,21 +21,65 @@ What ``write`` does with each entity's record (one record per call)::
                     POST /V1/company/; super_user_id, when absent, is the customer with the
                     company's email. On Open Source (404 "Request does not match any route.") the
                     error says this Magento has no B2B module.
-    order-comments  POST /V1/orders/{id}/comments  {"statusHistory": record}
-    invoices        POST /V1/order/{id}/invoice    record   (shipments: /ship, credit-memos: /refund)
+    order-comments  POST /V1/orders/{id}/comments  {"statusHistory": record}     (once-only, see below)
+    invoices        POST /V1/order/{id}/invoice    record   (shipments: /ship, credit-memos: /refund;
+                    once-only, see below)
     order-status    {increment_id | order_id, status, comment, invoiced, shipped, shipped_on, tracks,
                      notify, visible_on_front, capture}: invoice what is not invoiced yet, ship what is
-                    not shipped yet, then add the comment (with the status) unless the order's latest
-                    comment already says it. Writing the same record again changes nothing.
+                    not shipped yet (both read from the order's item quantities), then add the comment
+                    (with the status) unless one of the order's comments since it entered that status
+                    already says it; the comment comes last, so after a crash the order shows it only
+                    if the rest was done. Writing the same record again changes nothing: not once-only.
 
 The order entities name their order with ``increment_id`` (looked up with a search) or ``order_id``
 (Magento's entity_id); those two fields are the connector's, the rest is Magento's body.
 
-``check(entity, record)`` runs before each write (the worker calls it): the body the record becomes
-is checked against Magento's published schema (``schema_subset.json``) the way Magento's deserializer
-reads it (numeric strings pass for numbers; an unknown field is an error, as Magento's "Property ...
-does not have accessor method" is). A record that fails is a TerminalError naming every bad JSON path,
-e.g. ``product.price: 'abc' is not of type 'number'``, and is never sent.
+``check(entity, record)`` runs before each write (the worker calls it): the request the record becomes is
+held to Magento's published request schema (``schema_requests.json``, see :mod:`connectors.magento.schema`),
+to the letter: exact JSON types (no numeric strings for numbers, no numbers for strings:
+``custom_attributes[].value`` is text), no nulls (leave a field out instead), every required field, no
+unknown field (Magento's "Property ... does not have accessor method"). What the connector adds itself
+is not asked of the record: an order comment's ``parent_id`` and flags, a document comment's reference,
+a company's ``super_user_id``. A record that fails is a TerminalError naming every bad JSON path, e.g.
+``product.price: 'abc' is not of type 'number'``, and is never sent. Every request ``write`` sends is
+held to the same schema again just before it goes (a body the connector composed, or a record
+written without ``check``): one that breaks it is never sent either.
+
+Companies: Magento's company schema requires ``street``, ``customer_group_id``,
+``sales_representative_id`` (the admin user who looks after the company) and ``super_user_id``. The
+mapping sends the first three (they are business data); the connector sends the super user (the
+customer with the company's email for a new company; on an update, what the company has, as for
+every required field the record leaves out). ``reject_reason`` and ``rejected_at`` are never sent:
+only a rejected company has them.
+
+Once-only writes and how a resend is checked (``find_effect``, called by the runtime before it sends
+again a write whose earlier outcome is unknown). Each such write carries a reference of its own,
+``[seamline ref <16 hex>]`` (the start of the SHA-256 of its idempotency key, the same on every attempt),
+on the last line of a comment the customer does not see: Magento's bodies have no other free field for
+it (the ``extension_attributes`` of comments, tracks and creation arguments declare no field we could
+set; an unknown one is refused), and the body stays valid against the published schema::
+
+    order-comments  the reference is appended to the comment's text unless the comment is shown on the
+                    storefront (is_visible_on_front) or e-mailed (is_customer_notified). Found: one of
+                    the order's comments (GET /V1/orders/{id}/comments) carries it. A comment the
+                    customer sees is sent as it is and found by content: a comment of the order with the
+                    same text and, when the record names one, the same status (so an identical comment
+                    already on the order from before counts as this one: skipped, never doubled).
+    invoices        the reference goes into the document's comment (appended to the record's comment, or
+    shipments       as the whole comment, is_visible_on_front 0) unless the customer sees that comment
+    credit-memos    (is_visible_on_front, or appendComment with notify: it goes into the e-mail). Found:
+                    one of the order's documents of that kind (GET /V1/invoices|shipments|creditmemos
+                    filtered on order_id; a document listed without its comments has them read from
+                    GET /V1/<kind>/{id}/comments) has a comment carrying it. A customer-facing one is
+                    found by content: a document of the order with exactly the record's item quantities,
+                    all its track numbers and its comment text (those the record gives); a record giving
+                    none of them (the whole rest of the order, no comment) is found when a document of
+                    that kind exists and the order has nothing left to invoice, ship or refund.
+
+The order is named as for the write; an order Magento does not know has no effect (None).
+
+``exists`` (create-only fields): ``products`` by ``GET /V1/products/{sku}`` (404: no), ``customers`` by
+the search a write does; None for the rest.
 
 Bulk (``bulk: true``): ``write("products", ...)`` calls that arrive within ``bulk_wait`` of each
 other (up to ``bulk_size``) become one ``POST /async/bulk/V1/products``; the connection then polls
@@ -64,14 +108,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
+import hashlib
 import logging
 import re
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Final
 
 import httpx
@@ -79,127 +122,94 @@ import httpx
 from connectors.http import HttpOptions
 from connectors.http.client import HttpConnection, parse_retry_after, server_message
 from connectors.magento import MagentoOptions
+from connectors.magento.schema import request_problems, schema_problems
 from engine.connector import ConnectContext, MessageHandler, closest, parse_duration
 from engine.errors import SeamlineError, TerminalError, TransientError
 
-__all__ = ["MagentoConnection", "magento_time"]
+__all__ = ["MagentoConnection", "magento_time", "reference_of"]
 
 logger = logging.getLogger("seamline.connectors.magento")
 
 DEFAULT_TIMEOUT: Final = 30.0
 USER_AGENT: Final = "seamline-magento/0.1"
-SCHEMA_FILE: Final = Path(__file__).resolve().with_name("schema_subset.json")
 MAGENTO_TIME: Final = "%Y-%m-%d %H:%M:%S"
 NO_ROUTE: Final = "does not match any route"
 REMEMBERED: Final = 50_000  # idempotency keys of recent successful writes, per connection
 POLL_CEILING: Final = 5.0
-INTEGER: Final = re.compile(r"^[+-]?\d+$")
-NUMBER: Final = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")  # what PHP takes for a number
 
 # bulk operation statuses (Magento\AsynchronousOperations\Api\Data\OperationInterface)
 COMPLETE, RETRIABLY_FAILED, FAILED, OPEN, REJECTED = 1, 2, 3, 4, 5
 
 ORDER_REF: Final = ("increment_id", "order_id")
+REFERENCE_MARK: Final = "seamline ref"
+DOCUMENTS_PAGE: Final = 100  # documents per page when listing an order's invoices, shipments or credit memos
 
 
 # -- the schema check ---------------------------------------------------------------------------
 
+# Each write route and the request it sends, as Magento's published schema names it: the body of every
+# request the connection sends is held to that schema first (connectors.magento.schema).
+REQUEST_ROUTES: Final[dict[str, str]] = {
+    "product.put": "PUT /V1/products/{sku}",
+    "product.post": "POST /V1/products",
+    "bulk.products": "POST /async/bulk/V1/products",
+    "source-items": "POST /V1/inventory/source-items",
+    "base-prices": "POST /V1/products/base-prices",
+    "tier-prices": "POST /V1/products/tier-prices",
+    "special-prices": "POST /V1/products/special-price",
+    "customer.create": "POST /V1/customers",
+    "customer.update": "PUT /V1/customers/{customerId}",
+    "company.create": "POST /V1/company/",
+    "company.update": "PUT /V1/company/{companyId}",
+    "order.comment": "POST /V1/orders/{id}/comments",
+    "order.invoice": "POST /V1/order/{orderId}/invoice",
+    "order.ship": "POST /V1/order/{orderId}/ship",
+    "order.refund": "POST /V1/order/{orderId}/refund",
+}
 
-@functools.cache
-def _definitions() -> dict[str, Any]:
-    loaded: dict[str, Any] = json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
-    return loaded
+# What a company update keeps of the company when the record leaves it out: Magento's PUT replaces the
+# company, and its schema requires these (a company record need not repeat its super user).
+COMPANY_KEPT: Final = ("super_user_id", "customer_group_id", "sales_representative_id", "street")
 
-
-def _route_body(route: str) -> dict[str, Any]:
-    body: dict[str, Any] = _definitions()["routes"][route]["body"]
-    return body
-
-
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/definitions/{name}"}
-
-
-def _join(path: str, name: str) -> str:
-    return f"{path}.{name}" if path else name
-
-
-class _Checker:
-    """A body against a schema of the subset, as leniently as Magento's deserializer reads it.
-
-    Numeric strings pass for numbers and integers (PHP casts them), 0/1 and "true"/"false" for
-    booleans, any scalar for a string; ``custom_attributes[].value`` takes anything (real payloads send
-    arrays); null is an absent value. An unknown field is a problem, as it is for Magento.
-    """
-
-    def __init__(self, definitions: Mapping[str, Any]) -> None:
-        self.definitions = definitions
-
-    def problems(self, value: Any, schema: Mapping[str, Any], path: str, owner: str | None = None) -> list[str]:
-        if value is None:
-            return []
-        if "$ref" in schema:
-            owner = str(schema["$ref"]).rsplit("/", 1)[-1]
-            schema = self.definitions[owner]
-        kind = schema.get("type", "object" if "properties" in schema else None)
-        if kind == "object":
-            return self._object(value, schema, path, owner)
-        if kind == "array":
-            if not isinstance(value, list):
-                return [f"{path}: {value!r} is not of type 'array'"]
-            items = schema.get("items", {})
-            return [p for i, item in enumerate(value) for p in self.problems(item, items, f"{path}[{i}]", owner)]
-        if kind in ("integer", "number", "boolean", "string") and not _fits(value, kind):
-            return [f"{path}: {value!r} is not of type '{kind}'"]
-        return []
-
-    def _object(self, value: Any, schema: Mapping[str, Any], path: str, owner: str | None) -> list[str]:
-        if not isinstance(value, dict):
-            return [f"{path or 'the record'}: {value!r} is not of type 'object'"]
-        properties: Mapping[str, Any] = schema.get("properties", {})
-        found: list[str] = []
-        for name, item in value.items():
-            where = _join(path, name)
-            if name not in properties:
-                near = closest(name, properties)
-                what = f"Magento's {owner}" if owner else "this body"
-                hint = f" — did you mean '{near}'?" if near else ""
-                found.append(f"{where}: unknown field (not in {what}){hint}")
-            elif not (owner == "framework-attribute-interface" and name == "value"):
-                found += self.problems(item, properties[name], where, owner)
-        return found
+# Stand-ins for what the connector fills in only when it sends (an order's id, a super user's id, the
+# reference of a once-only write): the check holds the body the record becomes, so it needs a value there.
+_SOME_ID: Final = 1
+_SOME_REFERENCE: Final = f"[{REFERENCE_MARK} {'0' * 16}]"
 
 
-def _fits(value: Any, kind: str) -> bool:
-    if kind == "string":
-        return not isinstance(value, dict | list)
-    if kind == "boolean":
-        return isinstance(value, bool) or value in (0, 1, "0", "1", "true", "false")
-    if isinstance(value, bool):
-        return False
-    if kind == "integer":
-        if isinstance(value, float):
-            return value.is_integer()
-        if isinstance(value, str):
-            return INTEGER.match(value.strip()) is not None
-        return isinstance(value, int)
-    if isinstance(value, int | float):
-        return True
-    return isinstance(value, str) and NUMBER.match(value.strip()) is not None
+def _filled(path: str, request: Any) -> str:
+    """A route's path with the placeholders the request can fill (``{product.sku}`` -> ``4711``), for messages."""
+
+    def value(match: re.Match[str]) -> str:
+        found: Any = request
+        for part in match.group(1).split("."):
+            found = found.get(part) if isinstance(found, dict) else None
+        return match.group(0) if found is None or isinstance(found, dict | list) else str(found)
+
+    return re.sub(r"\{([^}]+)\}", value, path)
+
+
+def _shown(problems: list[str]) -> str:
+    text = "; ".join(problems[:8])
+    return text + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
 
 
 @dataclass(frozen=True, slots=True)
 class _Shape:
-    """The body an entity's record becomes, for the check: ``{wrap: record}`` (``[record]`` when listed)."""
+    """The request an entity's record becomes, for the check: ``route``'s body is ``{wrap: record}``
+    (``[record]`` when listed), or what ``fill`` makes of the record, the way the writer makes it."""
 
-    schema: dict[str, Any]
+    route: str
     wrap: str | None = None
     listed: bool = False
     own: tuple[str, ...] = ()  # the connector's fields: not sent, checked against OWN_SCHEMA
     needs: tuple[tuple[str, ...], ...] = ()  # each tuple: one of these fields must be there
+    fill: Callable[[dict[str, Any]], dict[str, Any]] | None = None
 
     def body(self, record: Mapping[str, Any]) -> Any:
         rest = {k: v for k, v in record.items() if k not in self.own}
+        if self.fill is not None:
+            rest = self.fill(rest)
         if self.wrap is None:
             return rest
         return {self.wrap: [rest] if self.listed else rest}
@@ -225,57 +235,79 @@ ORDER_STATUS_SCHEMA: Final[dict[str, Any]] = {
         "invoiced": {"type": "boolean"},
         "shipped": {"type": "boolean"},
         "shipped_on": {"type": "string"},
-        "tracks": {"type": "array", "items": _ref("sales-data-shipment-track-creation-interface")},
+        "tracks": {"type": "array", "items": {"$ref": "#/definitions/sales-data-shipment-track-creation-interface"}},
         "notify": {"type": "boolean"},
         "visible_on_front": {"type": "boolean"},
         "capture": {"type": "boolean"},
     },
 }
 
-# The refund route is not in the schema subset: its body as the 2.4.8 schema gives it (its credit memo
-# item and comment have the same fields as the invoice's, whose definitions the subset has).
-REFUND_SCHEMA: Final[dict[str, Any]] = {
-    "type": "object",
-    "properties": {
-        "items": {"type": "array", "items": _ref("sales-data-invoice-item-creation-interface")},
-        "notify": {"type": "boolean"},
-        "appendComment": {"type": "boolean"},
-        "comment": _ref("sales-data-invoice-comment-creation-interface"),
-        "arguments": {
-            "type": "object",
-            "properties": {
-                "shipping_amount": {"type": "number"},
-                "adjustment_positive": {"type": "number"},
-                "adjustment_negative": {"type": "number"},
-                "extension_attributes": {
-                    "type": "object",
-                    "properties": {"return_to_stock_items": {"type": "array", "items": {"type": "integer"}}},
-                },
-            },
-        },
-    },
-}
+
+def _company_body(record: Mapping[str, Any], super_user_id: int | None) -> dict[str, Any]:
+    """A company's body: the record, with its super user (a customer id) when the record names none."""
+    body = dict(record)
+    if body.get("super_user_id") is None and super_user_id is not None:
+        body["super_user_id"] = super_user_id
+    return body
+
+
+def _history_body(record: Mapping[str, Any], order_id: int, reference: str) -> dict[str, Any]:
+    """An order comment's statusHistory: the record's fields, the reference on the last line of a comment
+    the customer does not see, the customer flags (0 unless given) and the order as its parent."""
+    history = {k: v for k, v in record.items() if k not in ORDER_REF}
+    if not _history_seen_by_customer(history):
+        history["comment"] = _with_reference(history.get("comment"), reference)
+    history.setdefault("is_customer_notified", 0)
+    history.setdefault("is_visible_on_front", 0)
+    history["parent_id"] = order_id
+    return history
 
 
 @functools.cache
 def _shapes() -> dict[str, _Shape]:
     own, needs = ORDER_REF, (ORDER_REF,)
+    document = functools.partial(_referenced_document, reference=_SOME_REFERENCE)
     return {
-        "products": _Shape(_route_body("PUT /V1/products/{sku}"), "product", needs=(("sku",),)),
+        "products": _Shape("PUT /V1/products/{sku}", "product", needs=(("sku",),)),
         "source-items": _Shape(
-            _route_body("POST /V1/inventory/source-items"), "sourceItems", True, needs=(("sku",), ("source_code",))
+            "POST /V1/inventory/source-items", "sourceItems", True, needs=(("sku",), ("source_code",))
         ),
-        "base-prices": _Shape(_route_body("POST /V1/products/base-prices"), "prices", True, needs=(("sku",),)),
-        "tier-prices": _Shape(_route_body("POST /V1/products/tier-prices"), "prices", True, needs=(("sku",),)),
-        "special-prices": _Shape(_route_body("POST /V1/products/special-price"), "prices", True, needs=(("sku",),)),
-        "customers": _Shape(_route_body("PUT /V1/customers/{customerId}"), "customer", needs=(("email",),)),
-        "companies": _Shape(_route_body("POST /V1/company/"), "company", needs=(("company_email",),)),
-        "order-comments": _Shape(_route_body("POST /V1/orders/{id}/comments"), "statusHistory", own=own, needs=needs),
-        "invoices": _Shape(_route_body("POST /V1/order/{orderId}/invoice"), own=own, needs=needs),
-        "shipments": _Shape(_route_body("POST /V1/order/{orderId}/ship"), own=own, needs=needs),
-        "credit-memos": _Shape(REFUND_SCHEMA, own=own, needs=needs),
-        "order-status": _Shape(ORDER_STATUS_SCHEMA, needs=(ORDER_REF,)),
+        "base-prices": _Shape("POST /V1/products/base-prices", "prices", True, needs=(("sku",),)),
+        "tier-prices": _Shape("POST /V1/products/tier-prices", "prices", True, needs=(("sku",),)),
+        "special-prices": _Shape("POST /V1/products/special-price", "prices", True, needs=(("sku",),)),
+        "customers": _Shape("POST /V1/customers", "customer", needs=(("email",),)),
+        "companies": _Shape(
+            "POST /V1/company/", "company", needs=(("company_email",),), fill=lambda r: _company_body(r, _SOME_ID)
+        ),
+        "order-comments": _Shape(
+            "POST /V1/orders/{id}/comments",
+            "statusHistory",
+            own=own,
+            needs=needs,
+            fill=lambda r: _history_body(r, _SOME_ID, _SOME_REFERENCE),
+        ),
+        "invoices": _Shape("POST /V1/order/{orderId}/invoice", own=own, needs=needs, fill=document),
+        "shipments": _Shape("POST /V1/order/{orderId}/ship", own=own, needs=needs, fill=document),
+        "credit-memos": _Shape("POST /V1/order/{orderId}/refund", own=own, needs=needs, fill=document),
+        "order-status": _Shape("", needs=(ORDER_REF,)),  # the connector's own record: ORDER_STATUS_SCHEMA
     }
+
+
+def _record_problems(entity: str, shape: _Shape, record: dict[str, Any]) -> list[str]:
+    """What in a record breaks the schema of the request it becomes (and of the connector's own fields),
+    then the fields the connector itself needs (an order to name, a key to find the record by)."""
+    if entity == "order-status":
+        problems = schema_problems(record, ORDER_STATUS_SCHEMA)
+    else:
+        problems = request_problems(shape.route, shape.body(record))
+        problems += schema_problems({k: v for k, v in record.items() if k in shape.own}, OWN_SCHEMA)
+    said = {p.path for p in problems}
+    found = [str(p) for p in problems]
+    for fields in shape.needs:
+        where = shape.where(fields[0])
+        if where not in said and all(record.get(name) in (None, "") for name in fields):
+            found.append(f"{where}: missing" + (f" (or {fields[1]})" if len(fields) > 1 else ""))
+    return found
 
 
 # -- routes -------------------------------------------------------------------------------------
@@ -314,8 +346,13 @@ def _endpoints(store: str) -> dict[str, dict[str, str]]:
         "order.invoice": ("POST", f"{other}/order/{{orderId}}/invoice"),
         "order.ship": ("POST", f"{other}/order/{{orderId}}/ship"),
         "order.refund": ("POST", f"{other}/order/{{orderId}}/refund"),
+        "order.comments": ("GET", f"{other}/orders/{{id}}/comments"),
         "shipments.list": ("GET", f"{other}/shipments"),
         "invoices.list": ("GET", f"{other}/invoices"),
+        "creditmemos.list": ("GET", f"{other}/creditmemos"),
+        "shipment.comments": ("GET", f"{other}/shipment/{{id}}/comments"),
+        "invoice.comments": ("GET", f"{other}/invoices/{{id}}/comments"),
+        "creditmemo.comments": ("GET", f"{other}/creditmemo/{{id}}/comments"),
     }
     return {name: {"method": method, "path": path} for name, (method, path) in routes.items()}
 
@@ -402,24 +439,117 @@ def _copy(error: SeamlineError) -> SeamlineError:
     return TransientError(str(error))
 
 
-def _left(order: Mapping[str, Any], done: str) -> bool:
-    """Whether any order line still has quantity to invoice or ship."""
+def _left(order: Mapping[str, Any], done: str, limit: str = "qty_ordered") -> bool:
+    """Whether any order line still has quantity to invoice, ship (up to what was ordered) or refund
+    (up to what was invoiced: ``limit="qty_invoiced"``)."""
     for item in order.get("items") or []:
         if item.get("parent_item_id"):
             continue  # configurable children follow their parent
         try:
-            if float(item.get("qty_ordered") or 0) - float(item.get(done) or 0) > 0:
+            if float(item.get(limit) or 0) - float(item.get(done) or 0) > 0:
                 return True
         except (TypeError, ValueError):
             continue
     return False
 
 
-def _latest_comment(order: Mapping[str, Any]) -> Mapping[str, Any] | None:
+def _already_said(order: Mapping[str, Any], comment: Any, status: Any) -> bool:
+    """Whether the order's comments since it last entered another status already say ``comment``
+    (with ``status``, when given): how order-status adds its comment once, even when someone else
+    commented after it. A comment said before the order left this status and came back is said again."""
     histories = [h for h in order.get("status_histories") or [] if isinstance(h, dict)]
-    if not histories:
-        return None
-    return max(histories, key=lambda h: (str(h.get("created_at") or ""), int(h.get("entity_id") or 0)))
+    histories.sort(key=lambda h: (str(h.get("created_at") or ""), int(h.get("entity_id") or 0)), reverse=True)
+    current = status or order.get("status")
+    for history in histories:
+        if (history.get("comment") or "") == (comment or "") and status in (None, "", history.get("status")):
+            return True
+        if history.get("status") not in (None, "", current):
+            return False
+    return False
+
+
+# -- once-only writes: the reference they carry, and how a resend is checked ---------------------------
+
+
+def reference_of(idempotency_key: str) -> str:
+    """The reference a once-only write leaves in Magento: ``[seamline ref <16 hex>]``, the start of the
+    SHA-256 of the write's idempotency key (the same on every attempt of one write, short, and showing
+    nothing of the record)."""
+    return f"[{REFERENCE_MARK} {hashlib.sha256(idempotency_key.encode()).hexdigest()[:16]}]"
+
+
+def _flag(value: Any) -> bool:
+    """A Magento flag as the deserializer reads it: true, 1, "1" and "true" are set; anything else is not."""
+    return value is True or value == 1 or (isinstance(value, str) and value.strip().lower() in ("1", "true"))
+
+
+def _with_reference(text: Any, reference: str) -> str:
+    """A comment's text with the reference on a line of its own at the end (or the reference alone)."""
+    said = "" if text is None else str(text).rstrip()
+    return f"{said}\n{reference}" if said else reference
+
+
+def _document_seen_by_customer(body: Mapping[str, Any]) -> bool:
+    """Whether the customer sees a document's comment: shown on the storefront, or e-mailed with the
+    document (``appendComment`` with ``notify``: ShipOrder, InvoiceOrder and RefundOrder put it in the mail)."""
+    comment = body.get("comment")
+    visible = isinstance(comment, Mapping) and _flag(comment.get("is_visible_on_front"))
+    return visible or (_flag(body.get("appendComment")) and _flag(body.get("notify")))
+
+
+def _referenced_document(body: dict[str, Any], reference: str) -> dict[str, Any]:
+    """An invoice, shipment or credit memo body carrying ``reference`` in its comment, unless the customer
+    sees that comment (then the body is sent as it is, and a resend is checked by its content)."""
+    comment = body.get("comment")
+    if _document_seen_by_customer(body) or not isinstance(comment, Mapping | None):
+        return body
+    given = dict(comment or {})
+    given["comment"] = _with_reference(given.get("comment"), reference)
+    given.setdefault("is_visible_on_front", 0)
+    return {**body, "comment": given}
+
+
+def _history_seen_by_customer(history: Mapping[str, Any]) -> bool:
+    """Whether the customer sees an order comment: on the storefront, or in the e-mail Magento sends with it."""
+    return _flag(history.get("is_visible_on_front")) or _flag(history.get("is_customer_notified"))
+
+
+def _quantities(lines: Any) -> dict[int, float]:
+    """``{order_item_id: qty}`` of a document's (or a body's) item lines; unreadable lines are left out."""
+    found: dict[int, float] = {}
+    for line in lines if isinstance(lines, list) else []:
+        try:
+            qty = float(line.get("qty") or 0)
+            if qty > 0:
+                found[int(line["order_item_id"])] = found.get(int(line["order_item_id"]), 0.0) + qty
+        except (AttributeError, KeyError, TypeError, ValueError):
+            continue
+    return found
+
+
+def _comment_texts(document: Mapping[str, Any]) -> list[str]:
+    return [str(c.get("comment") or "") for c in document.get("comments") or [] if isinstance(c, Mapping)]
+
+
+def _same_content(body: Mapping[str, Any], document: Mapping[str, Any]) -> bool:
+    """Whether a document Magento has is the one ``body`` asks for, by what the body names: its item
+    quantities (all of them, exactly), its track numbers (all there) and its comment text (there)."""
+    if body.get("items") and _quantities(body["items"]) != _quantities(document.get("items")):
+        return False
+    wanted = {str(t.get("track_number")) for t in body.get("tracks") or [] if isinstance(t, Mapping)}
+    have = {str(t.get("track_number")) for t in document.get("tracks") or [] if isinstance(t, Mapping)}
+    if not wanted <= have:
+        return False
+    comment = body.get("comment")
+    text = str(comment.get("comment") or "").strip() if isinstance(comment, Mapping) else ""
+    return not text or text in (t.strip() for t in _comment_texts(document))
+
+
+def _fingerprinted(body: Mapping[str, Any]) -> bool:
+    """Whether a document body names anything to recognise it by (items, tracks or a comment text)."""
+    comment = body.get("comment")
+    text = comment.get("comment") if isinstance(comment, Mapping) else None
+    return bool(body.get("items") or body.get("tracks") or (text not in (None, "")))
 
 
 # -- bulk -----------------------------------------------------------------------------------------
@@ -531,7 +661,9 @@ class _Lease:
             await self.http.close()
 
 
-Writer = Callable[[str, dict[str, Any], str], Awaitable[str]]  # (entity, record, mode) -> receipt
+# (entity, record, mode, reference) -> receipt; the reference (reference_of the idempotency key) is what a
+# once-only write leaves in Magento so that find_effect can recognise it
+Writer = Callable[[str, dict[str, Any], str, str], Awaitable[str]]
 
 
 class MagentoConnection:
@@ -544,7 +676,6 @@ class MagentoConnection:
         limits = options.limits
         self.timeout = parse_duration(limits.timeout) if limits and limits.timeout else DEFAULT_TIMEOUT
         self._endpoints = _endpoints(options.store_code)
-        self._checker = _Checker(_definitions()["definitions"])
         self._lock = asyncio.Lock()
         self._leases: list[_Lease] = []
         self._current: _Lease | None = None
@@ -596,23 +727,19 @@ class MagentoConnection:
 
     # -- the Connection contract ----------------------------------------------------------------
     def check(self, entity: str, record: Any) -> None:
-        """Before a write: a record whose body breaks Magento's schema is terminal and never sent."""
+        """Before a write: a record whose request would break Magento's published schema is terminal and is
+        never sent. The check holds the body the record becomes, with what the connector adds (an order's
+        id, a company's super user, a comment's reference) stood in for; see :mod:`connectors.magento.schema`."""
         shape = _shapes().get(entity)
         if shape is None:
             raise self._unknown(entity, "write", _shapes())
         if not isinstance(record, dict):
             raise TerminalError(f"{self.system}.{entity}: the record is a {type(record).__name__}, not an object")
-        problems = self._checker.problems(shape.body(record), shape.schema, "")
-        own = {k: v for k, v in record.items() if k in shape.own}
-        problems += self._checker.problems(own, OWN_SCHEMA, "")
-        for fields in shape.needs:
-            if all(record.get(name) in (None, "") for name in fields):
-                problems.append(
-                    f"{shape.where(fields[0])}: missing" + (f" (or {fields[1]})" if len(fields) > 1 else "")
-                )
+        problems = _record_problems(entity, shape, record)
         if problems:
-            shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
-            raise TerminalError(f"{self.system}.{entity}: the record does not fit Magento's schema, not sent: {shown}")
+            raise TerminalError(
+                f"{self.system}.{entity}: the record does not fit Magento's schema, not sent: {_shown(problems)}"
+            )
 
     async def write(self, entity: str, record: Any, *, key: Any, mode: str, idempotency_key: str) -> str:
         """Write one record of ``entity`` (see the module docstring); returns a receipt for the ledger.
@@ -632,7 +759,7 @@ class MagentoConnection:
         if receipt is not None:
             self._remembered.move_to_end(remembered)
             return receipt
-        receipt = await writer(entity, record, mode)
+        receipt = await writer(entity, record, mode, reference_of(idempotency_key))
         self._remembered[remembered] = receipt
         if len(self._remembered) > REMEMBERED:
             self._remembered.popitem(last=False)
@@ -678,12 +805,51 @@ class MagentoConnection:
     async def consume(self, queue: str, handler: MessageHandler) -> None:
         raise TerminalError(f"{self.system}: magento systems have no queues to consume")
 
+    async def find_effect(self, entity: str, record: Any, *, key: Any, idempotency_key: str) -> str | None:
+        """Whether a once-only write whose earlier outcome is unknown took effect (the EffectFinder role).
+
+        Called by a worker before it sends an order comment, invoice, shipment or credit memo again; the
+        rule for each is in the module docstring (our reference when the write carried one, else the
+        content). Returns a receipt naming what Magento has, or None (then the write is sent). An order
+        Magento does not know has nothing: None, and the write then fails with the order's 404. Any other
+        entity is safe to send again and is not checked here: a TerminalError says so.
+        """
+        if not isinstance(record, dict):
+            raise TerminalError(f"{self.system}.{entity}: the record is a {type(record).__name__}, not an object")
+        reference = reference_of(idempotency_key)
+        if entity == "order-comments":
+            return await self._find_order_comment(record, reference)
+        document = _DOCUMENTS.get(entity)
+        if document is None:
+            raise TerminalError(
+                f"{self.system}: magento checks only its once-only writes (order-comments, invoices, shipments, "
+                f"credit-memos) for an earlier effect; '{entity}' is safe to send again, so nothing asks"
+            )
+        return await self._find_document(document, record, reference)
+
+    async def exists(self, entity: str, record: Any, *, key: Any) -> bool | None:
+        """Whether Magento has the record already (the ExistenceChecker role, for create-only fields).
+
+        Called by a worker before writing to a target with ``create_only`` or ``update_only`` fields.
+        ``products``: ``GET /V1/products/{sku}`` (a 404 is no). ``customers``: the search a write does
+        (email and website, else taxvat). Any other entity: None (the runtime then asks its ledger).
+        """
+        if not isinstance(record, dict):
+            return None
+        if entity == "products":
+            return await self._product(self._required(record, "sku", entity)) is not None
+        if entity == "customers":
+            self._required(record, "email", entity)
+            found, _how = await self._find_customer(record)
+            return found is not None
+        return None
+
     def gathers_writes(self, entity: str, mode: str) -> bool:
         """Whether writes of ``entity`` wait to be gathered into a bulk (the runtime then holds no slot per record)."""
         return self._batcher is not None and entity == "products" and mode in ("upsert", "create")
 
     # -- products -------------------------------------------------------------------------------
-    async def _write_product(self, entity: str, record: dict[str, Any], mode: str) -> str:
+    async def _write_product(self, entity: str, record: dict[str, Any], mode: str, _reference: str) -> str:
         sku = self._required(record, "sku", entity)
         if mode in ("delete", "disable"):
             return await self._disable(sku)
@@ -720,7 +886,7 @@ class MagentoConnection:
 
     async def _send_bulk(self, jobs: list[_Job]) -> None:
         """One bulk request for ``jobs``, then its status until every operation has ended."""
-        jobs = [job for job in jobs if not job.future.done()]
+        jobs = [job for job in jobs if not job.future.done() and self._fits_bulk(job)]
         if not jobs:
             return
         try:
@@ -746,6 +912,16 @@ class MagentoConnection:
                 open_jobs[index] = job
         logger.debug("%s: bulk %s sent with %d operations", self.system, uuid, len(jobs))
         await self._await_bulk(uuid, open_jobs)
+
+    def _fits_bulk(self, job: _Job) -> bool:
+        """Whether a gathered product's body fits Magento's schema; one that does not fails alone, unsent,
+        so it never makes Magento refuse the whole bulk."""
+        try:
+            self._hold_to_schema("product.post", {"product": job.record})
+        except TerminalError as exc:
+            _settle(job, exc)
+            return False
+        return True
 
     async def _send_alone(self, job: _Job) -> None:
         try:
@@ -802,13 +978,13 @@ class MagentoConnection:
         return None
 
     # -- inventory and prices -------------------------------------------------------------------
-    async def _write_source_item(self, entity: str, record: dict[str, Any], mode: str) -> str:
+    async def _write_source_item(self, entity: str, record: dict[str, Any], mode: str, _reference: str) -> str:
         self._no_delete(entity, mode)
         sku = self._required(record, "sku", entity)
         await self._call("source-items", {"sourceItems": [record]})
         return f"source item {sku}@{record.get('source_code')} saved"
 
-    async def _write_price(self, entity: str, record: dict[str, Any], mode: str) -> str:
+    async def _write_price(self, entity: str, record: dict[str, Any], mode: str, _reference: str) -> str:
         self._no_delete(entity, mode)
         sku = self._required(record, "sku", entity)
         answer = await self._call(entity, {"prices": [record]})
@@ -820,7 +996,7 @@ class MagentoConnection:
         return f"{_PRICES[entity]} {sku} saved"
 
     # -- customers and companies ----------------------------------------------------------------
-    async def _write_customer(self, entity: str, record: dict[str, Any], mode: str) -> str:
+    async def _write_customer(self, entity: str, record: dict[str, Any], mode: str, _reference: str) -> str:
         self._no_delete(entity, mode)
         email = self._required(record, "email", entity)
         if mode == "create":
@@ -856,7 +1032,7 @@ class MagentoConnection:
             )
         return (found[0], "taxvat") if found else (None, "")
 
-    async def _write_company(self, entity: str, record: dict[str, Any], mode: str) -> str:
+    async def _write_company(self, entity: str, record: dict[str, Any], mode: str, _reference: str) -> str:
         self._no_delete(entity, mode)
         if self._b2b is False and self.options.b2b == "no":
             raise TerminalError(
@@ -871,13 +1047,16 @@ class MagentoConnection:
             )
             self._b2b = True
             if existing:
-                body = {**record, "id": self._key_of(existing[0], "id", "company")}
-                answer = await self._call("company.update", {"company": body})
+                # Magento's PUT replaces the company: what it requires and the record leaves out is kept.
+                kept = {k: existing[0][k] for k in COMPANY_KEPT if existing[0].get(k) is not None}
+                given = {k: v for k, v in record.items() if v is not None or k not in kept}
+                body = {**kept, **given, "id": self._key_of(existing[0], "id", "company")}
+                answer = await self._call("company.update", {"company": _company_body(body, None)})
                 return f"company id={_id(answer)} updated"
             if mode == "update":
                 raise TerminalError(f"{self.system}: no company with email {email!r} to update (mode update)")
-            body = dict(record)
-            if body.get("super_user_id") is None:
+            super_user_id = None
+            if record.get("super_user_id") is None:
                 admins = await self._search("customers.list", [("email", email, "eq")])
                 if not admins:
                     raise TerminalError(
@@ -885,7 +1064,8 @@ class MagentoConnection:
                         f"customer) and no customer has its email {email!r}; write the customer first or set "
                         "super_user_id"
                     )
-                body["super_user_id"] = self._key_of(admins[0], "id", "customer")
+                super_user_id = self._key_of(admins[0], "id", "customer")
+            body = _company_body(record, super_user_id)
             answer = await self._call("company.create", {"company": body})
             return f"company id={_id(answer)} created"
         except TerminalError as exc:
@@ -920,26 +1100,25 @@ class MagentoConnection:
             raise TerminalError(f"{self.system}: no order with increment_id {increment!r}", status=404)
         return self._key_of(found[0], "entity_id", "order"), found[0], f"order {increment}"
 
-    async def _write_order_comment(self, entity: str, record: dict[str, Any], mode: str) -> str:
+    async def _write_order_comment(self, entity: str, record: dict[str, Any], mode: str, reference: str) -> str:
+        """A status history entry; an internal one (neither shown nor e-mailed to the customer) carries
+        ``reference`` on its last line, so that a resend can be checked (see ``find_effect``)."""
         self._no_delete(entity, mode)
         order_id, _, name = await self._order_ref(record)
-        history = {k: v for k, v in record.items() if k not in ORDER_REF}
-        history.setdefault("is_customer_notified", 0)
-        history.setdefault("is_visible_on_front", 0)
-        history["parent_id"] = order_id
-        await self._call("order.comment", {"statusHistory": history})
+        await self._call("order.comment", {"statusHistory": _history_body(record, order_id, reference)})
         return f"{name}: comment added"
 
-    async def _write_order_document(self, entity: str, record: dict[str, Any], mode: str) -> str:
-        """An invoice, shipment or credit memo: the record is the route's body plus its order."""
+    async def _write_order_document(self, entity: str, record: dict[str, Any], mode: str, reference: str) -> str:
+        """An invoice, shipment or credit memo: the record is the route's body plus its order; its comment
+        carries ``reference`` unless the customer sees that comment (see ``find_effect``)."""
         self._no_delete(entity, mode)
-        route, kind = _DOCUMENTS[entity]
+        document = _DOCUMENTS[entity]
         order_id, _, name = await self._order_ref(record)
-        body = {k: v for k, v in record.items() if k not in ORDER_REF}
-        answer = await self._call(route, {**body, "orderId": order_id})
-        return f"{name}: {kind} id={answer}"
+        body = _referenced_document({k: v for k, v in record.items() if k not in ORDER_REF}, reference)
+        answer = await self._call(document.create, {**body, "orderId": order_id})
+        return f"{name}: {document.kind} id={answer}"
 
-    async def _write_order_status(self, entity: str, record: dict[str, Any], mode: str) -> str:
+    async def _write_order_status(self, entity: str, record: dict[str, Any], mode: str, _reference: str) -> str:
         self._no_delete(entity, mode)
         order_id, order, name = await self._order_ref(record)
         if order is None:
@@ -960,9 +1139,7 @@ class MagentoConnection:
                 body["comment"] = {"comment": f"Shipped on {record['shipped_on']}", "is_visible_on_front": 0}
             done.append(f"shipment id={await self._call('order.ship', body)}")
         comment, status = record.get("comment"), record.get("status")
-        latest = _latest_comment(order)
-        said = latest is not None and latest.get("comment") == comment and status in (None, latest.get("status"))
-        if (comment or status) and not (said and not done):
+        if (comment or status) and (done or not _already_said(order, comment, status)):
             history: dict[str, Any] = {
                 "comment": comment or "",
                 "is_customer_notified": int(notify),
@@ -975,9 +1152,101 @@ class MagentoConnection:
             done.append(f"comment ({status})" if status else "comment")
         return f"{name} id={order_id}: " + (", ".join(done) if done else "already up to date")
 
+    # -- once-only writes: finding an earlier effect ---------------------------------------------
+    async def _order_for_check(self, record: Mapping[str, Any]) -> tuple[int, str] | None:
+        """(entity_id, how to name it) of the record's order; None when Magento has no such order."""
+        try:
+            order_id, _, name = await self._order_ref(record)
+        except TerminalError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return order_id, name
+
+    async def _find_order_comment(self, record: Mapping[str, Any], reference: str) -> str | None:
+        """An internal comment: one of the order's comments carries ``reference``. One the customer sees
+        (it carries no reference): one has the same text and, when the record names one, the same status."""
+        found = await self._order_for_check(record)
+        if found is None:
+            return None
+        order_id, name = found
+        try:
+            answer = await self._call("order.comments", {"id": order_id})
+        except TerminalError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        items = answer.get("items") if isinstance(answer, dict) else None
+        histories = [h for h in items if isinstance(h, dict)] if isinstance(items, list) else []
+        if not _history_seen_by_customer(record):
+            hits = [h for h in histories if reference in str(h.get("comment") or "")]
+            how = f"it carries {reference}"
+        else:
+            text, status = str(record.get("comment") or "").strip(), record.get("status")
+            hits = [
+                h
+                for h in histories
+                if str(h.get("comment") or "").strip() == text and status in (None, "", h.get("status"))
+            ]
+            how = "same text and status"
+        if not hits:
+            return None
+        return f"{name}: comment already there (history id={hits[0].get('entity_id')}; {how})"
+
+    async def _find_document(self, document: _Document, record: Mapping[str, Any], reference: str) -> str | None:
+        """The order's invoice, shipment or credit memo that an earlier attempt of this write made, if any."""
+        found = await self._order_for_check(record)
+        if found is None:
+            return None
+        order_id, name = found
+        body = {k: v for k, v in record.items() if k not in ORDER_REF}
+        documents = await self._documents(document, order_id)
+        newest_first = sorted(documents, key=lambda d: int(d.get("entity_id") or 0), reverse=True)
+        if not _document_seen_by_customer(body):
+            hits = [d for d in newest_first if any(reference in text for text in _comment_texts(d))]
+            how = f"it carries {reference}"
+        elif _fingerprinted(body):
+            hits = [d for d in newest_first if _same_content(body, d)]
+            how = "same items, tracks and comment"
+        else:
+            order = await self._call("order.get", {"id": order_id})
+            left = isinstance(order, dict) and _left(order, document.done, document.limit)
+            hits = [] if left else newest_first[:1]
+            how = f"the order has nothing left for another {document.kind}"
+        if not hits:
+            return None
+        return f"{name}: {document.kind} id={hits[0].get('entity_id')} already there ({how})"
+
+    async def _documents(self, document: _Document, order_id: int) -> list[dict[str, Any]]:
+        """Every document of one kind on the order, each with its comments (fetched one by one when the
+        list leaves them out)."""
+        listed: list[dict[str, Any]] = []
+        page = 1
+        while True:
+            criteria = _criteria([("order_id", str(order_id), "eq")], ["entity_id"], DOCUMENTS_PAGE, page)
+            body = await self._call(document.listing, criteria)
+            items = body.get("items") if isinstance(body, dict) else None
+            if not isinstance(items, list):
+                raise TerminalError(f"{self.system}: listing the {document.kind}s of order id={order_id}: no items")
+            listed += [item for item in items if isinstance(item, dict)]
+            total = body.get("total_count")
+            if not items or len(items) < DOCUMENTS_PAGE or (isinstance(total, int) and len(listed) >= total):
+                break
+            page += 1
+        for item in listed:
+            if not isinstance(item.get("comments"), list):
+                answer = await self._call(document.comments, {"id": self._key_of(item, "entity_id", document.kind)})
+                comments = answer.get("items") if isinstance(answer, dict) else None
+                item["comments"] = comments if isinstance(comments, list) else []
+        return listed
+
     # -- requests -------------------------------------------------------------------------------
     async def _call(self, route: str, request: Any) -> Any:
-        """One request on the generic http connection; with an admin token, a 401 renews it once."""
+        """One request on the generic http connection; with an admin token, a 401 renews it once.
+
+        A write's body is held to Magento's published schema first (:data:`REQUEST_ROUTES`): one that
+        breaks it is a TerminalError naming each problem, and is never sent."""
+        self._hold_to_schema(route, request)
         lease = await self._lease()
         try:
             return await lease.call(route, request, self.timeout)
@@ -997,6 +1266,18 @@ class MagentoConnection:
                     status=401,
                 ) from exc
             raise
+
+    def _hold_to_schema(self, route: str, request: Any) -> None:
+        schema_route = REQUEST_ROUTES.get(route)
+        if schema_route is None:
+            return
+        problems = request_problems(schema_route, request)
+        if problems:
+            endpoint = self._endpoints[route]
+            raise TerminalError(
+                f"{self.system}: {endpoint['method']} {_filled(endpoint['path'], request)}: the body would break "
+                f"Magento's schema, not sent: {_shown([str(p) for p in problems])}"
+            )
 
     async def _list(self, route: str, params: dict[str, str]) -> Any:
         try:
@@ -1133,10 +1414,30 @@ class MagentoConnection:
 
 
 _PRICES: Final = {"base-prices": "base price", "tier-prices": "tier price", "special-prices": "special price"}
+
+
+@dataclass(frozen=True, slots=True)
+class _Document:
+    """How one kind of order document is made, listed and counted."""
+
+    create: str  # the route that makes it (POST /V1/order/{orderId}/ship ...)
+    kind: str  # its name in receipts
+    listing: str  # the searchCriteria route that lists them (filtered on order_id)
+    comments: str  # the route that lists one document's comments
+    done: str  # the order item quantity it adds to
+    limit: str  # ... up to this one
+
+
 _DOCUMENTS: Final = {
-    "invoices": ("order.invoice", "invoice"),
-    "shipments": ("order.ship", "shipment"),
-    "credit-memos": ("order.refund", "credit memo"),
+    "invoices": _Document(
+        "order.invoice", "invoice", "invoices.list", "invoice.comments", "qty_invoiced", "qty_ordered"
+    ),
+    "shipments": _Document(
+        "order.ship", "shipment", "shipments.list", "shipment.comments", "qty_shipped", "qty_ordered"
+    ),
+    "credit-memos": _Document(
+        "order.refund", "credit memo", "creditmemos.list", "creditmemo.comments", "qty_refunded", "qty_invoiced"
+    ),
 }
 
 

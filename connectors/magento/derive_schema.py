@@ -1,14 +1,24 @@
-"""Regenerate ``schema_subset.json``: the part of Magento 2.4.8's REST schema that the fake needs.
+"""Regenerate the two files derived from Magento 2.4.8's REST schema: ``schema_subset.json`` and
+``schema_requests.json``.
 
 ::
 
-    python3 -m connectors.magento.derive_schema            # rewrite schema_subset.json
-    python3 -m connectors.magento.derive_schema --check    # exit 1 when the committed file is stale
+    python3 -m connectors.magento.derive_schema            # rewrite both files
+    python3 -m connectors.magento.derive_schema --check    # exit 1 when a committed file is stale
 
 The full schema lives beside the project (``../shared/reference/magento/admin-schema-2.4.8.json``,
-Apache-2.0, Adobe). From it we keep, for the routes in :data:`ROUTES`, the request body and the 200
-response, and every definition they (and :data:`ROOTS`) reach; of each schema only the machine-readable
-part (types, properties, items, ``$ref``, ``required``): descriptions and examples stay behind.
+Apache-2.0, Adobe); nothing in the package reads it at run time. Of each schema only the
+machine-readable part is kept (types, properties, items, ``$ref``, ``required``): descriptions and
+examples stay behind.
+
+* ``schema_subset.json``: for the routes in :data:`ROUTES`, the request body, the query parameters and
+  the 200 response, and every definition they (and :data:`ROOTS`) reach. The fake answers from it and
+  checks its own answers against it.
+* ``schema_requests.json``: for every route in :data:`ROUTES` that takes a body (every write the
+  connector sends), the body schema, the path parameters, and every definition the bodies reach, each
+  as complete as the reference has it (``required`` lists included). The connector's pre-send check and
+  the fake's request check hold bodies to it (:mod:`connectors.magento.schema`). Written one route or
+  definition per line, so a change in the reference reads as a small diff.
 """
 
 from __future__ import annotations
@@ -20,10 +30,21 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["REFERENCE", "SUBSET", "derive", "main", "render"]
+__all__ = [
+    "ORIGIN",
+    "REFERENCE",
+    "REQUESTS",
+    "SUBSET",
+    "derive",
+    "derive_requests",
+    "main",
+    "render",
+    "render_requests",
+]
 
 REFERENCE = Path(__file__).resolve().parents[2].parent / "shared/reference/magento/admin-schema-2.4.8.json"
 SUBSET = Path(__file__).resolve().with_name("schema_subset.json")
+REQUESTS = Path(__file__).resolve().with_name("schema_requests.json")
 
 ORIGIN = {
     "file": "src/openapi/admin-schema-2.4.8.yaml (JSON copy: shared/reference/magento/admin-schema-2.4.8.json)",
@@ -59,6 +80,14 @@ ROUTES: tuple[tuple[str, str], ...] = (
     ("post", "/V1/orders/{id}/comments"),
     ("post", "/V1/order/{orderId}/ship"),
     ("post", "/V1/order/{orderId}/invoice"),
+    ("post", "/V1/order/{orderId}/refund"),
+    ("get", "/V1/orders/{id}/comments"),
+    ("get", "/V1/shipments"),
+    ("get", "/V1/invoices"),
+    ("get", "/V1/creditmemos"),
+    ("get", "/V1/shipment/{id}/comments"),
+    ("get", "/V1/invoices/{id}/comments"),
+    ("get", "/V1/creditmemo/{id}/comments"),
     ("get", "/V1/bulk/{bulkUuid}/status"),
     ("post", "/V1/integration/admin/token"),
 )
@@ -145,6 +174,53 @@ def render(full: dict[str, Any]) -> str:
     return json.dumps(derive(full), indent=1, sort_keys=True, ensure_ascii=False) + "\n"
 
 
+def _closure(full: dict[str, Any], wanted: list[str]) -> dict[str, Any]:
+    """Every definition named in ``wanted`` and every one they reach, stripped, sorted by name."""
+    definitions: dict[str, Any] = {}
+    while wanted:
+        name = wanted.pop()
+        if name not in definitions:
+            definitions[name] = _strip(full["definitions"][name])
+            wanted.extend(_refs(definitions[name]))
+    return dict(sorted(definitions.items()))
+
+
+def derive_requests(full: dict[str, Any]) -> dict[str, Any]:
+    """The request schema document: each written route's body and path parameters, and their definitions."""
+    routes: dict[str, Any] = {}
+    wanted: list[str] = []
+    for method, route in ROUTES:
+        parameters = full["paths"][route][method].get("parameters", [])
+        body = next((p["schema"] for p in parameters if p.get("in") == "body"), None)
+        if body is None:
+            continue
+        routes[f"{method.upper()} {route}"] = {
+            "body": _strip(body),
+            "path": sorted(p["name"] for p in parameters if p.get("in") == "path"),
+        }
+        wanted.extend(_refs(body))
+    origin = {
+        **ORIGIN,
+        "info_version": full["info"]["version"],
+        "license": "Apache-2.0, (c) Adobe; derived: descriptions removed, request bodies of the routes we write",
+    }
+    return {"origin": origin, "routes": dict(sorted(routes.items())), "definitions": _closure(full, wanted)}
+
+
+def render_requests(full: dict[str, Any]) -> str:
+    """The request schema as the committed file's text: compact, one route or definition per line."""
+
+    def line(value: Any) -> str:
+        return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+    document = derive_requests(full)
+    sections = []
+    for section in ("routes", "definitions"):
+        entries = ",\n".join(f"{line(name)}:{line(value)}" for name, value in document[section].items())
+        sections.append(f"{line(section)}:{{\n{entries}\n}}")
+    return "{" + f"{line('origin')}:{line(document['origin'])},\n" + ",\n".join(sections) + "}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m connectors.magento.derive_schema", description=__doc__)
     parser.add_argument("--reference", type=Path, default=REFERENCE)
@@ -154,14 +230,17 @@ def main(argv: list[str] | None = None) -> int:
     digest = hashlib.sha256(raw).hexdigest()
     if digest != ORIGIN["sha256_json"]:
         print(f"warning: {args.reference} has sha256 {digest}, not {ORIGIN['sha256_json']}", file=sys.stderr)
-    text = render(json.loads(raw))
-    if args.check:
-        stale = not SUBSET.exists() or SUBSET.read_text(encoding="utf-8") != text
-        print(f"{SUBSET} is {'stale' if stale else 'up to date'}")
-        return 1 if stale else 0
-    SUBSET.write_text(text, encoding="utf-8")
-    print(f"wrote {SUBSET} ({len(text):,} bytes)")
-    return 0
+    full = json.loads(raw)
+    stale = False
+    for path, text in ((SUBSET, render(full)), (REQUESTS, render_requests(full))):
+        if args.check:
+            differs = not path.exists() or path.read_text(encoding="utf-8") != text
+            print(f"{path} is {'stale' if differs else 'up to date'}")
+            stale = stale or differs
+        else:
+            path.write_text(text, encoding="utf-8")
+            print(f"wrote {path} ({len(text):,} bytes)")
+    return 1 if stale else 0
 
 
 if __name__ == "__main__":

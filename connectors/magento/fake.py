@@ -8,32 +8,39 @@
         shop.fail_next(2, status=429, retry_after="3")
         ...                                           # point a magento connector at shop.url
         shop.writes(); shop.applied_count()           # the write log: every applied write
+        shop.effects(order_id)                        # {comments, shipments, invoices, creditmemos} of one order
         shop.request_count("/async/bulk/")            # every request answered (or dropped)
         shop.expire_tokens()                          # admin tokens issued so far stop working
 
-    python3 -m connectors.magento.fake --port 8082 [--no-auth] [--no-b2b]
+    seamline fake magento --port 8082 [--no-auth] [--no-b2b] [--token T] [--seed seed.json] [--source CODE]...
 
 Routes live under ``/rest/<store>/V1/`` (``/rest/V1/`` is the default store; any store code is
 accepted, ``all`` included; data is global, store scope is not modelled): products (upsert by SKU,
 list with searchCriteria), inventory source items, base/tier/special prices, customers, companies
 (Adobe Commerce B2B; ``b2b=False`` answers them like Open Source: 404 "Request does not match any
-route."), orders (list, get, comments, ship, invoice, refund), the shipments and invoices they
-create (lists with searchCriteria), the bulk API (``/async/bulk/V1/products``,
+route."), orders (list, get, comments added and listed, ship, invoice, refund), the shipments, invoices
+and credit memos they create (lists with searchCriteria; each document keeps the body's ``comment`` and a
+shipment its ``tracks``, in the shapes Magento answers them; ``GET /V1/shipment|invoices|creditmemo/{id}/comments``
+lists one document's comments; ``document_comments_in_lists=False`` leaves them out of the invoice and credit
+memo lists, as some builds do), the bulk API (``/async/bulk/V1/products``,
 ``/async/V1/products`` and ``/V1/bulk/{uuid}/status``) and the admin token.
 
 Besides the write log, every request is counted (:meth:`FakeMagento.requests`, :meth:`request_count`):
 how a benchmark tells HTTP requests sent from writes applied.
 
-Request bodies are checked against ``schema_subset.json`` (derived from Magento's published schema
-by ``derive_schema.py``) the way Magento's web API deserializer does it: wrapper keys the route
-requires (``product``, ``prices``, ``customer`` ...) must be there; a known field of the wrong type
-is a 400 ``The "%value" value's type is invalid. The "%type" type was expected.``; numeric strings
-pass for numbers and a number passes for a string (PHP casts them); ``custom_attributes[].value`` may
-be an array; an unknown field in a data object is a 400 ``Property "%1" does not have accessor
-method "%2" in class "%3".`` (``strict_unknown_fields=False`` ignores it). The schema's ``required``
-lists are docblock artefacts and are not enforced; the runtime minimum is (a new product needs a
-name, an attribute set and a price; a customer an email, first and last name; a company its name,
-email and super user). Known fields are stored cast to their schema type, as PHP setters cast them.
+Request bodies are held to Magento's full request schema (``schema_requests.json``, derived from the
+published schema by ``derive_schema.py``; the rules are :mod:`connectors.magento.schema`'s), as the
+connector's pre-send check holds them, and refused the way Magento's web API deserializer words it:
+a missing wrapper key or required field is a 400 ``"%fieldName" is required. Enter and try again.``; a
+value of the wrong JSON type (a numeric string for a number, a number for a string such as
+``custom_attributes[].value``, null for any field) is a 400 ``The "%value" value's type is invalid. The
+"%type" type was expected.``; an unknown field in a data object is a 400 ``Property "%1" does not have
+accessor method "%2" in class "%3".`` (``strict_unknown_fields=False`` ignores it, and the fake drops it).
+Magento itself casts more than it refuses; the fake does not, so nothing that leans on PHP's casts
+passes here and fails on another Magento. Only a company's ``reject_reason`` and ``rejected_at`` may be
+left out of the schema's ``required`` lists (see :data:`connectors.magento.schema.NOT_REQUIRED`). Beyond
+the schema, the runtime minimum is checked (a new product needs a name, an attribute set and a price; a
+customer an email, first and last name; a company its name, email and super user).
 
 Answers are checked too, strictly (:func:`response_problems`: exact types, no unknown fields, the
 schema's required keys present): an answer of the fake that breaks the schema becomes a 500 naming
@@ -65,17 +72,27 @@ import random
 import re
 import secrets
 import socket
+import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
-from engine.fakeserver import ServedFake, TrackingHTTPServer, serve_until_signalled
+from connectors.magento.schema import (
+    BULK_OF,
+    Problem,
+    request_body_schema,
+    request_definitions,
+    request_problems,
+    request_routes,
+)
+from engine.connector import closest
+from engine.fakeserver import ServedFake, TrackingHTTPServer, listen, serve_until_signalled
 
 __all__ = ["FakeMagento", "main", "response_problems"]
 
@@ -95,6 +112,9 @@ BULK_SUCCESS = "Service execution success Magento\\Catalog\\Model\\ProductReposi
 
 # bulk operation statuses (Magento\AsynchronousOperations\Api\Data\OperationInterface)
 COMPLETE, RETRIABLY_FAILED, FAILED, OPEN, REJECTED = 1, 2, 3, 4, 5
+
+ADMIN = "/__fake/"
+SEED_KEYS = ("customers", "orders", "products", "sources")
 
 _PATH = re.compile(r"^/rest(?:/(?!async/)(?P<store>[A-Za-z0-9_]+))?/(?P<mode>async/bulk/|async/)?V1/(?P<route>.*)$")
 _FILTER = re.compile(
@@ -146,80 +166,64 @@ def _accessor(name: str) -> str:
     return "get" + "".join(part.capitalize() for part in name.split("_"))
 
 
+_PHP_TYPES = {"integer": "int", "number": "float", "boolean": "bool", "string": "string", "array": "array"}
+
+
+def _refusal(problem: Problem) -> _Answer:
+    """Magento's 400 for the first problem of a body (its web API deserializer stops at the first one)."""
+    if problem.kind == "missing":
+        return _error(400, REQUIRED, {"fieldName": problem.field})
+    if problem.kind == "unknown":
+        pascal = _accessor(problem.field)[3:]
+        return _error(400, NO_ACCESSOR, [pascal, _accessor(problem.field), _php_class(problem.owner or "")])
+    expected = _PHP_TYPES.get(problem.expected) or _php_class(problem.owner or "object")
+    shown = "null" if problem.kind == "null" else _show(problem.value)
+    return _error(400, TYPE_ERROR, {"value": shown, "type": expected})
+
+
 class _Validator:
-    """Checks a request body against a schema of the subset, leniently where Magento's deserializer is."""
+    """Holds request bodies to Magento's full request schema (:mod:`connectors.magento.schema`) and keeps
+    of a body what the fake stores: without ``strict_unknown_fields`` an undeclared field of a data object
+    is dropped (as Magento ignores it), and an integral float for an integer becomes an int."""
 
     def __init__(self, strict_unknown_fields: bool) -> None:
-        self.definitions: dict[str, Any] = _schema()["definitions"]
+        self.definitions = request_definitions()
         self.strict_unknown_fields = strict_unknown_fields
 
-    def body(self, value: Any, schema: dict[str, Any] | None) -> Any:
-        """The body with every known field cast to its schema type (as PHP setters do); raises a 400."""
-        if schema is None:
+    def body(self, value: Any, route: str | None) -> Any:
+        """The body to store, once it fits ``route``'s request schema; else raises Magento's 400."""
+        if route is None:
             return value
-        if not isinstance(value, dict):
+        if not isinstance(value, dict | list):
             raise _error(400, "Decoding error: %1", ["the request body is not a JSON object"])
-        for name in schema.get("required", []):
-            if value.get(name) is None:
-                raise _error(400, REQUIRED, {"fieldName": name})
-        properties = schema.get("properties", {})
-        return {
-            name: self.check(item, properties[name], None) if name in properties and item is not None else item
-            for name, item in value.items()
-        }
+        problems = [
+            p
+            for p in request_problems(route, value, unknown_fields=self.strict_unknown_fields)
+            if not (p.kind == "unknown" and p.owner is None)  # a parameter the service does not take is ignored
+        ]
+        if problems:
+            raise _refusal(problems[0])
+        schema = request_body_schema(BULK_OF.get(route, route))
+        if isinstance(value, list):
+            return [self.keep(item, schema, None) for item in value]
+        return self.keep(value, schema, None)
 
-    def check(self, value: Any, schema: dict[str, Any], owner: str | None) -> Any:
+    def keep(self, value: Any, schema: dict[str, Any], owner: str | None) -> Any:
         if "$ref" in schema:
             owner = str(schema["$ref"]).rsplit("/", 1)[-1]
             schema = self.definitions[owner]
         kind = schema.get("type", "object" if "properties" in schema else None)
-        if kind == "object":
-            if not isinstance(value, dict):
-                raise _error(400, TYPE_ERROR, {"value": _show(value), "type": _php_class(owner or "object")})
-            properties = schema.get("properties", {})
-            out: dict[str, Any] = {}
-            for name, item in value.items():
-                if name not in properties:
-                    if self.strict_unknown_fields and owner is not None:
-                        pascal = _accessor(name)[3:]
-                        raise _error(400, NO_ACCESSOR, [pascal, _accessor(name), _php_class(owner)])
-                    continue  # ignored, as Magento does when it does not complain
-                if item is None or (owner == "framework-attribute-interface" and name == "value"):
-                    out[name] = item  # value: typed as a string; real payloads send arrays (category_ids)
-                else:
-                    out[name] = self.check(item, properties[name], owner)
-            return out
-        if kind == "array":
-            if not isinstance(value, list):
-                raise _error(400, TYPE_ERROR, {"value": _show(value), "type": "array"})
-            return [None if item is None else self.check(item, schema.get("items", {}), owner) for item in value]
-        if kind == "integer":
-            if isinstance(value, int) and not isinstance(value, bool):
-                return value
-            if isinstance(value, str) and _INT.match(value.strip()) is not None:
-                return int(value)
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise _error(400, TYPE_ERROR, {"value": _show(value), "type": "int"})
-        if kind == "number":
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                return value
-            if isinstance(value, str) and _NUMBER.match(value.strip()) is not None:
-                number = float(value)
-                return int(number) if number.is_integer() and "." not in value else number
-            raise _error(400, TYPE_ERROR, {"value": _show(value), "type": "float"})
-        if kind == "boolean":
-            if isinstance(value, bool):
-                return value
-            if value in (0, 1, "0", "1", "true", "false"):
-                return value in (1, "1", "true")
-            raise _error(400, TYPE_ERROR, {"value": _show(value), "type": "bool"})
-        if kind == "string":
-            if isinstance(value, dict | list):
-                raise _error(400, TYPE_ERROR, {"value": _show(value), "type": "string"})
-            if isinstance(value, bool):
-                return "1" if value else ""
-            return value if isinstance(value, str) else _show(value)
+        if kind == "object" and isinstance(value, dict) and "properties" in schema:
+            properties = schema["properties"]
+            return {
+                name: self.keep(item, properties[name], owner) if name in properties else item
+                for name, item in value.items()
+                if name in properties or owner is None
+            }
+        if kind == "array" and isinstance(value, list):
+            return [self.keep(item, schema.get("items", {}), owner) for item in value]
+        if kind == "integer" and isinstance(value, float):
+            return int(value)
         return value
 
 
@@ -259,6 +263,49 @@ def response_problems(value: Any, schema: dict[str, Any] | None, where: str = "$
         for index, item in enumerate(value):
             problems += response_problems(item, schema.get("items", {}), f"{where}[{index}]")
     return problems
+
+
+def _seed_list(data: Mapping[str, Any], key: str) -> list[Any]:
+    value = data.get(key, [])
+    if not isinstance(value, list):
+        raise ValueError(f"{key}: a list of {key}, not a {type(value).__name__}")
+    return value
+
+
+def _source_code(source: Any, where: str) -> str:
+    """An MSI source code from a seed entry: ``"eu_central"`` or ``{"source_code": "eu_central", ...}``."""
+    code = source.get("source_code") if isinstance(source, dict) else source
+    if not isinstance(code, str) or not code:
+        raise ValueError(f'{where}: a source is a code or {{"source_code": code}}; got {source!r}')
+    return code
+
+
+def _seed_fits(where: str, route: str, body: dict[str, Any]) -> None:
+    """A seed entry is held to the schema of the request that would create it."""
+    problems = request_problems(route, body)
+    if problems:
+        raise ValueError(f"{where}: {problems[0]}")
+
+
+def _seeded(where: str, store: Callable[[], Any]) -> None:
+    """Store one seed entry; Magento's refusal of it (the runtime minimum) becomes a ValueError naming it."""
+    try:
+        store()
+    except _Answer as refused:
+        raise ValueError(f"{where}: {_said(refused.body)}") from None
+
+
+def _said(body: Any) -> str:
+    """An error body's message with its parameters filled in (``%1``, ``%name``)."""
+    text = str(body.get("message", "")) if isinstance(body, dict) else str(body)
+    parameters = body.get("parameters") if isinstance(body, dict) else None
+    if isinstance(parameters, list):
+        for position, value in enumerate(parameters, 1):
+            text = text.replace(f"%{position}", str(value))
+    elif isinstance(parameters, dict):
+        for name, value in parameters.items():
+            text = text.replace(f"%{name}", str(value))
+    return text
 
 
 def _oauth_enc(value: str) -> str:
@@ -428,6 +475,12 @@ class _Server(TrackingHTTPServer):
     def __init__(self, address: tuple[str, int], fake: FakeMagento) -> None:
         super().__init__(address, _RequestHandler, fake)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that gave up (a timeout: the answer of a write it no longer waits for) is part of the
+        # tests, not a fault of the fake.
+        if not isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
+            super().handle_error(request, client_address)
+
 
 class _RequestHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -483,6 +536,7 @@ class FakeMagento(ServedFake):
         strict_unknown_fields: bool = True,
         check_responses: bool = True,
         bulk_auto_run: bool = True,
+        document_comments_in_lists: bool = True,
         sources: tuple[str, ...] = ("default",),
         seed: int = 0,
     ) -> None:
@@ -495,6 +549,7 @@ class FakeMagento(ServedFake):
         self.integration_token = integration_token
         self.oauth1 = oauth1
         self.bulk_auto_run = bulk_auto_run
+        self.document_comments_in_lists = document_comments_in_lists
         self.check_responses = check_responses
         self.sources = set(sources)
         self._validator = _Validator(strict_unknown_fields)
@@ -527,9 +582,13 @@ class FakeMagento(ServedFake):
             ("POST", re.compile(r"^order/(?P<orderId>\d+)/ship$"), self._order_ship, False),
             ("POST", re.compile(r"^order/(?P<orderId>\d+)/invoice$"), self._order_invoice, False),
             ("POST", re.compile(r"^order/(?P<orderId>\d+)/refund$"), self._order_refund, False),
+            ("GET", re.compile(r"^orders/(?P<id>\d+)/comments$"), self._order_comments, False),
             ("GET", re.compile(r"^shipments$"), self._shipment_list, False),
             ("GET", re.compile(r"^invoices$"), self._invoice_list, False),
             ("GET", re.compile(r"^creditmemos$"), self._creditmemo_list, False),
+            ("GET", re.compile(r"^shipment/(?P<id>\d+)/comments$"), self._shipment_comments, False),
+            ("GET", re.compile(r"^invoices/(?P<id>\d+)/comments$"), self._invoice_comments, False),
+            ("GET", re.compile(r"^creditmemo/(?P<id>\d+)/comments$"), self._creditmemo_comments, False),
             ("GET", re.compile(r"^bulk/(?P<bulkUuid>[^/]+)/status$"), self._bulk_status, False),
         ]
         self._clear()
@@ -575,6 +634,15 @@ class FakeMagento(ServedFake):
         with self._lock:
             return copy.deepcopy(self._upsert_product(str(product["sku"]), copy.deepcopy(product)))
 
+    def seed_customer(self, customer: dict[str, Any]) -> dict[str, Any]:
+        """Store a customer as if created (not logged); answers it with its id and dates. Raises ValueError
+        when the customer has no email, first or last name, or its email is taken on its website."""
+        with self._lock:
+            try:
+                return copy.deepcopy(self._store_customer(copy.deepcopy(customer)))
+            except _Answer as refused:
+                raise ValueError(_said(refused.body)) from None
+
     def seed_order(self, order: dict[str, Any]) -> dict[str, Any]:
         """Store an order (not logged); missing ids, increment id, state and dates are filled in."""
         with self._lock:
@@ -605,6 +673,37 @@ class FakeMagento(ServedFake):
             self.orders[entity_id] = stored
             return copy.deepcopy(stored)
 
+    def seed(self, data: Mapping[str, Any]) -> dict[str, int]:
+        """Load seed data, as ``seamline fake magento --seed FILE`` does: ``{"sources": [code, ...],
+        "products": [...], "customers": [...], "orders": [...]}`` (each key optional). Products and
+        customers are held to the same schema and runtime minimum as a request that creates them; nothing
+        is logged as a write. Answers how many of each were loaded; a ValueError names the first bad entry
+        (``products[2]: product.price: '9' is not of type 'number'``); the entries before it stay loaded."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"seed data is an object with {', '.join(SEED_KEYS)}; got {type(data).__name__}")
+        for key in data:
+            if key not in SEED_KEYS:
+                near = closest(str(key), SEED_KEYS)
+                hint = f" — did you mean '{near}'?" if near else ""
+                raise ValueError(f"unknown key {key!r}{hint} (a seed file has: {', '.join(SEED_KEYS)})")
+        lists = {key: _seed_list(data, key) for key in SEED_KEYS}
+        with self._lock:
+            for index, source in enumerate(lists["sources"]):
+                self.sources.add(_source_code(source, f"sources[{index}]"))
+            for index, product in enumerate(lists["products"]):
+                where = f"products[{index}]"
+                _seed_fits(where, "PUT /V1/products/{sku}", {"product": product})
+                _seeded(where, functools.partial(self._upsert_product, str(product["sku"]), copy.deepcopy(product)))
+            for index, customer in enumerate(lists["customers"]):
+                where = f"customers[{index}]"
+                _seed_fits(where, "POST /V1/customers", {"customer": customer})
+                _seeded(where, functools.partial(self._store_customer, copy.deepcopy(customer)))
+            for index, order in enumerate(lists["orders"]):
+                if not isinstance(order, dict):
+                    raise ValueError(f"orders[{index}]: an order is an object, not {type(order).__name__}")
+                self.seed_order(order)
+        return {key: len(lists[key]) for key in SEED_KEYS}
+
     def writes(self) -> list[dict[str, Any]]:
         """The write log, oldest first: every applied write (method, path, body, status); bulk operations
         appear when they run, with their ``bulk_uuid``."""
@@ -614,6 +713,19 @@ class FakeMagento(ServedFake):
     def applied_count(self, path_contains: str = "") -> int:
         with self._lock:
             return sum(1 for entry in self._log if path_contains in entry["path"])
+
+    def effects(self, order_id: int) -> dict[str, int]:
+        """What one order has: its comments (status history entries), shipments, invoices and credit memos.
+
+        How a test proves a once-only write took effect exactly once (a resend after a crash found the
+        first one instead of making a second)."""
+        with self._lock:
+            order = self.orders.get(int(order_id))
+            documents = {"shipments": self.shipments, "invoices": self.invoices, "creditmemos": self.creditmemos}
+            counts = {"comments": len(order["status_histories"]) if order is not None else 0}
+            for kind, stored in documents.items():
+                counts[kind] = sum(1 for document in stored.values() if document["order_id"] == int(order_id))
+            return counts
 
     def requests(self) -> list[dict[str, Any]]:
         """Every request the fake received, oldest first: method, path, query (decoded pairs) and the
@@ -660,6 +772,14 @@ class FakeMagento(ServedFake):
                         f"unknown fault knob {name!r}; known: drop_next, error_rate, error_status, fail_next, latency"
                     )
 
+    def faults(self) -> dict[str, Any]:
+        """The fault knobs as they are now (as ``configure`` takes them)."""
+        with self._lock:
+            f = self._faults
+            fail = {"count": f.fail_next, "status": f.fail_status, "retry_after": f.fail_retry_after}
+            knobs = {"latency": f.latency, "error_rate": f.error_rate, "error_status": f.error_status}
+            return {**knobs, "fail_next": fail, "drop_next": f.drop_next}
+
     def fail_next(self, count: int, status: int = 503, *, retry_after: str | None = None) -> None:
         self.configure(fail_next={"count": count, "status": status, "retry_after": retry_after})
 
@@ -679,10 +799,38 @@ class FakeMagento(ServedFake):
     # -- the request path -----------------------------------------------------------------------
     def handle(self, method: str, target: str, raw: bytes, authorization: str = "", host: str = "") -> _Response | None:
         """Answer one request; None means: drop the connection without answering."""
+        if target.startswith(ADMIN):
+            return self._admin(method, target, raw)
         response = self._answer(method, target, raw, authorization, host)
         with self._lock:
             self._requests.append((method, target, 0 if response is None else response.status))
         return response
+
+    def _admin(self, method: str, target: str, raw: bytes) -> _Response:
+        """``/__fake/...``: the admin API for other processes (never faulted, never authenticated, not counted)."""
+        parts = urlsplit(target)
+        what = (method, parts.path[len(ADMIN) :].strip("/"))
+        try:
+            body = json.loads(raw) if raw.strip() else {}
+            if what == ("GET", "health"):
+                return _Response(200, {"ok": True})
+            if what == ("GET", "log"):
+                return _Response(200, self.writes())
+            if what == ("GET", "requests"):
+                return _Response(200, self.requests())
+            if what[1] == "faults" and method in ("GET", "POST"):
+                if method == "POST":
+                    self.configure(**body)
+                return _Response(200, self.faults())
+            if what == ("POST", "seed"):
+                return _Response(200, self.seed(body))
+            if what == ("POST", "reset"):
+                self.reset()
+                return _Response(200, {"ok": True})
+        except (ValueError, TypeError) as exc:
+            return _Response(400, {"message": str(exc)})
+        known = "GET log, GET requests, GET health, GET|POST faults, POST seed, POST reset"
+        return _Response(404, {"message": f"no admin endpoint {method} {parts.path} (there are: {known})"})
 
     def _answer(self, method: str, target: str, raw: bytes, authorization: str, host: str) -> _Response | None:
         with self._lock:
@@ -738,7 +886,7 @@ class FakeMagento(ServedFake):
             entry = self._route_entry(method, pattern)
             sent = copy.deepcopy(request.body)
             request.body = self._validator.body(
-                request.body, None if method == "GET" or entry is None else entry["body"]
+                request.body, None if method == "GET" else self._body_route(method, pattern)
             )
             status, body = handler(request)
             if self.check_responses and entry is not None and entry["response"] is not None:
@@ -761,6 +909,17 @@ class FakeMagento(ServedFake):
             if verb == method and pattern.match(candidate):
                 found: dict[str, Any] = entry
                 return found
+        return None
+
+    @staticmethod
+    @functools.cache
+    def _body_route(method: str, pattern: re.Pattern[str]) -> str | None:
+        """The request schema's route for one of our write routes (None: it takes no body)."""
+        for key in request_routes():
+            verb, _, route = key.partition(" ")
+            candidate = re.sub(r"\{[^}]+\}", "1", route[len("/V1/") :])
+            if verb == method and route.startswith("/V1/") and pattern.match(candidate):
+                return key
         return None
 
     def _authorize(self, request: _Request) -> None:
@@ -996,7 +1155,10 @@ class FakeMagento(ServedFake):
         )
 
     def _customer_create(self, request: _Request) -> tuple[int, Any]:
-        data = dict(request.body["customer"])
+        return 200, copy.deepcopy(self._store_customer(dict(request.body["customer"])))
+
+    def _store_customer(self, data: dict[str, Any]) -> dict[str, Any]:
+        """A new customer as POST /V1/customers saves it: ids, dates and the defaults of a fresh store."""
         self._customer_fields(data)
         website_id = data.get("website_id", 1)
         if self._customer_email_taken(str(data["email"]), website_id, None):
@@ -1008,7 +1170,7 @@ class FakeMagento(ServedFake):
             address.setdefault("id", self._next_id("address"))
             address["customer_id"] = customer["id"]
         self.customers[customer["id"]] = customer
-        return 200, copy.deepcopy(customer)
+        return customer
 
     def _customer_get(self, request: _Request) -> tuple[int, Any]:
         return 200, copy.deepcopy(self._customer(request.params["customerId"]))
@@ -1119,10 +1281,28 @@ class FakeMagento(ServedFake):
             item["qty_shipped"] = (_number(item["qty_shipped"]) or 0) + qty
         self._advance(order)
         body = request.body or {}
-        document = self._document("shipment", order, lines)
-        document["tracks"] = [dict(track) for track in body.get("tracks") or []]
+        document = self._document("shipment", order, lines, body)
+        document["tracks"] = [self._track(track, document) for track in body.get("tracks") or []]
+        document["packages"] = []
         self.shipments[document["entity_id"]] = document
         return 200, document["entity_id"]
+
+    def _track(self, given: dict[str, Any], shipment: dict[str, Any]) -> dict[str, Any]:
+        """A track as Magento stores it (sales-data-shipment-track-interface): unset numbers are null."""
+        now = _now()
+        return {
+            "entity_id": self._next_id("track"),
+            "order_id": shipment["order_id"],
+            "parent_id": shipment["entity_id"],
+            "track_number": given.get("track_number"),
+            "title": given.get("title"),
+            "carrier_code": given.get("carrier_code"),
+            "weight": None,
+            "qty": None,
+            "description": None,
+            "created_at": now,
+            "updated_at": now,
+        }
 
     def _order_invoice(self, request: _Request) -> tuple[int, Any]:
         order = self._order(request.params["orderId"])
@@ -1134,7 +1314,7 @@ class FakeMagento(ServedFake):
         if all(_number(i["qty_invoiced"]) == _number(i["qty_ordered"]) for i in order["items"]):
             order["total_paid"] = order["grand_total"]
         self._advance(order)
-        document = self._document("invoice", order, lines)
+        document = self._document("invoice", order, lines, request.body)
         self.invoices[document["entity_id"]] = document
         return 200, document["entity_id"]
 
@@ -1148,7 +1328,10 @@ class FakeMagento(ServedFake):
         if all(_number(i.get("qty_refunded")) == _number(i["qty_ordered"]) for i in order["items"]):
             order["state"] = order["status"] = "closed"
         order["updated_at"] = _now()
-        document = self._document("creditmemo", order, lines)
+        document = self._document("creditmemo", order, lines, request.body)
+        del document["total_qty"]  # a credit memo has none (sales-data-creditmemo-interface)
+        for line, (item, _qty) in zip(document["items"], lines, strict=True):
+            line.update(entity_id=self._next_id("creditmemo_item"), base_price=item.get("base_price"), base_cost=None)
         self.creditmemos[document["entity_id"]] = document
         return 200, document["entity_id"]
 
@@ -1170,9 +1353,29 @@ class FakeMagento(ServedFake):
         by_id = {int(i["item_id"]): i for i in order["items"]}
         return [(by_id[item_id], qty) for item_id, qty in wanted.items() if qty > 0]
 
-    def _document(self, kind: str, order: dict[str, Any], lines: list[tuple[dict[str, Any], float]]) -> dict[str, Any]:
+    def _document(
+        self, kind: str, order: dict[str, Any], lines: list[tuple[dict[str, Any], float]], body: Any
+    ) -> dict[str, Any]:
+        """A shipment, invoice or credit memo, with the body's ``comment`` stored on it as Magento does
+        (ShipOrder, InvoiceOrder and RefundOrder keep it whatever ``appendComment`` says; it only decides
+        whether the comment goes into the customer's e-mail, so it is ``is_customer_notified`` with ``notify``)."""
         entity_id = self._next_id(kind)
         now = _now()
+        body = body if isinstance(body, dict) else {}
+        comments: list[dict[str, Any]] = []
+        given = body.get("comment")
+        if isinstance(given, dict) and given.get("comment") not in (None, ""):
+            notified = bool(body.get("appendComment")) and bool(body.get("notify"))
+            comments.append(
+                {
+                    "entity_id": self._next_id(f"{kind}_comment"),
+                    "parent_id": entity_id,
+                    "comment": given["comment"],
+                    "is_customer_notified": int(notified),
+                    "is_visible_on_front": int(given.get("is_visible_on_front") or 0),
+                    "created_at": now,
+                }
+            )
         return {
             "entity_id": entity_id,
             "increment_id": f"{entity_id:09d}",
@@ -1181,16 +1384,49 @@ class FakeMagento(ServedFake):
             "updated_at": now,
             "total_qty": sum(qty for _, qty in lines),
             "items": [{"order_item_id": item["item_id"], "sku": item.get("sku"), "qty": qty} for item, qty in lines],
+            "comments": comments,
         }
 
+    def _listed(self, documents: dict[int, dict[str, Any]], request: _Request, *, bare: bool = False) -> dict[str, Any]:
+        """A document search; with ``document_comments_in_lists=False`` invoices and credit memos (``bare``)
+        come without their comments, which their schemas allow (a shipment's requires them), as some
+        Magento builds list them; then only ``GET /V1/<kind>/{id}/comments`` has them."""
+        found = _search(list(documents.values()), request.query)
+        if bare and not self.document_comments_in_lists:
+            for item in found["items"]:
+                item.pop("comments", None)
+        return found
+
     def _shipment_list(self, request: _Request) -> tuple[int, Any]:
-        return 200, _search(list(self.shipments.values()), request.query)
+        return 200, self._listed(self.shipments, request)
 
     def _invoice_list(self, request: _Request) -> tuple[int, Any]:
-        return 200, _search(list(self.invoices.values()), request.query)
+        return 200, self._listed(self.invoices, request, bare=True)
 
     def _creditmemo_list(self, request: _Request) -> tuple[int, Any]:
-        return 200, _search(list(self.creditmemos.values()), request.query)
+        return 200, self._listed(self.creditmemos, request, bare=True)
+
+    @staticmethod
+    def _comment_list(documents: dict[int, dict[str, Any]], raw_id: str) -> tuple[int, Any]:
+        """``GET /V1/<kind>/{id}/comments``: a comment search result (an unknown id lists nothing, as Magento's
+        comment collection filtered on a missing parent does)."""
+        document = documents.get(int(raw_id))
+        items = copy.deepcopy(document["comments"]) if document is not None else []
+        return 200, {"items": items, "search_criteria": {"filter_groups": []}, "total_count": len(items)}
+
+    def _shipment_comments(self, request: _Request) -> tuple[int, Any]:
+        return self._comment_list(self.shipments, request.params["id"])
+
+    def _invoice_comments(self, request: _Request) -> tuple[int, Any]:
+        return self._comment_list(self.invoices, request.params["id"])
+
+    def _creditmemo_comments(self, request: _Request) -> tuple[int, Any]:
+        return self._comment_list(self.creditmemos, request.params["id"])
+
+    def _order_comments(self, request: _Request) -> tuple[int, Any]:
+        """``GET /V1/orders/{id}/comments``: the order's status history, newest first, as a search result."""
+        histories = copy.deepcopy(self._order(request.params["id"])["status_histories"])
+        return 200, {"items": histories, "search_criteria": {"filter_groups": []}, "total_count": len(histories)}
 
     @staticmethod
     def _advance(order: dict[str, Any]) -> None:
@@ -1208,8 +1444,7 @@ class FakeMagento(ServedFake):
         bodies = request.body if request.mode == "async/bulk/" else [request.body]
         if not isinstance(bodies, list):
             raise _error(400, "Decoding error: %1", ["a bulk request body is a JSON array of request bodies"])
-        schema = _schema()["routes"]["POST /V1/products"]["body"]
-        bodies = [self._validator.body(body, schema) for body in bodies]
+        bodies = self._validator.body(bodies, "POST /async/bulk/V1/products")
         bulk_uuid = str(uuid.UUID(int=self._random.getrandbits(128), version=4))
         topic = "async.V1.products.POST"
         operations = []
@@ -1251,15 +1486,7 @@ class FakeMagento(ServedFake):
                     raise _error(400, REQUIRED, {"fieldName": "sku"})
                 self._upsert_product(str(data["sku"]), data)
             except _Answer as failure:
-                text = str(failure.body.get("message", ""))
-                parameters = failure.body.get("parameters")
-                if isinstance(parameters, list):
-                    for position, value in enumerate(parameters, 1):
-                        text = text.replace(f"%{position}", str(value))
-                elif isinstance(parameters, dict):
-                    for name, value in parameters.items():
-                        text = text.replace(f"%{name}", str(value))
-                operation.update(status=FAILED, result_message=text, error_code=0)
+                operation.update(status=FAILED, result_message=_said(failure.body), error_code=0)
                 continue
             operation.update(status=COMPLETE, result_message=BULK_SUCCESS)
             self._log.append(
@@ -1285,20 +1512,107 @@ class FakeMagento(ServedFake):
         return 200, {**body, "operations_list": operations, "operation_count": len(operations)}
 
 
+DEFAULT_TOKEN = "seamline-fake-magento"
+
+CREDENTIALS_HELP = """\
+credentials (what a spec's auth for this system says):
+  admin user     auth: { admin: { username: admin, password: admin123 } }   (--user NAME:PASSWORD)
+  bearer token   auth: { bearer: { token: seamline-fake-magento } }          (--token TOKEN; never expires)
+  integration    auth: { oauth1: { consumer_key, consumer_secret, access_token, access_token_secret } }
+                 (only with --oauth1 KEY:SECRET:TOKEN:TOKEN_SECRET)
+
+seed file (--seed FILE, JSON): {"sources": ["eu_central"], "products": [...], "customers": [...],
+"orders": [...]}; products and customers must fit Magento's schema as a request creating them would.
+
+admin API (no credentials, never faulted): GET /__fake/log (the write log), GET /__fake/requests,
+GET /__fake/health, GET|POST /__fake/faults (e.g. {"fail_next": {"count": 2, "status": 503}}),
+POST /__fake/seed (as the seed file), POST /__fake/reset.
+"""
+
+
+def _oauth1(text: str) -> tuple[str, str, str, str]:
+    parts = text.split(":")
+    if len(parts) != 4 or not all(parts):
+        raise argparse.ArgumentTypeError("--oauth1 takes KEY:SECRET:TOKEN:TOKEN_SECRET, four parts")
+    return parts[0], parts[1], parts[2], parts[3]
+
+
+def _seed_file(path: Path) -> dict[str, Any]:
+    """The seed file's JSON; a ValueError says what is wrong with it."""
+    try:
+        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError("no such file") from None
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"not a JSON seed file: {exc}") from None
+    return data
+
+
+def _banner(fake: FakeMagento, seeded: dict[str, int]) -> str:
+    """What a spec needs to reach the fake: its URL, its credentials, its sources and where its write log is."""
+    lines = [f"fake magento on {fake.url} (a spec's url; the REST API is under /rest/V1/)"]
+    if not fake.auth:
+        lines.append("  credentials: none needed (--no-auth)")
+    else:
+        for username, password in fake.users.items():
+            lines.append(
+                f"  admin user: {username} / {password}   (token: POST {fake.url}/rest/V1/integration/admin/token)"
+            )
+        if fake.integration_token is not None:
+            lines.append(f"  bearer token: {fake.integration_token}")
+        if fake.oauth1 is not None:
+            names = ("consumer key", "consumer secret", "access token", "access token secret")
+            lines += [f"  oauth1 {name}: {value}" for name, value in zip(names, fake.oauth1, strict=True)]
+    lines.append(f"  sources: {', '.join(sorted(fake.sources))}")
+    if any(seeded.values()):
+        lines.append("  seeded: " + ", ".join(f"{count} {key}" for key, count in seeded.items() if key != "sources"))
+    lines.append(f"  b2b (companies): {'yes' if fake.b2b else 'no, answered like Magento Open Source'}")
+    lines.append(f"  write log: GET {fake.url}/__fake/log")
+    lines.append("stop with Ctrl-C")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python3 -m connectors.magento.fake --port 8082``: serve until SIGINT/SIGTERM."""
-    parser = argparse.ArgumentParser(prog="python3 -m connectors.magento.fake", description=__doc__.split("\n")[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8082)
-    parser.add_argument("--no-auth", action="store_true", help="answer without a bearer token")
+    """``seamline fake magento --port 8082``: serve until SIGINT/SIGTERM (the banner says how to reach it)."""
+    parser = argparse.ArgumentParser(
+        prog="seamline fake magento",
+        description=__doc__.split("\n")[0],
+        epilog=CREDENTIALS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=8082, help="port to listen on (default: %(default)s)")
+    parser.add_argument("--no-auth", action="store_true", help="answer without credentials")
     parser.add_argument("--no-b2b", action="store_true", help="answer like Magento Open Source (no companies)")
-    parser.add_argument("--user", default="admin:admin123", help="admin username:password for the token route")
+    parser.add_argument("--user", default="admin:admin123", help="admin NAME:PASSWORD for the token route")
+    parser.add_argument("--token", default=DEFAULT_TOKEN, help="a bearer token that never expires")
+    parser.add_argument("--oauth1", type=_oauth1, metavar="KEY:SECRET:TOKEN:TOKEN_SECRET", help="an integration")
+    parser.add_argument("--source", action="append", default=[], metavar="CODE", help="an MSI source (repeatable)")
+    parser.add_argument("--seed", type=Path, metavar="FILE", help="sources, products, customers and orders (JSON)")
     args = parser.parse_args(argv)
     username, _, password = str(args.user).partition(":")
     fake = FakeMagento(
-        port=args.port, host=args.host, auth=not args.no_auth, b2b=not args.no_b2b, users={username: password}
+        port=args.port,
+        host=args.host,
+        auth=not args.no_auth,
+        b2b=not args.no_b2b,
+        users={username: password},
+        integration_token=args.token or None,
+        oauth1=args.oauth1,
+        sources=("default", *args.source),
     )
-    return serve_until_signalled(fake, lambda: f"fake magento on {fake.url}/rest/V1/")
+    seeded = dict.fromkeys(SEED_KEYS, 0)
+    if args.seed is not None:
+        try:
+            seeded = fake.seed(_seed_file(args.seed))
+        except ValueError as exc:
+            print(f"error: {args.seed}: {exc}", file=sys.stderr)
+            return 1
+    refused = listen(fake)
+    if refused is not None:
+        print(refused, file=sys.stderr)
+        return 1
+    return serve_until_signalled(fake, lambda: _banner(fake, seeded))
 
 
 if __name__ == "__main__":

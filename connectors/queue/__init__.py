@@ -37,8 +37,8 @@ class QueueOptions(SystemOptions):
     )
     url: Url | None = Field(
         None,
-        description="State URL of the store holding the messages; default: the client's embedded SQLite file "
-        "(.seamline/<client>.db), the one the daemon uses when no state URL is set.",
+        description="State URL of the store holding the messages; default: the daemon's own state store (by "
+        "default the client's SQLite file, .seamline/<client>.db beside the spec).",
     )
     prefetch: int = Field(50, ge=1, le=10000, description="Messages a consumer receives at once.")
     lease: Duration = Field("60s", description="How long a received message stays hidden before it comes back.")

@@ -28,7 +28,8 @@ class QueueConnection:
     def __init__(self, options: QueueOptions, context: ConnectContext) -> None:
         self.options = options
         self.system = context.system
-        self.url = options.url or default_state_url(context.client)
+        # the daemon's own store when the spec names none: the queue is then durable exactly as the inbox is
+        self.url = options.url or context.state_url or default_state_url(context.client)
         if options.url:
             context.mask(options.url)
         self._store: StateStore | None = None

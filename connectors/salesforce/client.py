@@ -13,6 +13,15 @@ translated, where they enter (no httpx exception ever leaves this module)::
     other 4xx (REQUIRED_FIELD_MISSING, INVALID_FIELD, …)   TerminalError   quoting errorCode, message, fields
     token request: 400 invalid_client / invalid_grant      TerminalError   (check client_id and client_secret)
 
+Every write is safe to send again, so the kind declares no ``once_only`` write: an upsert by external
+id (``PATCH``) updates what an earlier attempt created, ``update`` only updates, and ``delete`` of
+what is gone answers "already absent". ``mode: create`` is a ``POST`` that carries the external id:
+sent again, it is refused with ``DUPLICATE_VALUE`` when the field is marked Unique in the org (then
+dead-lettered, though it took effect), else it makes a second record. The contract names once-only
+writes by entity, not by mode, so this cannot be declared; use upsert, the default, unless the org must
+refuse an existing record.
+``exists`` (for a target's create-only fields) asks the org by external id.
+
 The connector never retries on its own (the runtime owns retries, backoff and the breaker); the one
 exception is the single token refresh on a 401. The access token and the client secret never appear
 in errors or logs: they are masked, and registered with :attr:`ConnectContext.mask`.
@@ -317,6 +326,29 @@ class SalesforceConnection:
             gone = "deleted" if response.status_code < 300 else "already absent"
             return f"{sobject} {field_name}={value} {gone}"
         raise TerminalError(f"{self.system}: unknown write mode '{mode}'; use upsert, create, update or delete")
+
+    async def exists(self, entity: str, record: Any, *, key: Any) -> bool | None:
+        """Whether the org has the record already, by its external id (the ExistenceChecker role).
+
+        Called by a worker before writing to a target with ``create_only`` or ``update_only`` fields.
+        ``GET /sobjects/<Object>/<field>/<value>?fields=Id`` (Salesforce REST API Developer Guide, "sObject
+        Rows by External ID"): 200, it exists; 404 ``NOT_FOUND``, it does not; 300 (several records have
+        the value) is the TerminalError the write would raise too. An external id with a ``/`` cannot go in
+        a URL: it is looked up with ``SELECT Id FROM <Object> WHERE <field> = '<value>' LIMIT 1`` instead.
+        """
+        sobject = self._sobject(entity, "write")
+        self.check(entity, record)
+        field_name = self.options.external_id_for(entity)
+        value, _body = self._split(entity, record, key, field_name)
+        what = f"find {sobject} {field_name}={value}"
+        if "/" in value:
+            soql = f"SELECT Id FROM {sobject} WHERE {field_name} = {soql_literal(value)} LIMIT 1"
+            body = self._json(await self._call("GET", f"{self.api}/query", params=[("q", soql)], what=what), what)
+            records = body.get("records") if isinstance(body, dict) else None
+            return isinstance(records, list) and len(records) > 0
+        url = f"{self.api}/sobjects/{sobject}/{field_name}/{quote(value, safe='')}"
+        response = await self._call("GET", url, params=[("fields", "Id")], what=what, missing_ok=True)
+        return response.status_code != 404
 
     async def read(
         self,

@@ -9,8 +9,8 @@
         ...                                                              # point a salesforce connector at org.url
         org.writes(); org.applied_count("Account")                       # the write log; writes that changed data
 
-    python3 -m connectors.salesforce.fake --port 8083 --client-id seamline --client-secret s3cret \
-        --field Account.ERP_Customer_Number__c:string:external      # or: seamline fake salesforce ...
+    seamline fake salesforce --port 8083 --client-id seamline --client-secret s3cret \
+        --field Account.ERP_Customer_Number__c:string:external
 
 The shapes follow ../shared/reference/contracts-magento-erp.md §C.6 and Salesforce's REST API guide
 (sObject rows, sObject rows by external id, query, composite, sObject collections). What it serves:
@@ -92,7 +92,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from engine.fakeserver import ServedFake, TrackingHTTPServer, serve_until_signalled
+from engine.fakeserver import ServedFake, TrackingHTTPServer, listen, serve_until_signalled
 
 __all__ = ["FakeSalesforce", "SObjectField", "main"]
 
@@ -1195,6 +1195,9 @@ class FakeSalesforce(ServedFake):
                 )
             if method == "PATCH" and field_spec.external_id:
                 return self._upsert(request, spec, field_spec, rest[2], via)
+            # GET (or DELETE) of sObject Rows by External ID, as Salesforce's REST API Developer Guide gives
+            # them: the record (with `attributes`; `?fields=` picks its fields), 404 NOT_FOUND when none has
+            # the value, 300 with the matching records' URLs when several do.
             matches = self._matches(spec, field_spec.name, rest[2])
             if len(matches) > 1:
                 return self._multiple(request, spec, matches)
@@ -2041,13 +2044,42 @@ def _extra_fields(specs: Iterable[str]) -> dict[str, list[SObjectField]]:
     return extra
 
 
+CREDENTIALS_HELP = """\
+credentials (what a spec's auth for this system says, OAuth 2.0 client credentials):
+  auth: { token_url: <url>/services/oauth2/token, client_id: seamline, client_secret: seamline-secret }
+  (--client-id and --client-secret change them; the banner prints the token url)
+
+admin API (no credentials, never faulted): GET /__fake/log (the write log), GET /__fake/requests,
+GET /__fake/records?object=, GET /__fake/health, POST /__fake/faults, POST /__fake/expire-tokens,
+POST /__fake/seed {"object", "records"}, POST /__fake/reset.
+"""
+
+
+def _banner(fake: FakeSalesforce, clients: dict[str, str]) -> str:
+    """What a spec needs to reach the org: its URL, token URL, client id and secret, and its write log."""
+    lines = [f"fake salesforce on {fake.url} (token url {fake.token_url})"]
+    for client_id, secret in clients.items():
+        lines += [f"  client id: {client_id}", f"  client secret: {secret}"]
+    lines.append(f"  token url: {fake.token_url}")
+    lines.append(f"  write log: GET {fake.url}/__fake/log")
+    lines.append("stop with Ctrl-C")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python3 -m connectors.salesforce.fake --port 8083``: serve until SIGINT/SIGTERM."""
-    parser = argparse.ArgumentParser(prog="python3 -m connectors.salesforce.fake", description=__doc__.split("\n")[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8083)
-    parser.add_argument("--client-id", default="seamline")
-    parser.add_argument("--client-secret", default="seamline-secret")
+    """``seamline fake salesforce --port 8083``: serve until SIGINT/SIGTERM (the banner says how to reach it)."""
+    parser = argparse.ArgumentParser(
+        prog="seamline fake salesforce",
+        description=__doc__.split("\n")[0],
+        epilog=CREDENTIALS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=8083, help="port to listen on (default: %(default)s)")
+    parser.add_argument("--client-id", default="seamline", help="the connected app's client id (default: seamline)")
+    parser.add_argument(
+        "--client-secret", default="seamline-secret", help="its client secret (default: seamline-secret)"
+    )
     parser.add_argument(
         "--token-ttl", type=float, default=None, help="seconds a session lasts (default: until expired)"
     )
@@ -2063,14 +2095,19 @@ def main(argv: list[str] | None = None) -> int:
         extra = _extra_fields(args.field)
     except ValueError as exc:
         parser.error(str(exc))
+    clients = {args.client_id: args.client_secret}
     fake = FakeSalesforce(
         port=args.port,
         host=args.host,
-        clients={args.client_id: args.client_secret},
+        clients=clients,
         token_ttl=args.token_ttl,
         extra_fields=extra,
     )
-    return serve_until_signalled(fake, lambda: f"fake salesforce on {fake.url} (token url {fake.token_url})")
+    refused = listen(fake)
+    if refused is not None:
+        print(refused, file=sys.stderr)
+        return 1
+    return serve_until_signalled(fake, lambda: _banner(fake, clients))
 
 
 if __name__ == "__main__":

@@ -51,6 +51,16 @@ Calls: ``price`` takes ``{code or codes, quantity?, party?: {vat or email} or a 
 and answers ``{code, quantity, unit_price, currency, party_found}`` (a list for ``codes``); ``stock``
 takes ``{code or codes}``; ``party`` takes ``{vat, email or code}``.
 
+No write is once-only (``once_only`` is empty): each is matched by its business key before anything is
+created, so sending it again finds what the first attempt made. Every JSON-RPC call is a transaction of
+its own: a sale created by an attempt that died (or timed out) right after is found by its reference
+and taken up, or left as it is once confirmed; a create still running when the next attempt looked can
+leave two sales of one reference, and the next write keeps one (the confirmed one, else the oldest open
+one) and cancels the other open ones, so an order never becomes two confirmed sales (parties and
+products have no such clean-up: that race can make a second one, matched from then on by the oldest).
+A check before the resend would ask Tryton exactly what the write itself asks first, so there is none. ``exists`` (for a
+target's create-only fields) asks for parties and products by what a write matches them by.
+
 Tryton on SQLite serves one writer at a time; against such a server set ``limits.concurrency: 1``
 (two parties created at once can draw the same party code there). On PostgreSQL there is no limit.
 

@@ -281,6 +281,22 @@ class _Session:
     context: dict[str, Any]
 
 
+Sales = list[dict[str, Any]]
+
+
+def _sorted_sales(sales: Sales) -> tuple[Sales, Sales, Sales]:
+    """(settled, open, cancelled) sales, each oldest first: settled is past quotation (confirmed,
+    processing, done), open is draft or quotation."""
+    opened = [s for s in sales if s.get("state") in _OPEN_SALE_STATES]
+    cancelled = [s for s in sales if s.get("state") == "cancelled"]
+    settled = [s for s in sales if s not in opened and s not in cancelled]
+    return settled, opened, cancelled
+
+
+def _sale_receipt(sale: Mapping[str, Any]) -> str:
+    return f"sale {sale['id']} {sale.get('number') or '-'} {sale.get('state')}"
+
+
 class _SessionExpired(Exception):
     """Tryton answered 401 to a call made with a session: it expired or the server forgot it."""
 
@@ -390,6 +406,29 @@ class TrytonConnection:
             return await self._write_sale(record)
         product_id = await self._upsert_product(record)
         return f"product {product_id}"
+
+    async def exists(self, entity: str, record: Any, *, key: Any) -> bool | None:
+        """Whether Tryton has the record already (the ExistenceChecker role, for create-only fields).
+
+        Called by a worker before writing to a target with ``create_only`` or ``update_only`` fields; it
+        asks what a write matches by, one search each: ``parties`` by VAT code, else email; ``products`` by
+        code (deactivated ones count: a write would reactivate, not create them). ``sales``: None (a sale
+        is created once and never updated; the runtime's ledger answers).
+        """
+        if entity == "parties":
+            self._check_party(record, "the party")
+            return await self._find_party(record) is not None
+        if entity == "products":
+            self._check_product(record)
+            rows = await self._search_read(
+                "product.product",
+                [["code", "=", _text(record.get("code"))]],
+                ["id"],
+                context={"active_test": False},
+                limit=1,
+            )
+            return bool(rows)
+        return None
 
     async def call(self, operation: str, request: Any, *, timeout: float) -> Any:
         """``price``, ``stock`` or ``party`` (see the package doc); answers within ``timeout`` or fails."""
@@ -1025,27 +1064,38 @@ class TrytonConnection:
                 _decimal(line.get("unit_price"), f"{self.system}: sale line {n}'s unit_price")
 
     async def _write_sale(self, record: Mapping[str, Any]) -> str:
-        """Create the quotation (or take up the one an earlier attempt left), then quote and confirm it."""
+        """Create the quotation (or take up the one an earlier attempt left), then quote and confirm it.
+
+        Tryton keeps no key of its own for a sale, so its ``reference`` (the shop's order number) is the
+        key: a sale of that reference that is past quotation is the one, and nothing is written; an open
+        one (draft or quotation: an earlier attempt stopped before confirm) is taken up; a cancelled one,
+        alone, was cancelled in the ERP and is not made again. Only when there is none is a sale created.
+        Each RPC call is its own transaction, so a sale created by an attempt that died right after is
+        found by the next. An attempt abandoned while its create was still running (a timeout) may commit
+        it after the next attempt looked: the rules below make the two converge on one sale, never two
+        confirmed ones: the oldest open sale is the one taken up, and the other open ones are cancelled.
+        """
         reference = _text(record.get("reference"))
-        existing = await self._search_read(
-            "sale.sale", [["reference", "=", reference]], ["state", "number"], order=[["id", "ASC"]], limit=1
-        )
-        if existing and existing[0].get("state") not in _OPEN_SALE_STATES:
-            row = existing[0]
-            return f"sale {row['id']} {row.get('number') or '-'} {row.get('state')}"
+        sales = await self._sales_by_reference(reference)
+        settled, opened, cancelled = _sorted_sales(sales)
+        if settled:
+            await self._cancel_duplicates(reference, opened, settled[0])
+            return _sale_receipt(settled[0])
+        if cancelled and not opened:
+            return _sale_receipt(cancelled[0])
         values = await self._sale_values(record)
-        if existing:  # an earlier attempt stopped before confirm: its header and lines are replaced
-            sale_id = int(existing[0]["id"])
-            if existing[0].get("state") == "quotation":
-                await self.rpc("model.sale.sale.draft", [sale_id])
-            old_lines = await self.rpc("model.sale.sale.read", [sale_id], ["lines"])
-            line_ids = old_lines[0].get("lines") if old_lines else []
-            lines = values.pop("lines")
-            values["lines"] = ([["delete", line_ids]] if line_ids else []) + lines
-            await self.rpc("model.sale.sale.write", [sale_id], values)
+        if opened:
+            sale_id = await self._take_up(reference, opened, values)
         else:
             created = await self.rpc("model.sale.sale.create", [values])
             sale_id = int(created[0])
+            settled, opened, _cancelled = _sorted_sales(await self._sales_by_reference(reference))
+            kept = settled[0] if settled else opened[0] if opened else {"id": sale_id}
+            if int(kept["id"]) != sale_id:  # an abandoned attempt's sale committed meanwhile: that one is kept
+                await self._cancel_duplicates(reference, [s for s in opened if int(s["id"]) == sale_id], kept)
+                if settled:
+                    return _sale_receipt(settled[0])
+                sale_id = await self._take_up(reference, [s for s in opened if int(s["id"]) != sale_id], values)
         for button in ("quote", "confirm"):
             try:
                 await self.rpc(f"model.sale.sale.{button}", [sale_id])
@@ -1057,6 +1107,45 @@ class TrytonConnection:
         rows = await self.rpc("model.sale.sale.read", [sale_id], ["number", "state"])
         row = rows[0] if rows else {}
         return f"sale {sale_id} {row.get('number') or '-'} {row.get('state')}"
+
+    async def _sales_by_reference(self, reference: str) -> list[dict[str, Any]]:
+        """The sales with this reference, oldest first (normally one; more only after a race, see above)."""
+        return await self._search_read(
+            "sale.sale", [["reference", "=", reference]], ["state", "number"], order=[["id", "ASC"]], limit=20
+        )
+
+    async def _take_up(self, reference: str, opened: list[dict[str, Any]], values: dict[str, Any]) -> int:
+        """Replace the oldest open sale's header and lines with ``values`` (back to draft first); the other
+        open ones are cancelled. Returns the sale's id."""
+        sale = opened[0]
+        sale_id = int(sale["id"])
+        await self._cancel_duplicates(reference, opened[1:], sale)
+        if sale.get("state") == "quotation":
+            await self.rpc("model.sale.sale.draft", [sale_id])
+        old_lines = await self.rpc("model.sale.sale.read", [sale_id], ["lines"])
+        line_ids = old_lines[0].get("lines") if old_lines else []
+        lines = values.pop("lines")
+        values["lines"] = ([["delete", line_ids]] if line_ids else []) + lines
+        await self.rpc("model.sale.sale.write", [sale_id], values)
+        return sale_id
+
+    async def _cancel_duplicates(
+        self, reference: str, duplicates: list[dict[str, Any]], kept: Mapping[str, Any]
+    ) -> None:
+        """Cancel open sales that repeat ``kept`` (drafts or quotations of the same reference: nothing
+        shipped or invoiced hangs on them), so that the ERP shows one sale per order."""
+        ids = [int(s["id"]) for s in duplicates if s.get("state") in _OPEN_SALE_STATES and s["id"] != kept["id"]]
+        if not ids:
+            return
+        logger.warning(
+            "%s: sale '%s' exists more than once (a create still running when the write was sent again); "
+            "keeping sale %s, cancelling the open duplicate(s) %s",
+            self.system,
+            reference,
+            kept["id"],
+            ids,
+        )
+        await self.rpc("model.sale.sale.cancel", ids)
 
     async def _sale_values(self, record: Mapping[str, Any]) -> dict[str, Any]:
         company, company_currency, company_code = await self._company()

@@ -6,6 +6,7 @@ runs in dev mode, which is only allowed on a loopback address.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import ipaddress
 import json
@@ -14,12 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from engine.connector import parse_size
 from engine.errors import UsageError
 
 if TYPE_CHECKING:
     from engine.runtime.daemon import Daemon
 
-__all__ = ["build_app", "check_exposure"]
+__all__ = ["BodyBudget", "build_app", "check_exposure", "read_body"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
@@ -95,6 +97,9 @@ async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
 async def _ready(daemon: Daemon) -> web.Response:
     if daemon.stopping or not daemon.started:
         return _json(503, {"status": "stopping" if daemon.stopping else "starting"})
+    if daemon.stopped_triggers:
+        # a flow whose schedule or consumer stopped takes no new work: not ready for all of its work
+        return _json(503, {"status": "degraded", "stopped": dict(sorted(daemon.stopped_triggers.items()))})
     return _json(200, {"status": "ready", "flows": sorted(daemon.client.flows)})
 
 
@@ -102,13 +107,80 @@ async def _metrics(daemon: Daemon) -> web.Response:
     return web.Response(text=daemon.metrics.render(), content_type="text/plain", charset="utf-8")
 
 
+class BodyBudget:
+    """Bytes of request bodies the daemon holds at once: a body is read only when its size fits in what is left.
+
+    Forty 15 MB uploads at once must not take the daemon's memory with them: past the budget a sender is
+    answered 503 with Retry-After and sends again later, as it would after any 503.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.taken = 0
+
+    def try_take(self, size: int) -> bool:
+        if self.taken + size > self.capacity and self.taken > 0:
+            return False
+        self.taken += size
+        return True
+
+    def give(self, size: int) -> None:
+        self.taken = max(0, self.taken - size)
+
+
+class _Refused(Exception):
+    def __init__(self, response: web.Response) -> None:
+        super().__init__(response.status)
+        self.response = response
+
+
+async def read_body(request: web.Request, limit: int, budget: BodyBudget, timeout: float) -> bytes:
+    """The body, refused unread when it says it is over ``limit`` (413), cut off when it turns out to be (413),
+    refused when the budget is spent (503), or when it does not arrive within ``timeout`` seconds (408)."""
+    length = request.content_length
+    if length is not None and length > limit:
+        raise _Refused(_json(413, {"error": f"the body is {length} bytes; this path takes at most {limit}"}))
+    reserved = length if length is not None else limit
+    if not budget.try_take(reserved):
+        raise _Refused(_json(503, {"error": "busy reading other bodies; send again"}, {"Retry-After": "1"}))
+    try:
+        chunks: list[bytes] = []
+        size = 0
+        async with asyncio.timeout(timeout):
+            while True:
+                chunk = await request.content.readany()
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size > limit:
+                    raise _Refused(_json(413, {"error": f"the body is over {limit} bytes, the most this path takes"}))
+                chunks.append(chunk)
+        return b"".join(chunks)
+    except TimeoutError:
+        raise _Refused(
+            _json(
+                408, {"error": f"the body did not arrive within {timeout:g} s; send it again"}, {"Connection": "close"}
+            )
+        ) from None
+    finally:
+        budget.give(reserved)
+
+
 def _webhook(daemon: Daemon, flow_name: str) -> Handler:
+    event = daemon.client.flows[flow_name].flow.trigger.event
+    limit = parse_size(event.max_body) if event is not None else 1_000_000
+
     async def handle(request: web.Request) -> web.Response:
         if daemon.stopping:
             return _json(503, {"error": "shutting down; send again"}, {"Retry-After": "5"})
-        body = await request.read()
+        try:
+            body = await read_body(request, limit, daemon.body_budget, daemon.options.body_timeout)
+        except _Refused as refused:
+            return refused.response
         message_id = request.headers.get("X-Message-Id") or request.headers.get("Idempotency-Key") or ""
-        added = await daemon.accept_event(flow_name, body, source=f"webhook:{request.path}", message_id=message_id)
+        added = await daemon.accept_event(
+            flow_name, body, source=f"webhook:{request.path}", message_id=message_id, headers=request.headers
+        )
         # Answered only after the inbox has it. The body of the usual answers is made once, not per event.
         accepted = _ACCEPTED[added] if added < len(_ACCEPTED) else json.dumps({"accepted": added}).encode()
         return web.Response(status=202, body=accepted, content_type="application/json")
@@ -117,6 +189,9 @@ def _webhook(daemon: Daemon, flow_name: str) -> Handler:
 
 
 def _request(daemon: Daemon, path: str) -> Handler:
+    trigger = daemon.requests[path].flow.flow.trigger.request
+    limit = parse_size(trigger.max_body) if trigger is not None else 64_000
+
     async def handle(request: web.Request) -> web.Response:
         if daemon.stopping:
             return _json(503, {"error": "shutting down"}, {"Retry-After": "5"})
@@ -124,9 +199,14 @@ def _request(daemon: Daemon, path: str) -> Handler:
             payload: Any = dict(request.query)
         else:
             try:
-                payload = json.loads(await request.read() or b"null")
-            except json.JSONDecodeError as exc:
+                body = await read_body(request, limit, daemon.body_budget, daemon.options.body_timeout)
+                payload = json.loads(body or b"null")
+            except _Refused as refused:
+                return refused.response
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 return _json(400, {"error": f"the request body is not JSON: {exc}"})
+            except RecursionError:
+                return _json(400, {"error": "the request body is JSON nested deeper than this engine reads"})
         result = await daemon.requests[path].handle(payload)
         return _json(result.status, result.body, result.headers)
 

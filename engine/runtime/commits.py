@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from engine.state import Delivered, NewItem, StateStore
+from engine.state import Finished, NewItem, StateStore
 
 __all__ = ["GroupCommit"]
 
@@ -27,7 +27,7 @@ class GroupCommit:
     def __init__(self, store: StateStore) -> None:
         self.store = store
         self._new: list[tuple[Sequence[NewItem], asyncio.Future[int]]] = []
-        self._done: list[tuple[int, Delivered | None, asyncio.Future[int]]] = []
+        self._done: list[tuple[Finished, asyncio.Future[int]]] = []
         self._scheduled = False
         self._flushing = False
         # One thread owns the store's connection work: SQLite runs without the GIL there, beside the loop.
@@ -41,10 +41,10 @@ class GroupCommit:
         self._schedule()
         return await future
 
-    async def complete(self, item_id: int, delivery: Delivered | None = None) -> None:
-        """Mark the item done (and record its last delivery), once committed."""
+    async def finish(self, finished: Finished) -> None:
+        """Mark the item done with its outcome (its last delivery and key state with it), once committed."""
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._done.append((item_id, delivery, future))
+        self._done.append((finished, future))
         self._schedule()
         await future
 
@@ -74,7 +74,7 @@ class GroupCommit:
             self._thread,
             self.store.commit_batch,
             [item for items, _ in new for item in items],
-            [(item_id, d) for item_id, d, _ in done],
+            [finished for finished, _ in done],
         )
         batch.add_done_callback(lambda outcome: self._finish(outcome, new, done))
 
@@ -82,10 +82,10 @@ class GroupCommit:
         self,
         outcome: asyncio.Future[list[bool]],
         new: list[tuple[Sequence[NewItem], asyncio.Future[int]]],
-        done: list[tuple[int, Delivered | None, asyncio.Future[int]]],
+        done: list[tuple[Finished, asyncio.Future[int]]],
     ) -> None:
         self._flushing = False
-        futures = [future for _, future in new] + [future for *_, future in done]
+        futures = [future for _, future in new] + [future for _, future in done]
         exc = outcome.exception()
         if exc is not None:  # every waiter learns the batch failed; none was acknowledged
             for future in futures:
@@ -99,7 +99,7 @@ class GroupCommit:
                 if not future.done():
                     future.set_result(sum(added[position : position + len(items)]))
                 position += len(items)
-            for *_, future in done:
+            for _, future in done:
                 if not future.done():
                     future.set_result(0)
         if self._new or self._done:

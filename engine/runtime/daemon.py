@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import hashlib
 import os
@@ -23,13 +24,20 @@ from typing import IO, Any, TypeVar
 from aiohttp import web
 
 from engine.connector import ConnectContext, Connection, default_registry, parse_duration
-from engine.errors import UsageError
+from engine.errors import ServeError, UsageError
 from engine.flow import CompiledClient, load_client
-from engine.runtime.api import build_app, check_exposure
+from engine.runtime.api import BodyBudget, build_app, check_exposure
 from engine.runtime.guards import Backoff, Breaker, Budget
 from engine.runtime.logs import JsonLog
 from engine.runtime.metrics import Metrics, escape_label
-from engine.runtime.processes import DeliveryProcesses, Layout, PrimaryLink, delivery_worker, plan_layout
+from engine.runtime.processes import (
+    DeliveryProcesses,
+    Layout,
+    PrimaryLink,
+    delivery_worker,
+    plan_layout,
+    reclaimable,
+)
 from engine.runtime.triggers import (
     RequestHandler,
     ScheduleTrigger,
@@ -43,11 +51,12 @@ from engine.secrets import Masker, render_values
 from engine.spec.model import StateOptions
 from engine.state import StateStore, default_state_url, hold_sqlite_owner, open_store
 
-__all__ = ["Daemon", "DaemonOptions", "resolve_state_url", "retention_seconds"]
+__all__ = ["HEARTBEAT", "Daemon", "DaemonOptions", "resolve_state_url", "retention_seconds", "spec_version"]
 
 T = TypeVar("T")
 
 BREAKER_STATES = {"closed": 0, "half-open": 1, "open": 2}
+HEARTBEAT = 30.0  # seconds between a daemon's "I run spec version X" on the store; stale after 3 missed
 
 
 @dataclass
@@ -67,10 +76,13 @@ class DaemonOptions:
     processes: int = 1  # this one (the primary) and processes-1 delivery processes
     delivery_part: int = 0  # a delivery process's number (1..processes-1); 0 in the primary
     delivery_channel: int | None = None  # set in a delivery process: its socket to the primary
+    body_timeout: float = 10.0  # a webhook or request body must arrive within this (408 after)
+    body_memory: int = 64 * 1024 * 1024  # bytes of bodies held at once, over all requests (503 past it)
 
 
 def resolve_state_url(client: CompiledClient, explicit: str | None, environ: Mapping[str, str], masker: Masker) -> str:
-    """--state, else $SEAMLINE_STATE_URL, else the spec's state.url, else .seamline/<client>.db."""
+    """--state, else $SEAMLINE_STATE_URL, else the spec's state.url, else the default (:func:`default_state_url`):
+    $SEAMLINE_HOME/<client>.db, or .seamline/<client>.db beside the spec file."""
     if explicit:
         return explicit
     if environ.get("SEAMLINE_STATE_URL"):
@@ -78,7 +90,7 @@ def resolve_state_url(client: CompiledClient, explicit: str | None, environ: Map
     document = client.report.document
     if document is not None and document.state is not None and document.state.url is not None:
         return str(render_values(document.state.url, masker=masker, environ=environ, where="state.url"))
-    return default_state_url(client.client)
+    return default_state_url(client.client, client.file, environ)
 
 
 def retention_seconds(client: CompiledClient) -> float:
@@ -89,13 +101,15 @@ def retention_seconds(client: CompiledClient) -> float:
 
 
 def spec_version(client: CompiledClient) -> str:
+    """A short hash of everything the client's behaviour is made of: the spec chain, mappings, code tables."""
     digest = hashlib.sha256()
     for name in client.report.merged.chain:
         digest.update(client.report.merged.texts.get(name, "").encode("utf-8"))
-    for flow in client.flows.values():
-        for path in flow.mapping_files:
-            with contextlib.suppress(OSError):
-                digest.update(Path(path).read_bytes())
+    for path in client.input_files:
+        if path in client.report.merged.chain:
+            continue
+        with contextlib.suppress(OSError):
+            digest.update(Path(path).read_bytes())
     return digest.hexdigest()[:12]
 
 
@@ -134,9 +148,12 @@ class Daemon:
         self._tasks: list[asyncio.Task[Any]] = []
         self._runner: web.AppRunner | None = None
         self.spec_version = spec_version(self.client)
+        self.state_url = resolve_state_url(self.client, options.state_url, self.environ, self.masker)
         self.owner_lock: int | None = None  # SQLite: <state>.lock, held by this daemon's processes
         self.delivery: DeliveryProcesses | None = None  # the primary's delivery processes
         self.link: PrimaryLink | None = None  # a delivery process's channel to its primary
+        self.body_budget = BodyBudget(options.body_memory)
+        self.stopped_triggers: dict[str, str] = {}  # flow -> why its schedule or consumer ended: /readyz degraded
 
     # -- setup ---------------------------------------------------------------------------------
     def _select_flows(self, wanted: list[str] | None) -> list[str]:
@@ -181,7 +198,11 @@ class Daemon:
             live_options = kind.options.model_validate(rendered)
             declared_in = Path(self.client.report.merged.origin(("systems", system))).parent
             context = ConnectContext(
-                system=system, client=self.client.client, mask=self.masker.add, base_dir=str(declared_in)
+                system=system,
+                client=self.client.client,
+                mask=self.masker.add,
+                base_dir=str(declared_in),
+                state_url=self.state_url,
             )
             self.connections[system] = kind.connect(live_options, context)
             share = self.layout.share(system, self.options.delivery_part)
@@ -200,8 +221,15 @@ class Daemon:
             trigger = compiled.flow.trigger
             if trigger.schedule is not None and compiled.flow.source is not None:
                 system = compiled.flow.source.system
+                kind = default_registry().get(self.client.report.systems[system].connector)
                 self.schedules[name] = ScheduleTrigger(
-                    compiled, self.connections[system], self.budgets[system], store, self.metrics, self.log
+                    compiled,
+                    self.connections[system],
+                    self.budgets[system],
+                    store,
+                    self.metrics,
+                    self.log,
+                    keeps_groups=kind is not None and kind.keeps_groups,
                 )
             elif trigger.event is not None and trigger.event.webhook is not None:
                 self.webhooks[trigger.event.webhook] = name
@@ -211,11 +239,19 @@ class Daemon:
                     compiled, self.connections[system], self.budgets[system], self.breakers[system], self.metrics
                 )
 
-    async def accept_event(self, flow_name: str, body: bytes, *, source: str, message_id: str = "") -> int:
+    async def accept_event(
+        self,
+        flow_name: str,
+        body: bytes,
+        *,
+        source: str,
+        message_id: str = "",
+        headers: Mapping[str, Any] | None = None,
+    ) -> int:
         """A pushed event into the inbox (committed with the others of the same tick); returns how many were new."""
         assert self.store is not None and self.pool is not None
         flow = self.client.flows[flow_name]
-        items = event_items(flow, body, source=source, message_id=message_id)
+        items = event_items(flow, body, source=source, message_id=message_id, headers=headers)
         if items is None:  # not JSON: straight to dead letters, with its reason
             added = enqueue_event(self.store, flow, body, source=source, metrics=self.metrics, message_id=message_id)
         else:
@@ -241,12 +277,33 @@ class Daemon:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop_event.wait(), every)
 
+    async def _heartbeat(self, store: StateStore, every: float = HEARTBEAT) -> None:
+        """Say on the store which spec version this daemon runs, now and every ``every`` seconds: `dlq replay`
+        compares it with the spec on disk."""
+        assert self.pool is not None
+        while not self._stop_event.is_set():
+            try:
+                await self.pool.delivery.commits.run(store.register_daemon, self.pool.name, self.spec_version)
+            except Exception as exc:  # a busy store: the next beat says it again
+                self.log.warning("heartbeat_failed", error=str(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop_event.wait(), every)
+
     def _consumer_ended(self, flow: str, task: asyncio.Task[None]) -> None:
         """A queue consumer ends on its own only for a reason waiting will not fix (a refused login)."""
+        self._trigger_ended("consumer_stopped", flow, task)
+
+    def _schedule_ended(self, flow: str, task: asyncio.Task[None]) -> None:
+        """A schedule loop ends on its own only when it cannot tell when to run next."""
+        self._trigger_ended("schedule_stopped", flow, task)
+
+    def _trigger_ended(self, event: str, flow: str, task: asyncio.Task[None]) -> None:
         if task.cancelled() or self.stopping:
             return
         error = task.exception()
-        self.log.error("consumer_stopped", flow=flow, error=str(error) if error else "consume() returned")
+        reason = f"{type(error).__name__}: {error}" if error else "it returned"
+        self.stopped_triggers[flow] = f"{event.split('_')[0]} stopped: {reason}"
+        self.log.error(event, flow=flow, error=reason, hint="the flow takes no new work until the daemon restarts")
 
     def _gauges(self, store: StateStore) -> None:
         def depth() -> dict[str, float]:
@@ -262,8 +319,18 @@ class Daemon:
         def breakers() -> dict[str, float]:
             return {f'system="{escape_label(s)}"': float(BREAKER_STATES[b.state]) for s, b in self.breakers.items()}
 
+        def triggers_up() -> dict[str, float]:
+            # 1 while a flow's schedule or queue consumer runs; 0 once it stopped (see /readyz)
+            running = {n for n in self.flow_names if n in self.schedules or self._consumes(n)}
+            return {f'flow="{escape_label(n)}"': 0.0 if n in self.stopped_triggers else 1.0 for n in sorted(running)}
+
         self.metrics.gauges["inbox_items"] = depth
         self.metrics.gauges["breaker_state"] = breakers
+        self.metrics.gauges["trigger_up"] = triggers_up
+
+    def _consumes(self, flow: str) -> bool:
+        event = self.client.flows[flow].flow.trigger.event
+        return event is not None and event.system is not None
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -272,7 +339,7 @@ class Daemon:
             return
         if self.options.serve_http:
             check_exposure(self.options.host, self.token, self.options.dev)
-        url = resolve_state_url(self.client, self.options.state_url, self.environ, self.masker)
+        url = self.state_url
         if self.options.processes > 1 and url.lower().startswith("sqlite:") and ":memory:" in url:
             raise UsageError("--processes needs a state store the processes can share, not sqlite:///:memory:")
         # One daemon (with its delivery processes) per SQLite file: the lock waits for the processes of an
@@ -293,6 +360,13 @@ class Daemon:
             recovered = store.requeue_inflight()
             if recovered:
                 self.log.warning("recovered", items=recovered, reason="in flight when the last run stopped")
+        else:
+            # A shared store: only this host's claims whose process is gone are this replica's to take back now;
+            # another replica's run out with their lease.
+            for worker in store.inflight_workers():
+                if reclaimable(worker, os.getpid()):
+                    recovered = store.requeue_inflight(worker)
+                    self.log.warning("recovered", items=recovered, worker=worker, reason="its process is gone")
         self._wire_triggers(store)
         self._gauges(store)
         self.pool = WorkerPool(
@@ -300,6 +374,7 @@ class Daemon:
             size=self.options.workers,
             flows=self.flow_names,
             lease=self.options.lease,
+            name=delivery_worker(0, os.getpid()),
         )
         self.pool.start()
         if self.options.processes > 1:
@@ -317,9 +392,12 @@ class Daemon:
             )
             await self.delivery.start()
         self._tasks.append(asyncio.create_task(self._prune_loop(store), name="prune"))
+        self._tasks.append(asyncio.create_task(self._heartbeat(store), name="heartbeat"))
         if self.options.schedules:
-            for schedule in self.schedules.values():
-                self._tasks.append(asyncio.create_task(schedule.loop(self._stop_event), name=f"schedule-{schedule}"))
+            for name, schedule in self.schedules.items():
+                task = asyncio.create_task(schedule.loop(self._stop_event), name=f"schedule-{name}")
+                task.add_done_callback(functools.partial(self._schedule_ended, name))
+                self._tasks.append(task)
         for name in self.flow_names:
             compiled = self.client.flows[name]
             event = compiled.flow.trigger.event
@@ -334,7 +412,16 @@ class Daemon:
             self._runner = web.AppRunner(build_app(self), access_log=None, handle_signals=False)
             await self._runner.setup()
             site = web.TCPSite(self._runner, self.options.host, self.options.port, reuse_address=True)
-            await site.start()
+            try:
+                await site.start()
+            except OSError as exc:
+                await self.stop()  # nothing half-started stays behind: workers, connections, the store's lock
+                if exc.errno == errno.EADDRINUSE:
+                    raise ServeError(
+                        f"port {self.options.port} on {self.options.host} is in use (another seamline daemon?); "
+                        "stop it or choose another with --port"
+                    ) from None
+                raise ServeError(f"cannot serve the API on {self.options.host}:{self.options.port}: {exc}") from None
         self.started = True
         self.log.info(
             "started",
@@ -366,8 +453,7 @@ class Daemon:
         self.link = PrimaryLink(self.options.delivery_channel, self.metrics)
         await self.link.open()
         await self.open_connections()
-        url = resolve_state_url(self.client, self.options.state_url, self.environ, self.masker)
-        self.store = store = open_store(url)
+        self.store = store = open_store(self.state_url)
         self.pool = WorkerPool(
             self._delivery(store),
             size=self.options.workers,
@@ -414,6 +500,9 @@ class Daemon:
             self.pool.delivery.commits.close()  # a batch still committing finishes before the store closes
         if self.link is not None:
             await self.link.close()  # the last counts go to the primary after the drain
+        if self.store is not None and not self.delivery_only and self.pool is not None:
+            with contextlib.suppress(Exception):  # a store gone: the entry ages out by its last beat
+                self.store.register_daemon(self.pool.name, self.spec_version, gone=True)
         if self.store is not None:
             depth = self.store.depth()
             self.store.close()

@@ -35,6 +35,8 @@ class Budget:
         self.concurrency = concurrency or 16
         self.rate = _rate_per_second(limits.rate) / parts if limits and limits.rate else None
         self.timeout = parse_duration(limits.timeout) if limits and limits.timeout else 30.0
+        # the longest Retry-After this system may impose on a record (and every newer change of its key)
+        self.max_retry_after = parse_duration(limits.max_retry_after if limits else Limits().max_retry_after)
         self._slots = asyncio.Semaphore(self.concurrency)
         self._clock = clock
         self._tokens = float(self.rate or 0)

@@ -19,6 +19,20 @@ COUNTERS = {
     "retried": "Transient failures given back for a retry",
     "dead_lettered": "Records sent to dead letters",
     "requests": "Request-trigger calls answered",
+    "schedule_errors": "Schedule passes that failed (the source could not be read, or the pass broke)",
+}
+# Labelled counters, kept as "<family>/<label value>" names so processes report them like the others.
+LABELLED = {
+    "records": (
+        "outcome",
+        "Records read, by their one outcome: delivered, skipped (see seamline_skips_total), dead_lettered, rejected "
+        "(rejected at read: never became a record)",
+    ),
+    "skips": (
+        "reason",
+        "Records skipped, by reason: duplicate (seen before), stale (older than the version delivered), empty "
+        "(the transform gave nothing), discontinued, merged (joined an earlier record's group)",
+    ),
 }
 
 
@@ -98,6 +112,14 @@ class Metrics:
                 for (counter, flow), value in sorted(counters.items()):
                     if counter == name:
                         lines.append(f'{metric}{{client="{client}",flow="{escape_label(flow)}"}} {value:g}')
+            for family, (label, help_text) in LABELLED.items():
+                metric = f"seamline_{family}_total"
+                lines += [f"# HELP {metric} {help_text}", f"# TYPE {metric} counter"]
+                for (counter, flow), value in sorted(counters.items()):
+                    if counter.startswith(family + "/"):
+                        labels = f'client="{client}",flow="{escape_label(flow)}"'
+                        labels += f',{label}="{escape_label(counter.split("/", 1)[1])}"'
+                        lines.append(f"{metric}{{{labels}}} {value:g}")
             for (name, flow), (buckets, total, count) in sorted(hist.items()):
                 metric = f"seamline_{name}_seconds"
                 labels = f'client="{client}",flow="{escape_label(flow)}"'

@@ -38,7 +38,7 @@ from engine.flow import CompiledClient
 from engine.runtime.logs import JsonLog
 from engine.runtime.metrics import Metrics
 
-__all__ = ["DeliveryProcesses", "Layout", "PrimaryLink", "delivery_worker", "plan_layout"]
+__all__ = ["HOST", "DeliveryProcesses", "Layout", "PrimaryLink", "delivery_worker", "plan_layout", "reclaimable"]
 
 REPORT_EVERY = 1.0
 REPORT_LIMIT = 16 * 1024 * 1024
@@ -64,9 +64,39 @@ class Layout:
         return (part, self.processes)
 
 
+HOST = socket.gethostname()
+
+
 def delivery_worker(part: int, pid: int) -> str:
-    """The worker name a process claims under: the primary's is "worker", as with one process."""
-    return "worker" if part == 0 else f"delivery-{part}.{pid}"
+    """The worker name a process claims under: ``<host>:<pid>``, a delivery process's with ``/delivery-<part>``.
+
+    The inbox keeps it with each claimed item, so a replica restarted on the same host can tell its own
+    earlier life's claims (a process that is gone) from a live neighbour's, and take them back at once
+    instead of waiting out their lease (:func:`reclaimable`).
+    """
+    return f"{HOST}:{pid}" + (f"/delivery-{part}" if part else "")
+
+
+def reclaimable(worker: str, own_pid: int) -> bool:
+    """Whether ``worker``'s claims were left by a process of this host that is gone (or by this pid's earlier life).
+
+    Called once at a replica's start, before it claims anything: a claim under its own pid is then an
+    earlier process's that had the same pid (a container's pid 1).
+    """
+    host, _, rest = worker.partition(":")
+    pid_text = rest.split("/", 1)[0]
+    if host != HOST or not pid_text.isdigit():
+        return False  # another host's replica, or a name from an older release: its lease decides
+    pid = int(pid_text)
+    if pid == own_pid:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, under another user
+    return False
 
 
 def plan_layout(

@@ -15,68 +15,155 @@ import contextlib
 import json
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from croniter import croniter  # type: ignore[import-untyped]
 
-from engine.connector import REJECT_HEADER, Connection, Message, parse_duration
+from engine.connector import REJECT_HEADER, Connection, Message, ReadItem, parse_duration
 from engine.errors import TerminalError, TransformError, TransientError
 from engine.flow import CompiledFlow
 from engine.runtime.guards import Breaker, Budget
-from engine.runtime.identity import identify, pick
+from engine.runtime.identity import (
+    GROUP_ROWS,
+    MAX_DEPTH,
+    fields,
+    group_rows,
+    identify_event,
+    identify_read,
+    pick,
+    too_deep,
+)
 from engine.runtime.logs import JsonLog
 from engine.runtime.metrics import Metrics
+from engine.runtime.worker import count_outcome
 from engine.spec.model import Schedule
 from engine.state import NewItem, StateStore
 from engine.transform import canonical
 
 __all__ = [
+    "ReadPage",
     "RequestHandler",
     "RequestResult",
     "ScheduleTrigger",
     "count_received",
     "enqueue_event",
-    "enqueue_records",
     "event_items",
-    "new_items",
+    "read_page",
     "shift_cursor",
 ]
 
 
-def new_items(flow: CompiledFlow, records: list[Any], *, source: str, message_id: str = "") -> list[NewItem]:
-    """Records as inbox items of ``flow``: each with its business key and its dedupe key."""
-    items = []
-    for record in records:
-        business, key = identify(flow.flow, record, message_id=message_id)
-        items.append(NewItem(flow.name, key, business, record, source))
-    return items
+@dataclass
+class ReadPage:
+    """A page of a read as inbox items: the records (grouped when the flow says so) and the rows rejected at read."""
+
+    items: list[NewItem]
+    rejected: list[tuple[NewItem, str]]
+    rows: int  # rows the source handed over, rejected ones included
 
 
-def event_items(flow: CompiledFlow, body: bytes, *, source: str, message_id: str = "") -> list[NewItem] | None:
-    """A pushed event's body (one JSON record or a list of them) as inbox items; None when it is not JSON."""
+def read_page(flow: CompiledFlow, page: list[Any], *, source: str) -> ReadPage:
+    """A page of a schedule read as inbox items; rows the source rejected come apart, each with its reason.
+
+    With ``source.group_by`` the rows sharing a group key become one record (``{<field>: ..., rows: [...]}``);
+    its dedupe id is then made from its rows' own ids, when the source gave them.
+    """
+    rows: list[Any] = []
+    ids: list[str] = []
+    rejected: list[tuple[NewItem, str]] = []
+    for entry in page:
+        if isinstance(entry, ReadItem) and entry.rejected:
+            identity = identify_read(flow.flow, entry.data, row_id=entry.id)
+            rejected.append(
+                (NewItem(flow.name, identity.dedupe, identity.business, entry.data, source), entry.rejected)
+            )
+            continue
+        data, row_id = (entry.data, entry.id) if isinstance(entry, ReadItem) else (entry, "")
+        if too_deep(data):
+            identity = identify_read(flow.flow, {"raw": "(not kept: nested too deep)"}, row_id=row_id)
+            reason = f"the row is nested deeper than {MAX_DEPTH} levels; no record nests that deep"
+            rejected.append((NewItem(flow.name, identity.dedupe, identity.business, {"raw": row_id}, source), reason))
+            continue
+        rows.append(data)
+        ids.append(row_id)
+    group_by = fields(flow.flow.source.group_by if flow.flow.source is not None else None)
+    items: list[NewItem] = []
+    if group_by:
+        by_group: dict[int, list[str]] = {}
+        grouped = group_rows(rows, group_by)
+        positions = {id(row): n for n, row in enumerate(rows)}
+        for n, record in enumerate(grouped):
+            by_group[n] = [ids[positions[id(row)]] for row in record[GROUP_ROWS]]
+        for n, record in enumerate(grouped):
+            row_ids = by_group[n]
+            group_id = "+".join(row_ids) if row_ids and all(row_ids) else ""
+            identity = identify_read(flow.flow, record, row_id=_short(group_id))
+            items.append(NewItem(flow.name, identity.dedupe, identity.business, record, source, identity.version))
+    else:
+        for data, row_id in zip(rows, ids, strict=True):
+            identity = identify_read(flow.flow, data, row_id=row_id)
+            items.append(NewItem(flow.name, identity.dedupe, identity.business, data, source, identity.version))
+    return ReadPage(items, rejected, len(page))
+
+
+def _short(text: str) -> str:
+    """A long id (a group's row ids joined) as a short stable one."""
+    if len(text) <= 200:
+        return text
+    import hashlib
+
+    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def event_items(
+    flow: CompiledFlow,
+    body: bytes,
+    *,
+    source: str,
+    message_id: str = "",
+    headers: Mapping[str, Any] | None = None,
+) -> list[NewItem] | None:
+    """A pushed event's body (one JSON record or a list of them) as inbox items; None when it is not JSON.
+
+    The dedupe id comes from the spec's ``dedupe`` (body field or header), else ``message_id`` (a list's
+    records each with their place in it), else nothing: the record is new. With ``group_by`` and ``window``
+    each record is the first row of a group, claimable once its window has passed.
+    """
     try:
         record = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         return None
     records = record if isinstance(record, list) else [record]
-    return new_items(flow, records, source=source, message_id=message_id)
+    if any(too_deep(one) for one in records):
+        return None  # dead-lettered by the caller with its reason (not_json says which)
+    event = flow.flow.trigger.event
+    group_by = fields(event.group_by if event is not None else None)
+    window = parse_duration(event.window) if event is not None and event.window else 0.0
+    items = []
+    for index, one in enumerate(records):
+        identity = identify_event(
+            flow.flow,
+            one,
+            message_id=message_id,
+            headers=headers,
+            index=index if isinstance(record, list) else None,
+        )
+        payload: Any = one
+        if group_by:
+            payload = group_rows([one], group_by)[0]
+        items.append(NewItem(flow.name, identity.dedupe, identity.business, payload, source, identity.version, window))
+    return items
 
 
 def count_received(metrics: Metrics, flow: str, added: int, offered: int) -> None:
     metrics.inc("received", flow, added)
     metrics.inc("duplicates", flow, offered - added)
-
-
-def enqueue_records(
-    store: StateStore, flow: CompiledFlow, records: list[Any], *, source: str, metrics: Metrics, message_id: str = ""
-) -> int:
-    """Store records durably for ``flow``; returns how many were new."""
-    items = new_items(flow, records, source=source, message_id=message_id)
-    added = store.enqueue(items)
-    count_received(metrics, flow.name, added, len(items))
-    return added
+    if offered > added:
+        count_outcome(metrics, flow, "skipped", "duplicate", offered - added)
 
 
 def enqueue_event(
@@ -88,6 +175,7 @@ def enqueue_event(
     metrics: Metrics,
     message_id: str = "",
     rejected: str = "",
+    headers: Mapping[str, Any] | None = None,
 ) -> int:
     """A pushed event (webhook or queue message) into the inbox; a body that is not JSON is dead-lettered.
 
@@ -96,22 +184,40 @@ def enqueue_event(
     Returns the number of new items. Raises nothing for bad input: bad input never loses data, it
     goes to dead letters with its reason, and the sender gets its acknowledgement.
     """
-    reason = rejected
-    record: Any = None
-    if not reason:
-        try:
-            record = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            reason = f"message is not JSON: {exc}"
-    if reason:
-        raw = {"raw": body.decode("utf-8", errors="replace")}
-        business, key = identify(flow.flow, raw, message_id=message_id)
-        if store.reject(NewItem(flow.name, key, business, raw, source), reason):
-            metrics.inc("failed", flow.name)
-            metrics.inc("dead_lettered", flow.name)
+    items = None if rejected else event_items(flow, body, source=source, message_id=message_id, headers=headers)
+    if items is None:
+        reject_event(
+            store, flow, body, rejected or not_json(body), source=source, metrics=metrics, message_id=message_id
+        )
         return 0
-    records = record if isinstance(record, list) else [record]
-    return enqueue_records(store, flow, records, source=source, metrics=metrics, message_id=message_id)
+    added = store.enqueue(items)
+    count_received(metrics, flow.name, added, len(items))
+    return added
+
+
+def not_json(body: bytes) -> str:
+    """Why ``body`` is not a JSON record (what a dead letter says)."""
+    try:
+        value = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return f"message is not JSON: {exc}"
+    except RecursionError:
+        return f"message is JSON nested deeper than {MAX_DEPTH} levels; no record nests that deep"
+    if too_deep(value):
+        return f"message is JSON nested deeper than {MAX_DEPTH} levels; no record nests that deep"
+    return "message is not a JSON record"
+
+
+def reject_event(
+    store: StateStore, flow: CompiledFlow, body: bytes, reason: str, *, source: str, metrics: Metrics, message_id: str
+) -> None:
+    """A message that never became a record, straight to dead letters (outcome: rejected at read)."""
+    raw = {"raw": body.decode("utf-8", errors="replace")}
+    identity = identify_event(flow.flow, raw, message_id=message_id)
+    if store.reject(NewItem(flow.name, identity.dedupe, identity.business, raw, source), reason):
+        metrics.inc("failed", flow.name)
+        metrics.inc("dead_lettered", flow.name)
+        count_outcome(metrics, flow.name, "rejected")
 
 
 def shift_cursor(value: str, overlap: float) -> str:
@@ -165,61 +271,144 @@ class ScheduleTrigger:
     store: StateStore
     metrics: Metrics
     log: JsonLog
+    keeps_groups: bool = False  # the connector keeps a group's rows in one page (it takes group_by)
     last_error: str = ""  # why the last pass failed; the next pass starts again from the same cursor
+    last_counts: dict[str, int] = field(default_factory=dict)
+    last_run: int = 0  # the run record of the last pass (run --once completes it with the delivery's outcomes)
 
     def next_fire(self, after: float) -> float:
+        """When the next pass starts: ``every`` after this one, or the cron's next time in the schedule's zone."""
         schedule = self.flow.flow.trigger.schedule
         assert schedule is not None
         if schedule.every is not None:
             return after + parse_duration(schedule.every)
         assert schedule.cron is not None
-        base = datetime.fromtimestamp(after, tz=UTC)
+        base = datetime.fromtimestamp(after, tz=ZoneInfo(schedule.timezone))
         return float(croniter(schedule.cron, base).get_next(float))
 
     async def run_once(self) -> dict[str, int]:
-        """One pass: read every page since the cursor, store it, advance the cursor. Returns counts."""
+        """One pass: read every page since the cursor, store it, advance the cursor. Returns counts.
+
+        ``read``: rows the source handed over; ``records``: what they made (fewer when grouped);
+        ``new``: records stored; ``duplicates``: records seen before (skipped); ``rejected``: rows the
+        source could not hand over as data (in dead letters with their reason). The pass's run is "ok",
+        "partial" (something was rejected at read) or "failed" (the read itself failed).
+        """
         flow = self.flow.flow
         source = flow.source
         assert source is not None and source.read is not None and flow.trigger.schedule is not None
-        run_id = self.store.start_run(self.flow.name, "schedule")
+        run_id = self.last_run = self.store.start_run(self.flow.name, "schedule")
         self.last_error = ""
-        counts = {"read": 0, "new": 0, "pages": 0}
+        counts = {"read": 0, "records": 0, "new": 0, "duplicates": 0, "rejected": 0, "pages": 0}
+        self.last_counts = counts
         cursor = self.store.get_cursor(self.flow.name)
         since = _first_read_since(cursor, flow.trigger.schedule)
+        group_by = fields(source.group_by)
+        # A group may span pages of a source that does not keep groups together: the pass is collected first,
+        # then stored at once and only then is the cursor moved (a crash before it re-reads the pass).
+        collect = bool(group_by) and not self.keeps_groups
+        held: list[Any] = []
         status = "ok"
+        where = f"schedule:{source.system}.{source.read}"
         try:
+            options: dict[str, Any] = {"group_by": group_by} if group_by and self.keeps_groups else {}
             pages = self.connection.read(
                 source.read,
                 since=since,
                 cursor_field=source.cursor,
                 page_size=source.page_size or 100,
                 filter=source.filter,
+                **options,
             )
             async for page in pages:
                 counts["pages"] += 1
-                counts["read"] += len(page)
-                counts["new"] += enqueue_records(
-                    self.store, self.flow, page, source=f"schedule:{source.system}.{source.read}", metrics=self.metrics
-                )
-                if source.cursor:
-                    cursor = _max_cursor(cursor, page, source.cursor)
-                    if cursor is not None:
-                        self.store.set_cursor(self.flow.name, cursor)  # only after the page is stored
+                if collect:
+                    held.extend(page)
+                    counts["read"] += len(page)
+                    continue
+                cursor = self._store_page(page, where, counts, cursor)
+            if collect:
+                cursor = self._store_page(held, where, counts, cursor, count_read=False)
         except (TransientError, TerminalError) as exc:
             status = "failed"
             self.last_error = str(exc)
             self.log.error("schedule_failed", flow=self.flow.name, error=str(exc), **counts)
         finally:
+            if status == "ok" and counts["rejected"]:
+                status = "partial"
             self.store.finish_run(run_id, status, counts)
         self.log.info("schedule_pass", flow=self.flow.name, status=status, **counts)
         return counts
 
+    def _store_page(
+        self, page: list[Any], where: str, counts: dict[str, int], cursor: str | None, *, count_read: bool = True
+    ) -> str | None:
+        """One page into the inbox (its rejected rows into dead letters), then the cursor; returns the cursor."""
+        source = self.flow.flow.source
+        assert source is not None
+        read = read_page(self.flow, page, source=where)
+        if count_read:
+            counts["read"] += read.rows
+        counts["records"] += len(read.items)
+        for item, reason in read.rejected:
+            if self.store.reject(item, reason):
+                counts["rejected"] += 1
+                count_outcome(self.metrics, self.flow.name, "rejected")
+                self.metrics.inc("dead_lettered", self.flow.name)
+                self.log.warning("rejected_at_read", flow=self.flow.name, key=item.business_key, reason=reason)
+        _warn_same_version(self.log, self.flow.name, read.items)
+        added = self.store.enqueue(read.items)
+        counts["new"] += added
+        counts["duplicates"] += len(read.items) - added
+        count_received(self.metrics, self.flow.name, added, len(read.items))
+        if source.cursor:
+            rows = [entry.data if isinstance(entry, ReadItem) else entry for entry in page]
+            cursor = _max_cursor(cursor, rows, source.cursor)
+            if cursor is not None:
+                self.store.set_cursor(self.flow.name, cursor)  # only after the page is stored
+        return cursor
+
     async def loop(self, stopping: asyncio.Event) -> None:
+        """Pass after pass until ``stopping``. A pass that fails in an unexpected way is logged and counted
+        (``seamline_schedule_errors_total``) and the next one runs at its time; only a schedule that cannot say
+        when to run next ends the loop (the daemon then marks itself degraded)."""
         while not stopping.is_set():
-            await self.run_once()
+            try:
+                await self.run_once()
+            except Exception as exc:  # a bug or a store gone: the schedule must not end in silence
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                self.metrics.inc("schedule_errors", self.flow.name)
+                self.log.error("schedule_error", flow=self.flow.name, error=self.last_error)
+            else:
+                if self.last_error:
+                    self.metrics.inc("schedule_errors", self.flow.name)
             wait = max(0.0, self.next_fire(time.time()) - time.time())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), timeout=wait)
+
+
+def _warn_same_version(log: JsonLog, flow: str, items: list[NewItem]) -> None:
+    """Rows with the same id and version but different content are two records; say so, once per page.
+
+    Both are kept (nothing is dropped), but it usually means one business record arrives as several rows
+    (language rows, price scales) that ``source.group_by`` should collect, or an id missing a field.
+    """
+    seen: dict[str, str] = {}
+    for item in items:
+        if "#" not in item.key or "@~" in item.key:
+            continue
+        head, _, digest = item.key.rpartition("#")
+        if seen.setdefault(head, digest) != digest:
+            log.warning(
+                "same_id_and_version",
+                flow=flow,
+                key=item.business_key,
+                version=item.version,
+                hint="rows with the same id and version differ; both are delivered in order. If they are parts of "
+                "one record (language rows, price scales), collect them with source.group_by; else add the field "
+                "that tells them apart to source.id",
+            )
+            return
 
 
 @dataclass(frozen=True)
@@ -316,6 +505,7 @@ async def consume_queue(
             metrics=metrics,
             message_id=message.message_id,
             rejected=str(message.headers.get(REJECT_HEADER) or ""),
+            headers=message.headers,
         )
 
     await connection.consume(queue, handler)

@@ -1,11 +1,19 @@
 """Workers: take items from the inbox and deliver them to every target, once.
 
-For one item: transform (a TransformError is terminal) -> for each target not yet in the ledger:
-the target's own transform, the connector's check, the write inside the system's budget and
-breaker -> ledger -> and when every target is done, complete. A transient failure gives the item
-back with backoff (without counting an attempt while the breaker is open); a terminal one, or a
-transient one out of retries, sends it to dead letters with the reason. Either way the worker
-goes on with the next item: one bad record never stops a flow.
+For one item: (an event group takes in its other parts) -> a change older than the newest one delivered
+for its key is skipped as stale -> transform (a TransformError is terminal) -> for each target not yet in
+the ledger: the target's own transform, create-only / update-only fields kept or left out by whether the
+target has the record, the connector's check, the write inside the system's budget and breaker ->
+ledger -> and when every target is done, the item finishes with its outcome. A once-only write (a
+shipment, a comment) is marked as in flight before it is sent; a worker that finds such a mark asks the
+target whether the effect is there before sending again. A transient failure gives the item back with
+backoff (without counting an attempt while the breaker is open; a Retry-After no longer than the
+system's ``limits.max_retry_after``); a terminal one, or a transient one out of retries, sends it to dead
+letters with the reason. Either way the worker goes on with the next item: one bad record never stops a
+flow.
+
+Every item ends in exactly one outcome, counted in ``seamline_records_total{flow,outcome}``: delivered,
+skipped (with its reason: stale, nothing to write, discontinued, merged into a group) or dead-lettered.
 """
 
 from __future__ import annotations
@@ -17,23 +25,31 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.connector import Connection
+from engine.connector import Connection, EffectFinder, ExistenceChecker, default_registry, parse_duration
 from engine.errors import TerminalError, TransformError, TransientError
 from engine.flow import CompiledClient, CompiledFlow, CompiledTarget
 from engine.runtime.commits import GroupCommit
 from engine.runtime.guards import Backoff, Breaker, Budget
-from engine.runtime.identity import pick
+from engine.runtime.identity import fields, older, pick
 from engine.runtime.logs import JsonLog
 from engine.runtime.metrics import Metrics
-from engine.state import Delivered, InboxItem, StateStore
+from engine.spec.model import Target
+from engine.state import Delivered, Finished, InboxItem, Remember, StateStore
 
-__all__ = ["Delivery", "Outcome", "WorkerPool"]
+__all__ = ["Delivery", "Outcome", "WorkerPool", "count_outcome"]
 
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
     status: str  # "done", "skipped", "retry", "dead"
     detail: str = ""
+
+
+def count_outcome(metrics: Metrics, flow: str, outcome: str, reason: str = "", amount: float = 1.0) -> None:
+    """One record's outcome (delivered, skipped, dead_lettered, rejected); a skip also by its reason's kind."""
+    metrics.inc(f"records/{outcome}", flow, amount)
+    if reason:
+        metrics.inc(f"skips/{reason}", flow, amount)
 
 
 @dataclass
@@ -51,6 +67,7 @@ class Delivery:
     backoff: Backoff = field(default_factory=Backoff)
     dry_run_sink: list[tuple[str, str, Any]] | None = None  # when set, writes are collected, not sent
     commits: GroupCommit = field(init=False)
+    _once_only: dict[tuple[str, str], bool] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.commits = GroupCommit(self.store)
@@ -58,35 +75,91 @@ class Delivery:
     async def process(self, item: InboxItem) -> Outcome:
         flow = self.client.flows.get(item.flow)
         if flow is None:
-            return self._dead(item, f"flow '{item.flow}' is no longer in the spec", "terminal")
+            return await self._dead(item, f"flow '{item.flow}' is no longer in the spec", "terminal")
+        event = flow.flow.trigger.event
+        if event is not None and event.group_by is not None and event.window is not None:
+            # the other parts of the group that came within its window join it, in one transaction
+            before = _rows(item.payload)
+            item = await self.commits.run(self.store.absorb, item, parse_duration(event.window), fields(event.group_by))
+            if _rows(item.payload) > before:
+                count_outcome(self.metrics, item.flow, "skipped", "merged", _rows(item.payload) - before)
+        if older(item.version, item.latest):
+            return await self._skip(
+                item, "stale", f"stale: version {item.version} is older than {item.latest}, already delivered"
+            )
         if flow.flow.discontinued == "ignore" and pick(item.payload, "discontinued") is True:
-            await self.commits.complete(item.id)
-            self.metrics.inc("skipped", item.flow)
-            return Outcome("skipped", "discontinued at the source, and the flow ignores those")
+            return await self._skip(item, "discontinued", "discontinued at the source, and the flow ignores those")
         try:
             shaped = flow.transform(item.payload, record_id=item.key)
         except TransformError as exc:
-            return self._dead(item, str(exc), "terminal")
+            return await self._dead(item, str(exc), "terminal")
         if shaped is None:
-            await self.commits.complete(item.id)
-            self.metrics.inc("skipped", item.flow)
-            return Outcome("skipped", "the transform gave nothing to write")
+            return await self._skip(item, "empty", "the transform gave nothing to write")
         pending = [t for t in flow.targets if t.target is not None and t.label not in item.delivered]
         last: Delivered | None = None
+        last_remember: Remember | None = None
+        wrote = bool(item.delivered - {""})
         for position, target in enumerate(pending):
             outcome = await self._deliver(item, flow, target, shaped)
             if isinstance(outcome, Outcome):
                 return outcome
             if outcome is None:
-                continue  # a dry run: nothing was written, nothing goes into the ledger
+                wrote = True  # a dry run: it would be written; nothing goes into the ledger
+                continue
+            wrote = wrote or not outcome.response.startswith("skipped:")
+            if self.dry_run_sink is not None:
+                continue
+            remember = self._remember_target(item, target)
             if position < len(pending) - 1:
                 # Recorded at once: a later target's failure must never make this one be written twice.
-                self.store.record_delivery(outcome.flow, outcome.key, outcome.target, outcome.response)
+                await self.commits.run(_record, self.store, outcome, remember)
             else:
-                last = outcome  # the last target's entry and the completion share one transaction
-        await self.commits.complete(item.id, last)
-        self.metrics.observe("latency", item.flow, max(0.0, time.time() - item.created_at))
-        return Outcome("done")
+                last, last_remember = outcome, remember  # the last target's entry shares the item's transaction
+        if self.dry_run_sink is not None:
+            return Outcome("done") if wrote or not pending else Outcome("skipped", "nothing to write for any target")
+        remember = self._remember_item(item, last_remember)
+        outcome_text = "delivered" if wrote or not pending else "skipped: nothing to write for any target"
+        await self.commits.finish(Finished(item.id, last, remember, outcome_text))
+        if outcome_text == "delivered":
+            self.metrics.observe("latency", item.flow, max(0.0, time.time() - item.created_at))
+            count_outcome(self.metrics, item.flow, "delivered")
+            return Outcome("done")
+        self.metrics.inc("skipped", item.flow)
+        count_outcome(self.metrics, item.flow, "skipped", "empty")
+        return Outcome("skipped", outcome_text)
+
+    def _remember_target(self, item: InboxItem, target: CompiledTarget) -> Remember | None:
+        """A target with create-only or update-only fields learns that it has the key now (the ledger's answer)."""
+        spec = target.target
+        if spec is None or not (spec.create_only or spec.update_only) or item.business_key.startswith("#"):
+            return None
+        return Remember(item.flow, item.business_key, None, (target.label,))
+
+    def _remember_item(self, item: InboxItem, last: Remember | None) -> Remember | None:
+        """The version delivered, for the staleness check of the key's later changes (a real key only)."""
+        if item.version is None or item.business_key.startswith("#"):
+            return last
+        return Remember(item.flow, item.business_key, item.version, last.targets if last is not None else ())
+
+    async def _skip(self, item: InboxItem, kind: str, reason: str) -> Outcome:
+        if self.dry_run_sink is not None:
+            return Outcome("skipped", reason)
+        await self.commits.finish(Finished(item.id, outcome=f"skipped: {reason}"))
+        self.metrics.inc("skipped", item.flow)
+        count_outcome(self.metrics, item.flow, "skipped", kind)
+        if kind == "stale":
+            self.log.info("stale", flow=item.flow, key=item.business_key, version=item.version, latest=item.latest)
+        return Outcome("skipped", reason)
+
+    def is_once_only(self, spec: Target) -> bool:
+        """Whether the target's write must happen once (its connector kind or the spec says a resend is unsafe)."""
+        cached = self._once_only.get((spec.system, spec.write))
+        if cached is None:
+            options = self.client.report.systems.get(spec.system)
+            kind = default_registry().get(options.connector) if options is not None else None
+            cached = kind is not None and kind.is_once_only(spec.write, options)
+            self._once_only[(spec.system, spec.write)] = cached
+        return cached
 
     async def _deliver(
         self, item: InboxItem, flow: CompiledFlow, target: CompiledTarget, shaped: Any
@@ -101,23 +174,36 @@ class Delivery:
                 else target.expression.evaluate(shaped, flow.bindings, record_id=item.key)
             )
         except TransformError as exc:
-            return self._dead(item, str(exc), "terminal", target.label)
+            return await self._dead(item, str(exc), "terminal", target.label)
         if payload is None:
             return Delivered(item.flow, item.key, target.label, "skipped: nothing to write")
         key = _key_of(payload, spec.key)
-        if self.dry_run_sink is not None:
-            self.dry_run_sink.append((item.flow, target.label, payload))
-            return None
         connection = self.connections[spec.system]
+        if self.dry_run_sink is not None:
+            return await self._dry_run(item, target, connection, payload, key)
         breaker = self.breakers[spec.system]
         if not breaker.allow():
             wait = max(breaker.remaining(), 0.2)
-            self.store.retry_later(item.id, wait, f"{spec.system}: circuit open", count_attempt=False)
+            await self.commits.run(_retry_later, self.store, item.id, wait, f"{spec.system}: circuit open", False)
             return Outcome("retry", "breaker open")
-        check = getattr(connection, "check", None)
+        once = self.is_once_only(spec)
+        idempotency_key = f"{item.key}#{target.label}"
+        sent = False
         try:
+            if target.depends_on_existence:
+                payload = await self._fields_for(item, target, connection, payload, key)
+            check = getattr(connection, "check", None)
             if check is not None:
                 check(spec.write, payload)  # the target's schema: a bad payload never leaves
+            if once and target.label in item.intents:
+                found = await self._find_effect(item, target, connection, payload, key, idempotency_key)
+                if found is not None:
+                    breaker.success()
+                    self.log.info("effect_found", flow=item.flow, key=item.key, target=target.label, receipt=found)
+                    return Delivered(item.flow, item.key, target.label, found, once_only=True)
+            elif once:
+                # Committed before the write leaves: a crash from here on finds the mark and asks the target.
+                await self.commits.run(self.store.mark_intent, item.flow, item.key, target.label)
             # A connection that gathers concurrent writes into one request (Magento bulk) bounds its own
             # requests; holding a concurrency slot per waiting record would cap every batch at that limit.
             gathers = getattr(connection, "gathers_writes", None)
@@ -125,35 +211,147 @@ class Delivery:
             async with contextlib.nullcontext() if gathering else self.budgets[spec.system].slot():
                 # asyncio.timeout, not wait_for: the same TimeoutError without a task per write.
                 async with asyncio.timeout(self.budgets[spec.system].timeout):
+                    sent = True
                     receipt = await connection.write(
-                        spec.write, payload, key=key, mode=spec.mode, idempotency_key=f"{item.key}#{target.label}"
+                        spec.write, payload, key=key, mode=spec.mode, idempotency_key=idempotency_key
                     )
         except (TimeoutError, TransientError) as exc:
             breaker.failure()
             reason = f"{target.label}: {exc}" if str(exc) else f"{target.label}: timed out"
-            retry_after = getattr(exc, "retry_after", None)
-            if item.attempts + 1 >= self.backoff.max_attempts:
-                return self._dead(
-                    item, f"gave up after {item.attempts + 1} attempts: {reason}", "exhausted", target.label
-                )
-            self.store.retry_later(item.id, self.backoff.delay(item.attempts, retry_after), reason)
-            self.metrics.inc("failed", item.flow)
-            self.metrics.inc("retried", item.flow)
-            self.log.warning("retry", flow=item.flow, key=item.key, target=target.label, reason=reason)
-            return Outcome("retry", reason)
+            return await self._retry_or_give_up(item, target, spec, reason, getattr(exc, "retry_after", None))
         except TerminalError as exc:
             breaker.success()  # the system answered: it is up, the record is what is wrong
-            return self._dead(item, f"{target.label}: {exc}", "terminal", target.label)
+            if once and sent:
+                # the target refused the write: it had no effect, there is nothing to ask about later
+                await self.commits.run(self.store.clear_intent, item.flow, item.key, target.label)
+            return await self._dead(item, f"{target.label}: {exc}", "terminal", target.label)
+        except _Unknown as exc:
+            breaker.success()
+            return await self._dead(
+                item,
+                f"{target.label}: outcome unknown: this once-only write was sent before without an answer (a crash "
+                f"or a timeout) and {exc}; check the target, then replay the letter to send it (or leave it)",
+                "unknown",
+                target.label,
+            )
         breaker.success()
         self.metrics.inc("written", item.flow)
-        return Delivered(item.flow, item.key, target.label, receipt)
+        return Delivered(item.flow, item.key, target.label, receipt, once_only=once)
 
-    def _dead(self, item: InboxItem, reason: str, kind: str, target: str = "") -> Outcome:
-        self.store.dead_letter(item.id, reason, error_kind=kind, target=target, spec_version=self.spec_version)
+    async def _dry_run(
+        self, item: InboxItem, target: CompiledTarget, connection: Connection, payload: Any, key: Any
+    ) -> Outcome | None:
+        """What would be sent, after the same shaping and pre-send check as a real write; nothing is written.
+
+        Create-only fields are kept or left out by what the connector says (a read, no side effect); where
+        it cannot say, the record is taken as new. A refusal comes back as the Outcome a real write gets.
+        """
+        spec = target.target
+        assert spec is not None and self.dry_run_sink is not None
+        try:
+            if target.depends_on_existence:
+                payload = await self._fields_for(item, target, connection, payload, key)
+            check = getattr(connection, "check", None)
+            if check is not None:
+                check(spec.write, payload)
+        except (TimeoutError, TransientError) as exc:
+            return Outcome("retry", f"{target.label}: {exc or 'timed out'}")
+        except TerminalError as exc:
+            return await self._dead(item, f"{target.label}: {exc}", "terminal", target.label)
+        self.dry_run_sink.append((item.flow, target.label, payload))
+        return None
+
+    async def _fields_for(
+        self, item: InboxItem, target: CompiledTarget, connection: Connection, payload: Any, key: Any
+    ) -> Any:
+        """The payload without its create-only fields when the target has the record, or its update-only ones
+        when it does not. The connector says (Magento's GET of the SKU); else the ledger (delivered before)."""
+        spec = target.target
+        assert spec is not None
+        exists: bool | None = None
+        if isinstance(connection, ExistenceChecker):
+            async with self.budgets[spec.system].slot(), asyncio.timeout(self.budgets[spec.system].timeout):
+                exists = await connection.exists(spec.write, payload, key=key)
+        if exists is None:
+            exists = target.label in item.known
+        return target.for_existence(payload, exists)
+
+    async def _find_effect(
+        self,
+        item: InboxItem,
+        target: CompiledTarget,
+        connection: Connection,
+        payload: Any,
+        key: Any,
+        idempotency_key: str,
+    ) -> str | None:
+        """A once-only write whose earlier attempt has no known outcome: the receipt if the target has it already.
+
+        A connection that cannot check raises TerminalError: the record goes to dead letters as "unknown".
+        """
+        spec = target.target
+        assert spec is not None
+        if not isinstance(connection, EffectFinder):
+            raise _Unknown(f"the {spec.system} connector cannot check whether it has this {spec.write} already")
+        async with self.budgets[spec.system].slot(), asyncio.timeout(self.budgets[spec.system].timeout):
+            try:
+                return await connection.find_effect(spec.write, payload, key=key, idempotency_key=idempotency_key)
+            except TerminalError as exc:
+                raise _Unknown(str(exc)) from None
+
+    async def _retry_or_give_up(
+        self, item: InboxItem, target: CompiledTarget, spec: Target, reason: str, retry_after: float | None
+    ) -> Outcome:
+        if item.attempts + 1 >= self.backoff.max_attempts:
+            return await self._dead(
+                item, f"gave up after {item.attempts + 1} attempts: {reason}", "exhausted", target.label
+            )
+        cap = self.budgets[spec.system].max_retry_after
+        if retry_after is not None and retry_after > cap:
+            self.log.warning(
+                "retry_after_capped", flow=item.flow, key=item.key, target=target.label, asked=retry_after, cap=cap
+            )
+            retry_after = cap
+        await self.commits.run(
+            _retry_later, self.store, item.id, self.backoff.delay(item.attempts, retry_after), reason, True
+        )
+        self.metrics.inc("failed", item.flow)
+        self.metrics.inc("retried", item.flow)
+        self.log.warning("retry", flow=item.flow, key=item.key, target=target.label, reason=reason)
+        return Outcome("retry", reason)
+
+    async def _dead(self, item: InboxItem, reason: str, kind: str, target: str = "") -> Outcome:
+        if self.dry_run_sink is not None:
+            return Outcome("dead", reason)  # a dry run tells; it stores nothing
+        await self.commits.run(_dead_letter, self.store, item.id, reason, kind, target, self.spec_version)
         self.metrics.inc("failed", item.flow)
         self.metrics.inc("dead_lettered", item.flow)
+        count_outcome(self.metrics, item.flow, "dead_lettered")
         self.log.error("dead_letter", flow=item.flow, key=item.key, target=target, kind=kind, reason=reason)
         return Outcome("dead", reason)
+
+
+class _Unknown(Exception):
+    """A once-only write's earlier outcome is unknown and the target cannot say."""
+
+
+def _record(store: StateStore, entry: Delivered, remember: Remember | None) -> None:
+    store.record_delivery(
+        entry.flow, entry.key, entry.target, entry.response, remember=remember, once_only=entry.once_only
+    )
+
+
+def _retry_later(store: StateStore, item_id: int, delay: float, error: str, count_attempt: bool) -> None:
+    store.retry_later(item_id, delay, error, count_attempt=count_attempt)
+
+
+def _dead_letter(store: StateStore, item_id: int, reason: str, kind: str, target: str, version: str) -> int:
+    return store.dead_letter(item_id, reason, error_kind=kind, target=target, spec_version=version)
+
+
+def _rows(payload: Any) -> int:
+    rows = payload.get("rows") if isinstance(payload, dict) else None
+    return len(rows) if isinstance(rows, list) else 0
 
 
 def _key_of(payload: Any, key: str | list[str] | None) -> Any:

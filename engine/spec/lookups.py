@@ -16,7 +16,7 @@ import yaml
 
 from engine.connector import closest
 from engine.spec.model import LookupTable
-from engine.spec.yamlsource import position_of
+from engine.spec.yamlsource import position_of, safe_load_bounded
 
 __all__ = ["TableError", "load_table", "read_table_file"]
 
@@ -57,7 +57,7 @@ def read_table_file(location: Path, table: LookupTable) -> dict[str, Any]:
     suffix = location.suffix.lower()
     if suffix in (".yaml", ".yml", ".json"):
         try:
-            data = yaml.safe_load(text)
+            data = safe_load_bounded(text)
         except yaml.MarkedYAMLError as exc:
             line = position_of(text, exc.problem_mark.index)[0] if exc.problem_mark else 1
             raise TableError(f"code table is not valid YAML/JSON: {exc.problem}", line) from None

@@ -8,12 +8,13 @@ the connectors' schemas in for editors.
 from __future__ import annotations
 
 import re
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal, Self
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from engine.connector import Duration, parse_duration
+from engine.connector import Duration, Size, parse_duration
 
 __all__ = [
     "EventTrigger",
@@ -53,22 +54,45 @@ Name = Annotated[str, AfterValidator(_check_name)]
 
 
 def _check_cron(expr: str) -> str:
+    """A cron expression as croniter (what runs the schedule) reads it, and one that ever fires.
+
+    The fields are named first (a field out of its range says which), then croniter has the last word:
+    a step of 0 (``*/0``) or a date that never comes (``0 0 31 2 *``) is refused here, not at run time.
+    """
+    from croniter import croniter  # type: ignore[import-untyped]
+
     text = expr.strip()
-    if text in _CRON_ALIASES:
-        return text
-    fields = text.split()
-    if len(fields) != 5:
-        raise ValueError(
-            f"'{expr}' is not a cron expression: it has {len(fields)} field(s), cron needs 5 "
-            "(minute hour day-of-month month day-of-week), e.g. '0 */4 * * *'"
-        )
-    for value, (low, high, what) in zip(fields, _CRON_RANGES, strict=True):
-        if not _CRON_FIELD.match(value):
-            raise ValueError(f"cron {what} field '{value}' is not valid in '{expr}'")
-        for number in re.findall(r"(?<![/\d])\d+", value):
-            if not low <= int(number) <= high:
-                raise ValueError(f"cron {what} {number} is out of range {low}-{high} in '{expr}'")
+    if text not in _CRON_ALIASES:
+        fields = text.split()
+        if len(fields) != 5:
+            raise ValueError(
+                f"'{expr}' is not a cron expression: it has {len(fields)} field(s), cron needs 5 "
+                "(minute hour day-of-month month day-of-week), e.g. '0 */4 * * *'"
+            )
+        for value, (low, high, what) in zip(fields, _CRON_RANGES, strict=True):
+            if not _CRON_FIELD.match(value):
+                raise ValueError(f"cron {what} field '{value}' is not valid in '{expr}'")
+            for number in re.findall(r"(?<![/\d])\d+", value):
+                if not low <= int(number) <= high:
+                    raise ValueError(f"cron {what} {number} is out of range {low}-{high} in '{expr}'")
+            if re.search(r"/0+(?!\d)", value):
+                raise ValueError(f"cron {what} field '{value}' steps by 0 in '{expr}'; a step is 1 or more")
+    try:
+        croniter(text, datetime(2025, 1, 1, tzinfo=UTC)).get_next(datetime)
+    except Exception as exc:  # croniter's own refusal, or a date it never reaches
+        detail = str(exc).replace(f"[{text}] ", "")
+        raise ValueError(f"cron '{expr}' never fires: {detail}") from None
     return text
+
+
+def _check_timezone(name: str) -> str:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"unknown time zone '{name}'; use an IANA name such as Europe/Berlin, America/Chicago or UTC"
+        ) from None
+    return name
 
 
 Cron = Annotated[str, AfterValidator(_check_cron), Field(examples=["0 */4 * * *", "@daily"])]
@@ -102,7 +126,13 @@ def _schedule_shorthand(value: Any) -> Any:
 class Schedule(_Strict):
     """A batch trigger: a cron expression or an interval, paging through the source with a cursor."""
 
-    cron: Cron | None = Field(None, description="Five-field cron, in the daemon's time zone (UTC by default).")
+    cron: Cron | None = Field(None, description="Five-field cron, in the schedule's timezone (UTC by default).")
+    timezone: Annotated[str, AfterValidator(_check_timezone)] = Field(
+        "UTC",
+        description="IANA time zone the cron is read in: '0 2 * * *' with Europe/Berlin is 02:00 in Berlin, "
+        "summer and winter.",
+        examples=["Europe/Berlin", "America/Chicago"],
+    )
     every: Duration | None = Field(None, description="Run at this interval instead of a cron.")
     overlap: Duration = Field(
         "60s",
@@ -126,13 +156,54 @@ class EventTrigger(_Strict):
     webhook: str | None = Field(None, pattern=r"^/", description="Path the daemon serves for pushed events.")
     id: Key | None = Field(
         None,
-        description="Field(s) of a message naming the record it is about (dotted paths); changes of one record "
-        "are applied in order.",
+        description="The business key: field(s) of a message naming the record it is about (dotted paths); "
+        "changes of one record are applied in order.",
         examples=["material", "customer.email"],
+    )
+    dedupe: str | None = Field(
+        None,
+        pattern=r"^(header:[A-Za-z0-9_-]+|[A-Za-z_][A-Za-z0-9_.]*)$",
+        description="The dedupe id: what makes a message the same delivery seen twice (a re-sent event), a body "
+        "field (dotted path) or 'header:<name>'. Default: the transport's message id (AMQP message_id, the "
+        "embedded queue's id, a webhook's X-Message-Id or Idempotency-Key). A message with none of these is never "
+        "taken for another: it is stored as a new record.",
+        examples=["event_id", "header:X-Event-Id"],
+    )
+    version: str | None = Field(
+        None,
+        description="Which change of a key is newer: a field (dotted path) holding a sequence number or a change "
+        "time. A message older than the newest change already delivered for its key is skipped as stale "
+        "(counted and logged), never written over it.",
+        examples=["sequence", "changed_at"],
+    )
+    dedupe_window: Duration | None = Field(
+        None,
+        description="Opt-in: also take a message with the same key and the same content as one already seen "
+        "in the same period of this length for a duplicate (for publishers that re-send without any id; two "
+        "copies on either side of a period's end are both kept). Outside it the same content is a new record: "
+        "5, then 7, then 5 again is three changes.",
+        examples=["10s"],
+    )
+    group_by: Key | None = Field(
+        None,
+        description="Collect the messages sharing these field(s) that arrive within `window` into one record "
+        "{<field>: <value>, ..., rows: [message, ...]} (arrival order) before the transform.",
+        examples=["order_id"],
+    )
+    window: Duration | None = Field(
+        None, description="With group_by: how long after a group's first message the group is closed.", examples=["2s"]
+    )
+    max_body: Size = Field(
+        "1MB",
+        description="A webhook's largest body: a bigger one is answered 413 and never read (a queue's messages are "
+        "bounded by the broker).",
+        examples=["1MB", "16MiB"],
     )
 
     @model_validator(mode="after")
     def _one_origin(self) -> Self:
+        if (self.group_by is None) != (self.window is None):
+            raise ValueError("event group_by and window go together: name the fields and how long a group stays open")
         if self.webhook is not None and (self.system is not None or self.queue is not None):
             raise ValueError("event takes either system+queue or webhook, not both")
         if self.webhook is None and (self.system is None or self.queue is None):
@@ -147,6 +218,7 @@ class RequestTrigger(_Strict):
     path: str = Field(pattern=r"^/[A-Za-z0-9_\-/{}.]*$", description="Path the daemon serves.", examples=["/price"])
     method: Literal["GET", "POST"] = "POST"
     timeout: Duration = Field("2s", description="Longest the caller waits; past it the answer is a 504.")
+    max_body: Size = Field("64KB", description="The largest request body; a bigger one is answered 413, unread.")
     cache: Duration | None = Field(None, description="Keep answers this long, keyed by the request.")
     transform: str | None = Field(
         None,
@@ -187,9 +259,23 @@ class Source(_Strict):
     )
     id: Key | None = Field(
         None,
-        description="Field(s) identifying a source record (dotted paths): its changes are applied in order, "
-        "and with the cursor value they make the idempotency key.",
+        description="The business key: field(s) identifying a source record (dotted paths); its changes are "
+        "applied in order. With the version (and the row's content) it makes the dedupe id of a read.",
         examples=["Product", ["SalesOrder", "SalesOrderItem"]],
+    )
+    version: str | None = Field(
+        None,
+        description="Which change of a record is newer: a field (dotted path) holding a sequence or a change time; "
+        "the cursor when left out. A change older than the newest one delivered for its key is skipped as stale.",
+        examples=["write_date", "ChangeSequence"],
+    )
+    group_by: Key | None = Field(
+        None,
+        description="Collect the rows sharing these field(s) into one record before the transform: "
+        "{<field>: <value>, ..., rows: [row, ...]} with the rows in the order they were read (language rows, "
+        "price scales, BOM lines, order lines of a flat file). A file drop groups within each file; other "
+        "sources within each pass.",
+        examples=["MATNR", ["VBELN"]],
     )
     filter: dict[str, Any] | None = Field(None, description="Connector-specific filter on the read.")
     page_size: int | None = Field(None, ge=1, le=100000)
@@ -228,6 +314,26 @@ class Target(_Strict):
         None,
         description="Extra JSONata applied to the flow's output for this target only (inline or a .jsonata file).",
     )
+    create_only: list[str] = Field(
+        default_factory=list,
+        description="Top-level fields sent only when the target does not have the record yet (a placeholder "
+        "price a new product needs, its attribute set): once it exists they are left out, so they never "
+        "overwrite what the target's owners set. Existence is asked of the connector (Magento's GET), else "
+        "taken from the ledger (this flow delivered the key to this target before).",
+        examples=[["price", "attribute_set_id"]],
+    )
+    update_only: list[str] = Field(
+        default_factory=list,
+        description="Top-level fields sent only when the target has the record already.",
+        examples=[["status"]],
+    )
+
+    @model_validator(mode="after")
+    def _fields_apart(self) -> Self:
+        both = sorted(set(self.create_only) & set(self.update_only))
+        if both:
+            raise ValueError(f"{', '.join(both)} cannot be both create_only and update_only")
+        return self
 
 
 class Flow(_Strict):
@@ -326,5 +432,8 @@ class SpecDocument(_Strict):
         default_factory=dict,
         description="The systems this client connects, each with a connector kind and its options.",
     )
-    lookups: dict[Name, Lookup] = Field(default_factory=dict, description="Code tables, read by $lookup('name', key).")
+    lookups: dict[Name, Lookup] = Field(
+        default_factory=dict,
+        description="Code tables, read in a transform as $lookup($lookups.<name>, key): the table, not its name.",
+    )
     flows: dict[Name, Flow] = Field(default_factory=dict)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import yaml
@@ -102,15 +102,24 @@ def _github(reports: Sequence[SpecReport]) -> str:
     return "\n".join(lines)
 
 
-def render_effective_spec(merged: MergedSpec, fmt: Literal["yaml", "json"] = "yaml") -> str:
-    """The merged spec, with the file each system, lookup and flow was written in."""
+def render_effective_spec(
+    merged: MergedSpec,
+    fmt: Literal["yaml", "json"] = "yaml",
+    ids: Mapping[str, Mapping[str, str]] | None = None,
+) -> str:
+    """The merged spec, with the file each system, lookup and flow was written in.
+
+    ``ids``: per flow, its record model's ids in words (business key, dedupe id, version, group).
+    """
     data = merged.data if isinstance(merged.data, dict) else {}
+    ids = ids or {}
     if fmt == "json":
         origins = {
             section: {name: _origin_text(merged, (section, name)) for name in data.get(section) or {}}
             for section in ("systems", "lookups", "flows")
         }
-        return json.dumps({"spec": data, "origins": origins, "chain": merged.chain}, indent=2, default=str)
+        body = {"spec": data, "origins": origins, "chain": merged.chain, "ids": ids}
+        return json.dumps(body, indent=2, default=str)
     out = [f"# effective spec of {merged.file}", "# built from: " + " <- ".join(merged.chain)]
     order = list(SpecDocument.model_fields)
     for key, value in sorted(data.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)):
@@ -120,6 +129,8 @@ def render_effective_spec(merged: MergedSpec, fmt: Literal["yaml", "json"] = "ya
                 block = yaml.safe_dump({name: body}, sort_keys=False, allow_unicode=True, width=100)
                 first, _, rest = block.partition("\n")
                 out.append(f"  {first}  # from {_origin_text(merged, (key, name))}")
+                if key == "flows" and name in ids:
+                    out.extend(f"    # {what}: {text}" for what, text in ids[name].items())
                 out.extend("  " + line for line in rest.splitlines())
         else:
             block = yaml.safe_dump({key: value}, sort_keys=False, allow_unicode=True, width=100).rstrip()

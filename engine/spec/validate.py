@@ -28,6 +28,7 @@ from engine.connector import ConnectorKind, Registry, SystemOptions, closest, de
 from engine.errors import Diagnostic, Severity, TransformError, UsageError
 from engine.spec.errors_translate import translate_validation_error
 from engine.spec.expressions import did_you_mean_file, expression_source, value_positions
+from engine.spec.jsonata_names import names_used
 from engine.spec.lookups import TableError, read_table_file
 from engine.spec.model import LookupTable, Source, SpecDocument, Target, Trigger
 from engine.spec.overlay import MergedSpec, resolve_spec
@@ -37,7 +38,6 @@ from engine.transform import (
     JSONATA_BUILTINS,
     SEAMLINE_FUNCTIONS,
     ExpressionSource,
-    called_functions,
     compile_expression,
 )
 
@@ -48,9 +48,6 @@ SECRET_KEYS = frozenset(
     {"password", "client_secret", "consumer_secret", "access_token", "access_token_secret", "token", "key"}
 )
 _URL_CREDENTIALS = re.compile(r"^[a-z][a-z0-9+.-]*://[^/@\s:]+:[^/@\s]+@", re.I)
-_LOOKUP_CALL = re.compile(r"""\$lookup\(\s*(["'])([^"']*)\1""")
-_LOOKUPS_VAR = re.compile(r"""\$lookups\.(?:(["'`])([^"'`]+)\1|([A-Za-z_][A-Za-z0-9_]*))""")
-_CONSTANTS_VAR = re.compile(r"""\$constants\.(?:(["'`])([^"'`]+)\1|([A-Za-z_][A-Za-z0-9_]*))""")
 
 
 @dataclass(slots=True)
@@ -351,12 +348,14 @@ class _Checker:
 
     def check_flow_parts(self, path: JsonPath, raw: dict[str, Any], declared: set[str]) -> None:
         source = _valid(Source, raw.get("source"))
+        trigger = _valid(Trigger, raw.get("trigger"))
         if source is not None:
             kind, options = self.system_ref(source.system, declared, (*path, "source", "system"))
             capability, op = ("read", source.read) if source.read else ("call", source.call)
             if kind is not None and op is not None:
                 self.check_operation(kind, options, capability, op, (*path, "source", capability), source.system)
-        trigger = _valid(Trigger, raw.get("trigger"))
+            if options is not None and source.read is not None and trigger is not None and trigger.schedule is not None:
+                self.check_read_identity(path, raw, source, options)
         if trigger is not None and trigger.request is not None and trigger.request.transform is not None:
             self.check_transform(trigger.request.transform, (*path, "trigger", "request", "transform"))
         if trigger is not None and trigger.event is not None and trigger.event.system is not None:
@@ -381,6 +380,34 @@ class _Checker:
         transform = raw.get("transform")
         if isinstance(transform, str):
             self.check_transform(transform, (*path, "transform"))
+
+    def check_read_identity(self, path: JsonPath, raw: dict[str, Any], source: Source, options: SystemOptions) -> None:
+        """Warn where a read's dedupe id (its id and version) cannot tell a record's rows or changes apart."""
+        assert source.read is not None
+        where = (*path, "source")
+        version = source.version or source.cursor
+        ids = source.id if source.id is not None else raw.get("key")
+        if version is None and not options.gives_row_ids(source.read):
+            self.add(
+                Severity.WARNING,
+                f"this read has no version (no source.cursor or source.version): every pass delivers every record "
+                f"of {source.system}.{source.read} again, and an older change cannot be told from a newer one",
+                where,
+                code="no-version",
+                hint="name the field that grows with each change: source.cursor (read incrementally) or source.version",
+            )
+        if ids is not None and source.group_by is None and options.reads_rows(source.read):
+            shown = ids if isinstance(ids, str) else ", ".join(ids)
+            self.add(
+                Severity.WARNING,
+                f"{source.system}.{source.read} hands over flat rows, and rows sharing {shown} (and a version) are "
+                "different records to seamline: each is delivered, the last one written over the others at the target",
+                where,
+                code="rows-per-id",
+                hint=f"if one record comes as several rows (a row per language, price scale or line), collect them "
+                f"with source.group_by: {shown}; if each row is its own record, add the field that tells them apart "
+                "to source.id",
+            )
 
     def system_ref(
         self, system: str, declared: set[str], path: JsonPath
@@ -451,57 +478,53 @@ class _Checker:
             )
             return
         self.check_names_used(source, path)
-        for fname, offset in called_functions(source.text):
-            if fname not in JSONATA_BUILTINS and fname not in SEAMLINE_FUNCTIONS:
-                line, col = source.position(offset)
-                guess = closest(fname, JSONATA_BUILTINS | SEAMLINE_FUNCTIONS)
-                self.diags.append(
-                    Diagnostic(
-                        Severity.ERROR,
-                        f"${fname}() is not a JSONata function" + (f" — did you mean ${guess}()?" if guess else ""),
-                        source.file,
-                        line,
-                        col,
-                        path=format_path(path),
-                        code="unknown-function",
-                        hint="functions: https://docs.jsonata.org/string-functions; define your own with "
-                        "$name := function($x) { ... }",
-                    )
-                )
 
     def check_names_used(self, source: ExpressionSource, path: JsonPath) -> None:
-        """Code tables and constants an expression names must be declared in the spec."""
+        """Functions, code tables and constants an expression names must exist (read from its syntax tree)."""
         data = self.merged.data if isinstance(self.merged.data, dict) else {}
         raw_constants = data.get("constants")
-        constants: dict[str, Any] = raw_constants if isinstance(raw_constants, dict) else {}
-        kinds = (
-            ("lookups", self.lookup_names, _LOOKUP_CALL, "$lookup reads table"),
-            ("lookups", self.lookup_names, _LOOKUPS_VAR, "$lookups reads table"),
-            ("constants", set(constants), _CONSTANTS_VAR, "$constants reads"),
-        )
-        for section, declared, pattern, what in kinds:
-            if section in self.unusable:
-                continue
-            for match in pattern.finditer(source.text):
-                name = next(g for g in match.groups()[1:] if g is not None)
-                if name in declared:
+        constants: set[str] = set(raw_constants) if isinstance(raw_constants, dict) else set()
+        functions = JSONATA_BUILTINS | SEAMLINE_FUNCTIONS
+        for used in names_used(source.text):
+            line, col = source.position(used.offset)
+            if used.kind == "function":
+                if used.name in functions:
                     continue
-                start = match.start(match.lastindex or 0)
-                line, col = source.position(start)
-                guess = closest(name, declared)
-                self.diags.append(
-                    Diagnostic(
-                        Severity.ERROR,
-                        f"{what} '{name}', which is not declared under {section}:"
-                        + (f" — did you mean '{guess}'?" if guess else ""),
-                        source.file,
-                        line,
-                        col,
-                        path=format_path(path),
-                        code=f"unknown-{section}",
-                        hint=(f"declared {section}: " + ", ".join(sorted(declared))) if declared else "",
-                    )
+                guess = closest(used.name, functions)
+                message = f"${used.name}() is not a JSONata function"
+                message += f" — did you mean ${guess}()?" if guess else ""
+                code, hint = (
+                    "unknown-function",
+                    (
+                        "functions: https://docs.jsonata.org/string-functions; define your own with "
+                        "$name := function($x) { ... }"
+                    ),
                 )
+            elif used.kind == "table-as-string":
+                if "lookups" in self.unusable:
+                    continue
+                table = used.name if used.name in self.lookup_names else closest(used.name, self.lookup_names)
+                message = (
+                    f'$lookup is given the string "{used.name}", not a table: it looks the key up in that text and '
+                    f"gives nothing; write $lookup($lookups.{_name_in_path(table or used.name)}, key)"
+                )
+                code = "lookup-form"
+                hint = "a code table is read as $lookups.<table>; $lookup(table, key) finds one key in it"
+            else:
+                section = used.kind
+                declared = self.lookup_names if section == "lookups" else constants
+                if section in self.unusable or used.name in declared:
+                    continue
+                what = "$lookups reads table" if section == "lookups" else "$constants reads"
+                guess = closest(used.name, declared)
+                message = f"{what} '{used.name}', which is not declared under {section}:" + (
+                    f" — did you mean '{guess}'?" if guess else ""
+                )
+                code = f"unknown-{section}"
+                hint = (f"declared {section}: " + ", ".join(sorted(declared))) if declared else ""
+            self.diags.append(
+                Diagnostic(Severity.ERROR, message, source.file, line, col, format_path(path), code=code, hint=hint)
+            )
 
     def expression_source(self, value: str, path: JsonPath) -> ExpressionSource | None:
         ref = expression_source(self.merged, value, path)
@@ -562,6 +585,11 @@ class _Checker:
 
 
 M = TypeVar("M", bound=BaseModel)
+
+
+def _name_in_path(name: str) -> str:
+    """A table name as it is written after ``$lookups.``: bare when it can be, else in backquotes."""
+    return name if name.replace("_", "a").isalnum() and not name[0].isdigit() else f"`{name}`"
 
 
 def _one_error_per_typo(diags: list[Diagnostic]) -> list[Diagnostic]:

@@ -8,6 +8,11 @@ check (schema, references, JSONata, templates) can point at ``file:line:col``.
 The YAML traps a spec author falls into are reported here, in words about the spec rather
 than about YAML's grammar: tabs, duplicate keys, an unquoted ``{{ ... }}`` that YAML read as a
 map, undefined aliases.
+
+Spec files come from pull requests, and CI validates them, so a hostile file must cost little:
+values that aliases produce (a "billion laughs" file expands ten characters per level into
+millions of values) and nesting depth (PyYAML and our builder recurse per level) are bounded while
+the file is composed, and refused as located errors before anything is built from them.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from yaml.events import AliasEvent
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from engine.errors import Diagnostic, Severity
@@ -33,10 +39,18 @@ __all__ = [
     "load_yaml",
     "load_yaml_text",
     "position_of",
+    "safe_load_bounded",
     "value_places",
 ]
 
 JsonPath = tuple[str | int, ...]
+
+# A spec nests a dozen levels; each level costs a few Python frames here and in every later check,
+# so the bound sits far below Python's recursion limit (1000) and far above any real spec.
+MAX_DEPTH = 100
+# Values that aliases may add, all aliases of a file together: a shared block reused in every flow
+# is a few thousand; an alias bomb is millions.
+MAX_ALIAS_VALUES = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,11 +135,14 @@ def _not_utf8(file: str, exc: UnicodeDecodeError) -> Diagnostic:
 def load_yaml_text(text: str, file: str) -> LoadedYaml:
     loaded = LoadedYaml(file=file, text=text)
     try:
-        loader = yaml.SafeLoader(text)  # checks every character first: a ReaderError comes from here
+        loader = _BoundedLoader(text)  # checks every character first: a ReaderError comes from here
         try:
             node = loader.get_single_node()
         finally:
             loader.dispose()
+    except _Refused as exc:
+        loaded.diagnostics.append(_error(file, *position_of(text, exc.index), exc.message, hint=exc.hint))
+        return loaded
     except yaml.MarkedYAMLError as exc:
         loaded.diagnostics.append(_unclosed_quote(exc, file, text) or _translate_yaml_error(exc, file, text))
         return loaded
@@ -138,12 +155,34 @@ def load_yaml_text(text: str, file: str) -> LoadedYaml:
         loaded.diagnostics.append(_error(file, 1, 1, f"YAML error: {' '.join(str(exc).split())}"))
         return loaded
     if node is None:
-        what = "has only comments" if text.strip() else "is empty"
-        loaded.diagnostics.append(_error(file, 0, 0, f"file {what}; a spec starts with 'seamline: 1'"))
+        if text.strip():  # point at the first comment, where the author looks for the spec
+            first = len(text) - len(text.lstrip())
+            message = "file has only comments; a spec starts with 'seamline: 1'"
+            loaded.diagnostics.append(_error(file, *position_of(text, first), message))
+        else:
+            loaded.diagnostics.append(_error(file, 0, 0, "file is empty; a spec starts with 'seamline: 1'"))
         return loaded
     builder = _Builder(loaded, yaml.SafeLoader(""))
     loaded.data = builder.build(node, ())
     return loaded
+
+
+def safe_load_bounded(text: str) -> Any:
+    """``yaml.safe_load`` with this module's bounds on nesting and aliases, for YAML that is data.
+
+    A code table is YAML from the same pull request as the spec. A refusal is raised as PyYAML's
+    own errors are, a ``yaml.MarkedYAMLError`` whose ``problem_mark`` is the offending character,
+    so a caller that already translates those needs no other change.
+    """
+    loader = _BoundedLoader(text)
+    try:
+        return loader.get_single_data()
+    except _Refused as exc:
+        line, column = position_of(text, exc.index)
+        mark = yaml.Mark("<text>", exc.index, line - 1, column - 1, text, exc.index)
+        raise yaml.composer.ComposerError(None, None, exc.message, mark) from None
+    finally:
+        loader.dispose()
 
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
@@ -325,6 +364,85 @@ def _translate_yaml_error(exc: yaml.MarkedYAMLError, file: str, text: str) -> Di
     else:
         message = f"YAML syntax error: {problem}" + (f" ({context})" if context else "")
     return _error(file, line, column, message, hint=hint)
+
+
+class _Refused(Exception):
+    """A file refused while it is composed (too deep, too many aliased values), at a character index."""
+
+    def __init__(self, index: int, message: str, hint: str) -> None:
+        super().__init__(message)
+        self.index = index
+        self.message = message
+        self.hint = hint
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing nesting past MAX_DEPTH and aliases past MAX_ALIAS_VALUES.
+
+    PyYAML composes an alias as a second reference to its anchor's node, so the node tree stays
+    small; what explodes is every walk over it (ours builds one value per path). Each node's size
+    with its aliases expanded is recorded when the node is complete, so counting what an alias adds
+    costs one lookup, and the file is refused at the alias that crosses the bound, before any
+    value is built. An alias to a node still being composed (``&a [*a]``) would make a cycle.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._text = stream
+        self._depth = 0
+        self._aliased = 0  # values aliases have added so far
+        self._sizes: dict[int, int] = {}  # id(node) -> values it stands for, aliases expanded
+
+    def compose_node(self, parent: Node | None, index: int) -> Node | None:
+        if self.check_event(AliasEvent):
+            return self._compose_alias(parent, index)
+        self._depth += 1
+        if self._depth > MAX_DEPTH:
+            raise _Refused(
+                self._next_event().start_mark.index,
+                f"values nested more than {MAX_DEPTH} levels deep; a spec is never this deep, so the file "
+                "is refused here",
+                "flatten the structure (check the brackets and indentation, or the tool that wrote the file)",
+            )
+        node = super().compose_node(parent, index)
+        assert node is not None  # PyYAML composes a node for every event but an alias
+        self._depth -= 1
+        self._sizes[id(node)] = 1 + sum(self._sizes[id(child)] for child in _children(node))
+        return node
+
+    def _compose_alias(self, parent: Node | None, index: int) -> Node | None:
+        event = self._next_event()
+        target = self.anchors.get(event.anchor)
+        if target is not None:  # an undefined alias is PyYAML's error, translated later
+            size = self._sizes.get(id(target))
+            if size is None:
+                line = position_of(self._text, target.start_mark.index)[0]
+                raise _Refused(
+                    event.start_mark.index,
+                    f"alias *{event.anchor} is used inside the value it names (&{event.anchor}, line {line}); "
+                    "a value cannot contain itself",
+                    "copy the values you need instead of the alias",
+                )
+            self._aliased += size
+            if self._aliased > MAX_ALIAS_VALUES:
+                raise _Refused(
+                    event.start_mark.index,
+                    f"aliases expand to more than {MAX_ALIAS_VALUES:,} values by this *{event.anchor} (each alias "
+                    "copies its anchor's whole value, and aliases inside anchors multiply); the file is refused",
+                    "write the shared values once and alias them a few times, not aliases of aliases",
+                )
+        return super().compose_node(parent, index)
+
+    def _next_event(self) -> Any:
+        return self.peek_event()  # type: ignore[no-untyped-call]  # PyYAML's stubs leave the parser untyped
+
+
+def _children(node: Node) -> list[Node]:
+    if isinstance(node, SequenceNode):
+        return list(node.value)
+    if isinstance(node, MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
 
 
 class _Builder:

@@ -16,25 +16,42 @@ import os
 import re
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from engine.errors import UsageError
-from engine.state.base import DeadLetter, Delivered, InboxItem, NewItem, QueueMessage, RunRecord, StateStore
+from engine.state.base import (
+    DaemonRecord,
+    DeadLetter,
+    Delivered,
+    Finished,
+    InboxItem,
+    NewItem,
+    QueueMessage,
+    Remember,
+    ReplayRecord,
+    RunRecord,
+    StateStore,
+)
 from engine.state.sql import Dialect, SqlStore
 
 __all__ = [
+    "DaemonRecord",
     "DeadLetter",
     "Delivered",
+    "Finished",
     "InboxItem",
     "NewItem",
     "QueueMessage",
+    "Remember",
+    "ReplayRecord",
     "RunRecord",
     "StateStore",
     "default_state_url",
     "hold_sqlite_owner",
     "open_store",
+    "state_exists",
 ]
 
 SQLITE = Dialect("sqlite", "INTEGER PRIMARY KEY AUTOINCREMENT", "REAL", "?", "")
@@ -44,9 +61,49 @@ POSTGRES = Dialect(
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
-def default_state_url(client: str, base: Path = Path(".seamline")) -> str:
-    """The embedded default: one SQLite file per client under .seamline/."""
+def default_state_url(
+    client: str, spec_file: str | Path | None = None, environ: Mapping[str, str] | None = None
+) -> str:
+    """The embedded default: one SQLite file per client, found from the spec, never from the working directory.
+
+    ``$SEAMLINE_HOME/<client>.db`` when SEAMLINE_HOME is set (all clients' state in one place), else
+    ``.seamline/<client>.db`` beside the client's spec file: every command run for that spec, from any
+    directory, finds the same file.
+    """
+    home = (environ if environ is not None else os.environ).get("SEAMLINE_HOME")
+    if home:
+        base = Path(home)
+    elif spec_file is not None:
+        base = Path(spec_file).resolve().parent / ".seamline"
+    else:
+        base = Path(".seamline")
     return f"sqlite:///{base / (client + '.db')}"
+
+
+def state_exists(url: str) -> bool:
+    """Whether a store is at ``url`` already, looked at without creating one (read-only commands ask this)."""
+    scheme = url.split(":", 1)[0].lower()
+    if scheme == "sqlite":
+        path = _sqlite_path(url)
+        return path == ":memory:" or Path(path).is_file()
+    if scheme in ("postgresql", "postgres"):
+        import psycopg
+
+        parts = urlsplit(url)
+        schema = parse_qs(parts.query).get("schema", ["public"])[0]
+        rest = "&".join(f"{k}={v}" for k, values in parse_qs(parts.query).items() if k != "schema" for v in values)
+        dsn = urlunsplit(parts._replace(scheme="postgresql", query=rest))
+        try:
+            with psycopg.connect(dsn) as conn:
+                row = conn.execute(
+                    "SELECT 1 FROM information_schema.tables "
+                    "WHERE table_schema = %s AND table_name = 'seamline_schema'",
+                    (schema,),
+                ).fetchone()
+        except psycopg.OperationalError as exc:
+            raise UsageError(f"cannot connect to the state database {_mask(url)}: {str(exc).strip()}") from None
+        return row is not None
+    return True
 
 
 def open_store(url: str, *, clock: Callable[[], float] = time.time, lock_timeout: float = 30.0) -> StateStore:

@@ -15,6 +15,19 @@ Ordering is per business key: :meth:`StateStore.claim` never hands out an item w
 item of the same flow and key is still pending or in flight. A claimed item carries a lease; if
 its worker dies, the lease runs out and the item is claimed again (so targets must be written
 idempotently, which the ledger provides per target).
+
+The record model (DESIGN.md §2a) is kept here without knowing any system:
+
+- the inbox key is the **dedupe id** (a second enqueue of it is a no-op), ``business_key`` orders the
+  changes, ``version`` says which change is newer;
+- **key state** remembers per flow and business key the version last delivered and the targets it
+  was delivered to (a claim hands both out: a stale change is skipped, create-only fields are sent
+  only to a target that never had the key);
+- an **intent** marks a once-only write (a shipment, a comment) as sent but not yet answered: a
+  worker that finds one on a claimed item asks the target before sending again;
+- every item ends with an ``outcome`` ("delivered", "skipped: <reason>") or in dead letters, whose
+  ``error_kind`` says "terminal", "exhausted", "unknown" (a once-only write whose effect could not be
+  checked) or "rejected" (rejected at read: never became a record).
 """
 
 from __future__ import annotations
@@ -24,11 +37,15 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 __all__ = [
+    "DaemonRecord",
     "DeadLetter",
     "Delivered",
+    "Finished",
     "InboxItem",
     "NewItem",
     "QueueMessage",
+    "Remember",
+    "ReplayRecord",
     "RunRecord",
     "StateStore",
 ]
@@ -45,6 +62,8 @@ class NewItem:
     business_key: str  # changes of one business key (a SKU, an order) are applied in order
     payload: Any  # the record, JSON-serialisable
     source: str = ""  # where it came from, for people: "schedule", "amqp:erp.stock", "webhook:/hooks/x"
+    version: str | None = None  # which change of the business key is newer; None when the spec names none
+    group_window: float = 0.0  # an event group: claimable this long after it came, other parts join it
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +79,11 @@ class InboxItem:
     created_at: float
     last_error: str = ""
     delivered: frozenset[str] = frozenset()  # targets already in the ledger when the item was claimed
+    version: str | None = None
+    latest: str | None = None  # the newest version delivered for this business key, when known
+    known: frozenset[str] = frozenset()  # targets this business key was delivered to before (any item)
+    intents: frozenset[str] = frozenset()  # once-only targets sent but never answered: ask before resending
+    outcome: str = ""  # once finished: "delivered" or "skipped: <reason>"
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +94,30 @@ class Delivered:
     key: str
     target: str
     response: str = ""
+    once_only: bool = False  # a once-only write: its intent is cleared with this entry
+
+
+@dataclass(frozen=True, slots=True)
+class Remember:
+    """What a finished item teaches about its business key: the version delivered, the targets that took it.
+
+    ``version`` None leaves the key's version as it was; ``targets`` are added to those known.
+    """
+
+    flow: str
+    business_key: str
+    version: str | None = None
+    targets: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """A worker's last word on an item: its outcome, its last ledger entry, what to remember of its key."""
+
+    item_id: int
+    delivery: Delivered | None = None
+    remember: Remember | None = None
+    outcome: str = "delivered"
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,11 +129,37 @@ class DeadLetter:
     business_key: str
     payload: Any
     reason: str
-    error_kind: str  # "terminal" (a 4xx, a transform error) or "exhausted" (transient, out of retries)
+    error_kind: str  # "terminal" (a 4xx, a transform error), "exhausted" (transient, out of retries),
+    # "unknown" (a once-only write whose effect could not be checked) or "rejected" (rejected at read)
     target: str
     spec_version: str
     created_at: float
     replayed_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonRecord:
+    """A daemon (or delivery process) on this store and the spec version it runs, as it last said."""
+
+    name: str
+    spec_version: str
+    started_at: float
+    seen_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayRecord:
+    """One ``dlq replay``: which letters, how many went back, how many were skipped, with which spec on disk."""
+
+    flow: str
+    letters: tuple[int, ...]
+    replayed: int
+    skipped: int
+    forced: bool
+    spec_version: str
+    by: str
+    id: int = 0
+    at: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,10 +208,12 @@ class StateStore(Protocol):
         """Mark the item done; ``delivery`` (its last target's receipt) goes into the ledger in the same transaction."""
         ...
 
-    def commit_batch(
-        self, new: Sequence[NewItem] = (), done: Sequence[tuple[int, Delivered | None]] = ()
-    ) -> list[bool]:
-        """Enqueue ``new`` and complete ``done`` in one transaction (group commit); returns, per new item, whether
+    def finish(self, finished: Finished) -> None:
+        """Mark the item done with its outcome; its last ledger entry and its key state in the same transaction."""
+        ...
+
+    def commit_batch(self, new: Sequence[NewItem] = (), done: Sequence[Finished] = ()) -> list[bool]:
+        """Enqueue ``new`` and finish ``done`` in one transaction (group commit); returns, per new item, whether
         it was new."""
         ...
 
@@ -156,6 +232,10 @@ class StateStore(Protocol):
         self, item_id: int, reason: str, *, error_kind: str, target: str = "", spec_version: str = ""
     ) -> int: ...
 
+    def inflight_workers(self) -> list[str]:
+        """The workers that hold claimed items now (a replica looks for its own earlier life's claims)."""
+        ...
+
     def requeue_inflight(self, worker: str | None = None) -> int:
         """Give back every claimed item at once (no attempt counted); returns how many.
 
@@ -166,7 +246,14 @@ class StateStore(Protocol):
         ...
 
     def reject(self, item: NewItem, reason: str) -> int:
-        """Store an item that cannot even be read (a message that is not JSON) straight into dead letters."""
+        """Store an item that cannot even be read (a message that is not JSON, a bad IDoc) straight into dead
+        letters, kind "rejected"; returns the dead letter's id, 0 when the same item was rejected before."""
+        ...
+
+    def absorb(self, item: InboxItem, window: float, names: Sequence[str]) -> InboxItem:
+        """An event group: the pending parts of ``item``'s business key that came within ``window`` seconds of it
+        join it (their rows appended to its ``rows`` in arrival order, the parts marked done as merged), in one
+        transaction; returns the item with the grouped payload."""
         ...
 
     def depth(self, flow: str | None = None) -> dict[str, int]:
@@ -182,7 +269,26 @@ class StateStore(Protocol):
     # ledger -----------------------------------------------------------------------------------
     def delivered(self, flow: str, key: str, target: str) -> bool: ...
 
-    def record_delivery(self, flow: str, key: str, target: str, response: str = "") -> None: ...
+    def record_delivery(
+        self,
+        flow: str,
+        key: str,
+        target: str,
+        response: str = "",
+        *,
+        remember: Remember | None = None,
+        once_only: bool = False,
+    ) -> None:
+        """A target accepted the record: into the ledger (and its intent, if any, is cleared)."""
+        ...
+
+    def mark_intent(self, flow: str, key: str, target: str) -> None:
+        """A once-only write is about to be sent; committed before it is (see the module docstring)."""
+        ...
+
+    def clear_intent(self, flow: str, key: str, target: str) -> None:
+        """The target answered a once-only write with a refusal: it had no effect, nothing to ask about."""
+        ...
 
     def deliveries(self, flow: str | None = None) -> int: ...
 
@@ -204,9 +310,23 @@ class StateStore(Protocol):
         """Put dead-lettered items back in the inbox (attempts reset); returns how many.
 
         A superseded letter (see :meth:`superseded`) is skipped unless ``include_superseded``: replaying
-        it would apply an older change over a newer one.
+        it would apply an older change over a newer one. Replaying a letter of kind "unknown" clears its
+        intents: the person replaying it has checked the target, and the write is sent.
         """
         ...
+
+    # daemons and replays ----------------------------------------------------------------------
+    def register_daemon(self, name: str, spec_version: str, *, gone: bool = False) -> None:
+        """A daemon says which spec version it runs (at start and every little while); ``gone`` when it stops."""
+        ...
+
+    def daemons(self, seen_within: float) -> list[DaemonRecord]:
+        """The daemons that said they run in the last ``seen_within`` seconds."""
+        ...
+
+    def record_replay(self, replay: ReplayRecord) -> int: ...
+
+    def replays(self, limit: int = 20) -> list[ReplayRecord]: ...
 
     # runs -------------------------------------------------------------------------------------
     def start_run(self, flow: str, kind: str) -> int: ...
@@ -239,6 +359,7 @@ class StateStore(Protocol):
         """Delete finished work older than ``before`` (epoch seconds); returns how many rows per kind.
 
         Delivered inbox items with their ledger entries, acked queue messages, replayed dead letters,
-        finished runs. Open and dead items, and dead letters not replayed, are never deleted.
+        finished runs, key state (a key's last version and targets) not touched since. Open and dead
+        items, and dead letters not replayed, are never deleted.
         """
         ...

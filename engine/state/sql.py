@@ -14,7 +14,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
-from engine.state.base import DeadLetter, Delivered, InboxItem, NewItem, QueueMessage, RunRecord
+from engine.state.base import (
+    DaemonRecord,
+    DeadLetter,
+    Delivered,
+    Finished,
+    InboxItem,
+    NewItem,
+    QueueMessage,
+    Remember,
+    ReplayRecord,
+    RunRecord,
+)
 
 __all__ = ["MIGRATIONS", "Dialect", "SqlStore"]
 
@@ -110,9 +121,49 @@ MIGRATIONS: list[list[str]] = [
             UNIQUE (queue, message_id))""",
         "CREATE INDEX queue_open ON queue_messages (queue, available_at) WHERE acked_at IS NULL",
     ],
+    [
+        # v5: the record model (engine/state/base.py). An item's version and outcome; per business key the
+        # version last delivered and the targets that took it; intents of once-only writes in flight.
+        "ALTER TABLE inbox ADD COLUMN version TEXT",
+        "ALTER TABLE inbox ADD COLUMN outcome TEXT NOT NULL DEFAULT ''",
+        """CREATE TABLE key_state (
+            flow TEXT NOT NULL,
+            business_key TEXT NOT NULL,
+            target TEXT NOT NULL,
+            version TEXT,
+            updated_at {real} NOT NULL,
+            PRIMARY KEY (flow, business_key, target))""",
+        """CREATE TABLE intents (
+            flow TEXT NOT NULL,
+            key TEXT NOT NULL,
+            target TEXT NOT NULL,
+            started_at {real} NOT NULL,
+            PRIMARY KEY (flow, key, target))""",
+        # the daemons running on this store and the spec version each runs (a replay compares it with the disk)
+        """CREATE TABLE daemons (
+            name TEXT PRIMARY KEY,
+            spec_version TEXT NOT NULL,
+            started_at {real} NOT NULL,
+            seen_at {real} NOT NULL)""",
+        # every dlq replay: when, which letters, how many went back, how many were skipped as superseded
+        """CREATE TABLE replays (
+            id {id},
+            at {real} NOT NULL,
+            flow TEXT NOT NULL DEFAULT '',
+            letters TEXT NOT NULL DEFAULT '[]',
+            replayed INTEGER NOT NULL DEFAULT 0,
+            skipped INTEGER NOT NULL DEFAULT 0,
+            forced INTEGER NOT NULL DEFAULT 0,
+            spec_version TEXT NOT NULL DEFAULT '',
+            by TEXT NOT NULL DEFAULT '')""",
+    ],
 ]
 
-_ITEM_COLUMNS = "id, flow, key, business_key, payload, source, status, attempts, created_at, last_error"
+KEY_VERSION = ""  # key_state's target for the business key's own version (a target label is never empty)
+
+_ITEM_COLUMNS = (
+    "id, flow, key, business_key, payload, source, status, attempts, created_at, last_error, version, outcome"
+)
 
 
 def _item(row: Sequence[Any]) -> InboxItem:
@@ -127,6 +178,8 @@ def _item(row: Sequence[Any]) -> InboxItem:
         attempts=int(row[7]),
         created_at=float(row[8]),
         last_error=row[9],
+        version=row[10],
+        outcome=row[11],
     )
 
 
@@ -215,22 +268,33 @@ class SqlStore:
     def _insert(self, cur: Any, items: Sequence[NewItem]) -> list[bool]:
         now = self._clock()
         sql = self._sql(
-            "INSERT INTO inbox (flow, key, business_key, payload, source, available_at, created_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (flow, key) DO NOTHING"
+            "INSERT INTO inbox (flow, key, business_key, payload, source, available_at, created_at, version) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (flow, key) DO NOTHING"
         )
         added = []
         for item in items:
-            cur.execute(sql, (item.flow, item.key, item.business_key, json.dumps(item.payload), item.source, now, now))
+            payload = json.dumps(item.payload)
+            cur.execute(
+                sql,
+                (
+                    item.flow,
+                    item.key,
+                    item.business_key,
+                    payload,
+                    item.source,
+                    now + item.group_window,
+                    now,
+                    item.version,
+                ),
+            )
             added.append(cur.rowcount > 0)
         return added
 
-    def commit_batch(
-        self, new: Sequence[NewItem] = (), done: Sequence[tuple[int, Delivered | None]] = ()
-    ) -> list[bool]:
+    def commit_batch(self, new: Sequence[NewItem] = (), done: Sequence[Finished] = ()) -> list[bool]:
         with self._tx() as cur:
             added = self._insert(cur, new)
-            for item_id, delivery in done:
-                self._complete(cur, item_id, delivery)
+            for finished in done:
+                self._finish(cur, finished)
             return added
 
     def claim(self, worker: str, limit: int, lease: float, flows: Sequence[str] | None = None) -> list[InboxItem]:
@@ -282,16 +346,113 @@ class SqlStore:
             done: dict[int, set[str]] = {}
             for item_id, target in cur.fetchall():
                 done.setdefault(int(item_id), set()).add(target)
-        return [replace(item, delivered=frozenset(done[item.id])) if item.id in done else item for item in items]
+            known, latest = self._key_state(cur, marks, ids)
+            intents = self._intents(cur, marks, ids)
+        return [
+            replace(
+                item,
+                delivered=frozenset(done.get(item.id, ())),
+                known=frozenset(known.get(item.id, ())),
+                latest=latest.get(item.id),
+                intents=frozenset(intents.get(item.id, ())),
+            )
+            for item in items
+        ]
+
+    def _key_state(self, cur: Any, marks: str, ids: Sequence[int]) -> tuple[dict[int, set[str]], dict[int, str]]:
+        """Per claimed item: the targets its business key was delivered to, and the key's newest version."""
+        cur.execute(
+            self._sql(
+                "SELECT i.id, k.target, k.version FROM inbox i JOIN key_state k ON k.flow = i.flow "
+                f"AND k.business_key = i.business_key WHERE i.id IN ({marks})"
+            ),
+            tuple(ids),
+        )
+        known: dict[int, set[str]] = {}
+        latest: dict[int, str] = {}
+        for item_id, target, version in cur.fetchall():
+            if target == KEY_VERSION:
+                if version is not None:
+                    latest[int(item_id)] = version
+            else:
+                known.setdefault(int(item_id), set()).add(target)
+        return known, latest
+
+    def _intents(self, cur: Any, marks: str, ids: Sequence[int]) -> dict[int, set[str]]:
+        cur.execute(
+            self._sql(
+                "SELECT i.id, n.target FROM inbox i JOIN intents n ON n.flow = i.flow AND n.key = i.key "
+                f"WHERE i.id IN ({marks})"
+            ),
+            tuple(ids),
+        )
+        found: dict[int, set[str]] = {}
+        for item_id, target in cur.fetchall():
+            found.setdefault(int(item_id), set()).add(target)
+        return found
 
     def complete(self, item_id: int, *, delivery: Delivered | None = None) -> None:
         with self._tx() as cur:
-            self._complete(cur, item_id, delivery)
+            self._finish(cur, Finished(item_id, delivery))
 
-    def _complete(self, cur: Any, item_id: int, delivery: Delivered | None) -> None:
-        if delivery is not None:
-            self._record_delivery(cur, delivery)
-        cur.execute(self._sql("UPDATE inbox SET status = 'done', lease_until = NULL WHERE id = ?"), (item_id,))
+    def finish(self, finished: Finished) -> None:
+        with self._tx() as cur:
+            self._finish(cur, finished)
+
+    def _finish(self, cur: Any, finished: Finished) -> None:
+        if finished.delivery is not None:
+            self._record_delivery(cur, finished.delivery)
+        if finished.remember is not None:
+            self._remember(cur, finished.remember)
+        cur.execute(
+            self._sql("UPDATE inbox SET status = 'done', lease_until = NULL, outcome = ? WHERE id = ?"),
+            (finished.outcome[:500], finished.item_id),
+        )
+
+    def _remember(self, cur: Any, what: Remember) -> None:
+        now = self._clock()
+        upsert = self._sql(
+            "INSERT INTO key_state (flow, business_key, target, version, updated_at) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (flow, business_key, target) DO UPDATE SET "
+            + ("version = excluded.version, " if what.version is not None else "")
+            + "updated_at = excluded.updated_at"
+        )
+        if what.version is not None:
+            cur.execute(upsert, (what.flow, what.business_key, KEY_VERSION, what.version, now))
+        for target in what.targets:
+            cur.execute(
+                self._sql(
+                    "INSERT INTO key_state (flow, business_key, target, version, updated_at) VALUES (?, ?, ?, NULL, ?) "
+                    "ON CONFLICT (flow, business_key, target) DO UPDATE SET updated_at = excluded.updated_at"
+                ),
+                (what.flow, what.business_key, target, now),
+            )
+
+    def absorb(self, item: InboxItem, window: float, names: Sequence[str]) -> InboxItem:
+        with self._tx() as cur:
+            cur.execute(
+                self._sql(
+                    "SELECT id, payload FROM inbox WHERE flow = ? AND business_key = ? AND id > ? "
+                    "AND status = 'pending' AND created_at <= ? ORDER BY id"
+                ),
+                (item.flow, item.business_key, item.id, item.created_at + window),
+            )
+            parts = cur.fetchall()
+            if not parts:
+                return item
+            payload = item.payload if isinstance(item.payload, dict) else {"rows": [item.payload]}
+            rows = list(payload.get("rows") or [])
+            for _, part in parts:
+                joined = json.loads(part)
+                rows.extend(joined.get("rows") or [] if isinstance(joined, dict) else [joined])
+            merged = {**payload, "rows": rows}
+            marks = ", ".join("?" for _ in parts)
+            cur.execute(
+                self._sql(f"UPDATE inbox SET status = 'done', lease_until = NULL, outcome = ? WHERE id IN ({marks})"),
+                (f"skipped: merged into item {item.id}", *(int(p[0]) for p in parts)),
+            )
+            cur.execute(self._sql("UPDATE inbox SET payload = ? WHERE id = ?"), (json.dumps(merged), item.id))
+        return replace(item, payload=merged)
 
     def retry_later(self, item_id: int, delay: float, error: str, *, count_attempt: bool = True) -> None:
         with self._tx() as cur:
@@ -315,6 +476,11 @@ class SqlStore:
                 ),
                 tuple(item_ids),
             )
+
+    def inflight_workers(self) -> list[str]:
+        with self._tx() as cur:
+            cur.execute("SELECT DISTINCT worker FROM inbox WHERE status = 'inflight' AND worker IS NOT NULL")
+            return sorted(str(row[0]) for row in cur.fetchall())
 
     def requeue_inflight(self, worker: str | None = None) -> int:
         back = "UPDATE inbox SET status = 'pending', lease_until = NULL WHERE status = 'inflight'"
@@ -352,7 +518,7 @@ class SqlStore:
             cur.execute(
                 self._sql(
                     "INSERT INTO inbox (flow, key, business_key, payload, source, status, available_at, "
-                    "created_at, last_error) VALUES (?, ?, ?, ?, ?, 'dead', ?, ?, ?) "
+                    "created_at, last_error, outcome) VALUES (?, ?, ?, ?, ?, 'dead', ?, ?, ?, 'rejected') "
                     "ON CONFLICT (flow, key) DO NOTHING RETURNING id"
                 ),
                 (
@@ -372,7 +538,7 @@ class SqlStore:
             cur.execute(
                 self._sql(
                     "INSERT INTO dead_letters (item_id, flow, reason, error_kind, target, created_at, spec_version) "
-                    "VALUES (?, ?, ?, 'terminal', '', ?, '') RETURNING id"
+                    "VALUES (?, ?, ?, 'rejected', '', ?, '') RETURNING id"
                 ),
                 (int(row[0]), item.flow, reason[:4000], now),
             )
@@ -410,9 +576,20 @@ class SqlStore:
             )
             return cur.fetchone() is not None
 
-    def record_delivery(self, flow: str, key: str, target: str, response: str = "") -> None:
+    def record_delivery(
+        self,
+        flow: str,
+        key: str,
+        target: str,
+        response: str = "",
+        *,
+        remember: Remember | None = None,
+        once_only: bool = False,
+    ) -> None:
         with self._tx() as cur:
-            self._record_delivery(cur, Delivered(flow, key, target, response))
+            self._record_delivery(cur, Delivered(flow, key, target, response, once_only))
+            if remember is not None:
+                self._remember(cur, remember)
 
     def _record_delivery(self, cur: Any, entry: Delivered) -> None:
         cur.execute(
@@ -422,6 +599,25 @@ class SqlStore:
             ),
             (entry.flow, entry.key, entry.target, self._clock(), entry.response[:4000]),
         )
+        if entry.once_only:
+            cur.execute(
+                self._sql("DELETE FROM intents WHERE flow = ? AND key = ? AND target = ?"),
+                (entry.flow, entry.key, entry.target),
+            )
+
+    def mark_intent(self, flow: str, key: str, target: str) -> None:
+        with self._tx() as cur:
+            cur.execute(
+                self._sql(
+                    "INSERT INTO intents (flow, key, target, started_at) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (flow, key, target) DO NOTHING"
+                ),
+                (flow, key, target, self._clock()),
+            )
+
+    def clear_intent(self, flow: str, key: str, target: str) -> None:
+        with self._tx() as cur:
+            cur.execute(self._sql("DELETE FROM intents WHERE flow = ? AND key = ? AND target = ?"), (flow, key, target))
 
     def deliveries(self, flow: str | None = None) -> int:
         sql = "SELECT COUNT(*) FROM ledger" + (" WHERE flow = ?" if flow else "")
@@ -515,20 +711,100 @@ class SqlStore:
         marks = ", ".join("?" for _ in dead_letter_ids)
         with self._tx() as cur:
             cur.execute(
-                self._sql(f"SELECT id, item_id FROM dead_letters WHERE replayed_at IS NULL AND id IN ({marks})"),
+                self._sql(
+                    f"SELECT id, item_id, error_kind FROM dead_letters WHERE replayed_at IS NULL AND id IN ({marks})"
+                ),
                 tuple(dead_letter_ids),
             )
             rows = cur.fetchall()
-            for letter_id, item_id in rows:
+            for letter_id, item_id, kind in rows:
+                if kind == "unknown":  # the person replaying it checked the target: the write is sent
+                    cur.execute(
+                        self._sql(
+                            "DELETE FROM intents WHERE EXISTS (SELECT 1 FROM inbox i WHERE i.id = ? "
+                            "AND i.flow = intents.flow AND i.key = intents.key)"
+                        ),
+                        (item_id,),
+                    )
                 cur.execute(
                     self._sql(
-                        "UPDATE inbox SET status = 'pending', attempts = 0, available_at = ?, lease_until = NULL "
-                        "WHERE id = ? AND status = 'dead'"
+                        "UPDATE inbox SET status = 'pending', attempts = 0, available_at = ?, lease_until = NULL, "
+                        "outcome = '' WHERE id = ? AND status = 'dead'"
                     ),
                     (now, item_id),
                 )
                 cur.execute(self._sql("UPDATE dead_letters SET replayed_at = ? WHERE id = ?"), (now, letter_id))
             return len(rows)
+
+    # -- daemons and replays --------------------------------------------------------------------
+    def register_daemon(self, name: str, spec_version: str, *, gone: bool = False) -> None:
+        """A daemon says it runs ``spec_version`` (at start, then every little while); ``gone`` when it stops."""
+        now = self._clock()
+        with self._tx() as cur:
+            if gone:
+                cur.execute(self._sql("DELETE FROM daemons WHERE name = ?"), (name,))
+                return
+            cur.execute(
+                self._sql(
+                    "INSERT INTO daemons (name, spec_version, started_at, seen_at) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (name) DO UPDATE SET spec_version = excluded.spec_version, seen_at = excluded.seen_at"
+                ),
+                (name, spec_version, now, now),
+            )
+
+    def daemons(self, seen_within: float) -> list[DaemonRecord]:
+        with self._tx() as cur:
+            cur.execute(
+                self._sql(
+                    "SELECT name, spec_version, started_at, seen_at FROM daemons WHERE seen_at >= ? ORDER BY name"
+                ),
+                (self._clock() - seen_within,),
+            )
+            return [DaemonRecord(r[0], r[1], float(r[2]), float(r[3])) for r in cur.fetchall()]
+
+    def record_replay(self, replay: ReplayRecord) -> int:
+        with self._tx() as cur:
+            cur.execute(
+                self._sql(
+                    "INSERT INTO replays (at, flow, letters, replayed, skipped, forced, spec_version, by) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id"
+                ),
+                (
+                    self._clock(),
+                    replay.flow,
+                    json.dumps(list(replay.letters)),
+                    replay.replayed,
+                    replay.skipped,
+                    int(replay.forced),
+                    replay.spec_version,
+                    replay.by,
+                ),
+            )
+            return int(cur.fetchone()[0])
+
+    def replays(self, limit: int = 20) -> list[ReplayRecord]:
+        with self._tx() as cur:
+            cur.execute(
+                self._sql(
+                    "SELECT id, at, flow, letters, replayed, skipped, forced, spec_version, by FROM replays "
+                    "ORDER BY id DESC LIMIT ?"
+                ),
+                (limit,),
+            )
+            return [
+                ReplayRecord(
+                    flow=r[2],
+                    letters=tuple(json.loads(r[3])),
+                    replayed=int(r[4]),
+                    skipped=int(r[5]),
+                    forced=bool(r[6]),
+                    spec_version=r[7],
+                    by=r[8],
+                    id=int(r[0]),
+                    at=float(r[1]),
+                )
+                for r in cur.fetchall()
+            ]
 
     # -- runs ----------------------------------------------------------------------------------
     def start_run(self, flow: str, kind: str) -> int:
@@ -655,6 +931,10 @@ class SqlStore:
             "dead_letters": "DELETE FROM dead_letters WHERE id IN (SELECT id FROM dead_letters "
             "WHERE replayed_at < ? LIMIT ?)",
             "runs": "DELETE FROM runs WHERE id IN (SELECT id FROM runs WHERE finished_at < ? LIMIT ?)",
+            # what a business key last had: forgotten with the rest, so a change older than the retention
+            # arriving after that is taken as new (as a message id seen again after it is)
+            "key_state": "DELETE FROM key_state WHERE (flow, business_key, target) IN (SELECT flow, business_key, "
+            "target FROM key_state WHERE updated_at < ? LIMIT ?)",
         }
         if self.dialect.name == "postgres":  # no rowid there: the ledger's key columns name a row
             statements["ledger"] = (

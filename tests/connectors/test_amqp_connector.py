@@ -608,14 +608,16 @@ def test_without_a_dead_letter_exchange_a_message_that_is_not_json_reaches_the_h
         async with connect() as connection, consuming(connection, queue, seen):
             await wait_until(lambda: len(seen.messages) == 2, "both messages")
         assert seen.messages[0].body == b"not json at all"
-        assert seen.messages[0].message_id.startswith("amqp-sha256:")
+        assert seen.messages[0].message_id == ""  # none was sent, none is made up
         assert seen.ids[1] == "good"
 
     asyncio.run(scenario())
 
 
 @pytest.mark.rabbitmq
-def test_a_message_without_an_id_gets_the_same_id_when_redelivered(broker: None, names: dict[str, str]) -> None:
+def test_a_message_without_an_id_is_handed_over_without_one_and_redelivered_whole(
+    broker: None, names: dict[str, str]
+) -> None:
     queue = names["queue"]
     seen = Collector()
 
@@ -630,10 +632,54 @@ def test_a_message_without_an_id_gets_the_same_id_when_redelivered(broker: None,
         await asyncio.to_thread(publish_without_id, queue, b'{"sku": "B"}', {"h": 1})
         async with connect() as connection, consuming(connection, queue, fail_first):
             await wait_until(lambda: len(seen.messages) == 3, "the redelivery and the other message")
-        ids_of_a = [m.message_id for m in seen.messages if m.body == b'{"sku": "A"}']
-        (id_of_b,) = [m.message_id for m in seen.messages if m.body == b'{"sku": "B"}']
-        assert len(ids_of_a) == 2 and ids_of_a[0] == ids_of_a[1] and ids_of_a[0].startswith("amqp-sha256:")
-        assert id_of_b != ids_of_a[0]
+            await eventually(lambda: unacknowledged(queue), 0, "both acknowledged")
+        assert [m.body for m in seen.messages] == [b'{"sku": "A"}', b'{"sku": "A"}', b'{"sku": "B"}']
+        assert seen.ids == ["", "", ""]  # the spec names what identifies them (a body field or a header)
+        assert all(m.headers == {"h": 1} for m in seen.messages)  # headers travel, for a spec to use
+        assert await ready(queue) == 0
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.rabbitmq
+def test_three_messages_of_the_same_content_without_ids_are_three_messages(broker: None, names: dict[str, str]) -> None:
+    """qty 5, then 7, then 5 again for one SKU: the third is a change, not a copy of the first."""
+    queue = names["queue"]
+
+    async def scenario() -> None:
+        await declare_queue(queue)
+        for qty in (5, 7, 5):
+            body = json.dumps({"sku": "HV-200", "qty": qty}).encode()
+            await asyncio.to_thread(publish_without_id, queue, body)
+        seen = Collector()
+        async with connect() as connection, consuming(connection, queue, seen):
+            await wait_until(lambda: len(seen.messages) == 3, "all three messages")
+            await eventually(lambda: unacknowledged(queue), 0, "all three acknowledged")
+        assert [json.loads(m.body)["qty"] for m in seen.messages] == [5, 7, 5]
+        assert seen.ids == ["", "", ""]
+        assert await ready(queue) == 0
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.rabbitmq
+def test_dead_letter_copies_of_messages_without_ids_each_get_their_own_id(broker: None, names: dict[str, str]) -> None:
+    queue, dlx = names["queue"], names["dlx"]
+
+    async def scenario() -> None:
+        await declare_queue(queue)
+        for _ in range(2):
+            await asyncio.to_thread(publish_without_id, queue, b"<same garbage/>")
+        seen = Collector()
+        async with connect(dead_letter_exchange=dlx) as connection, consuming(connection, queue, seen):
+            await eventually(lambda: exists(dlx), True, "the dead-letter queue declared by the consumer")
+            await eventually(lambda: ready(dlx), 2, "both dead letters (neither merged into the other)")
+            await eventually(lambda: unacknowledged(queue), 0, "both originals acknowledged")
+        first, second = await take_all(dlx)
+        assert first.body == second.body == b"<same garbage/>"
+        assert first.message_id and second.message_id and first.message_id != second.message_id
+        assert str(first.message_id).startswith("seamline-dead-letter:")
+        assert seen.messages == []
 
     asyncio.run(scenario())
 

@@ -15,6 +15,7 @@ import shutil
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from connectors.file import CONNECTOR, FileOptions
 from connectors.file.client import REJECT_HEADER, Disk, FileConnection, Settle
 from connectors.file.formats import parse_number, read_entries
 from engine.cli import main
-from engine.connector import ConnectContext, Message
+from engine.connector import ConnectContext, Message, ReadItem
 from engine.errors import TerminalError, TransientError
 from engine.flow import CompiledFlow, load_client
 from engine.runtime.metrics import Metrics
@@ -34,6 +35,7 @@ from engine.runtime.triggers import consume_queue
 from engine.state import StateStore, open_store
 
 DATA = Path(__file__).parent / "data" / "files"
+SAP_MATMAS_DE = Path(__file__).parent / "data" / "sap_matmas_de.csv"
 MATERIALS_DE: dict[str, Any] = {
     "pattern": "materials_*.csv",
     "format": "csv",
@@ -69,8 +71,16 @@ async def read_all(connection: FileConnection, entity: str, **kwargs: Any) -> li
     return [page async for page in pages]
 
 
+def items_of(pages: list[list[Any]]) -> list[ReadItem]:
+    """Every entry of every page; a file drop wraps each row in a ReadItem (its id, maybe its rejection)."""
+    items = [item for page in pages for item in page]
+    assert all(isinstance(item, ReadItem) for item in items), items
+    return items
+
+
 def records_of(pages: list[list[Any]]) -> list[Any]:
-    return [record for page in pages for record in page]
+    """The data of the rows handed over as data (rejected rows left out)."""
+    return [item.data for item in items_of(pages) if not item.rejected]
 
 
 async def until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
@@ -198,6 +208,7 @@ def test_csv_with_bom_semicolons_and_decimal_comma_keeps_codes_as_text(tmp_path:
     assert second["LABST"] == 0 and second["NETPR"] == 89.9
     assert third["MAKTX"] == 'Hydraulik-Set "Profi"' and third["LABST"] == -5.0  # SAP's trailing minus
     assert (tmp_path / "archive" / "materials_de.csv").exists() and not (tmp_path / "materials_de.csv").exists()
+    assert not (tmp_path / "archive" / "materials_de.csv.reason.txt").exists()  # nothing was rejected
 
 
 @pytest.mark.parametrize(
@@ -410,6 +421,8 @@ def test_idoc_missing_a_segment_is_dead_lettered_and_the_file_goes_on(runtime: C
         "MATMAS needs segment E1MARAM (material header); it is missing"
     ) in told
     assert "Segment ohne Kopf" in told  # the IDoc itself is kept with its reason
+    reason = (rt.inbox / "archive" / "MATMAS05_missing_segment.xml.reason.txt").read_text(encoding="utf-8")
+    assert "line 32: IDoc 2 (DOCNUM 0000000000123458): MATMAS needs segment E1MARAM" in reason  # beside the file
 
 
 def test_a_bad_csv_number_is_dead_lettered_with_its_reason_and_the_other_rows_delivered(
@@ -432,6 +445,8 @@ def test_a_bad_csv_number_is_dead_lettered_with_its_reason_and_the_other_rows_de
     reason = "prices_bad_number.csv: line 3: column 'KBETR' holds '12,3x', which is not a number"
     assert reason in dead.reason + dead.payload["raw"]
     assert '"MATNR": "000000000000004712"' in dead.payload["raw"]
+    beside = (rt.inbox / "archive" / "prices_bad_number.csv.reason.txt").read_text(encoding="utf-8")
+    assert "line 3: column 'KBETR' holds '12,3x'" in beside and "other 2 record(s) were handed over" in beside
 
 
 def test_a_malformed_record_is_a_message_marked_rejected_with_a_stable_id(tmp_path: Path) -> None:
@@ -543,6 +558,23 @@ def test_a_watched_directory_is_looked_at_when_a_file_arrives_not_at_the_next_po
     assert len(received) == 3
 
 
+def test_a_change_notice_at_the_moment_of_a_cancel_does_not_swallow_it(tmp_path: Path) -> None:
+    """Stopping the event path must stop it, even when a notice arrives in the same turn of the loop
+    (asyncio.wait_for on Python 3.11 returned normally then, and the consumer polled on for good)."""
+    from connectors.file.client import _Watch
+
+    async def scenario() -> None:
+        watch = _Watch(tmp_path, enabled=False)
+        waiting = asyncio.create_task(watch.changed(10))
+        await asyncio.sleep(0)  # waiting for a notice
+        watch._event.set()  # a notice ...
+        waiting.cancel()  # ... and the daemon stopping the consumer, in the same turn
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+
+    asyncio.run(scenario())
+
+
 def test_crash_half_way_through_a_file_then_restart_stores_each_record_once(
     runtime: Callable[[str], Runtime],
 ) -> None:
@@ -616,16 +648,34 @@ def test_an_unknown_drop_is_terminal_with_the_nearest_name(tmp_path: Path) -> No
 # -- the schedule trigger's read path -------------------------------------------------------------------
 
 
-def test_read_hands_over_the_good_rows_then_rejects_the_file_naming_the_bad_ones(tmp_path: Path) -> None:
+def test_read_hands_a_bad_row_over_rejected_in_its_place_and_archives_the_file_with_its_reasons(
+    tmp_path: Path,
+) -> None:
     drop_file(tmp_path, "prices_bad_number.csv")
     drop = {"pattern": "prices_*.csv", "format": "csv", "delimiter": ";", "decimal_comma": True, "numbers": ["KBETR"]}
-    records = records_of(asyncio.run(read_all(open_files(tmp_path, {"prices": drop}), "prices")))
-    assert [r["MATNR"] for r in records] == ["000000000000004711", "000000000000004713"]
-    reason = (tmp_path / "rejected" / "prices_bad_number.csv.reason.txt").read_text(encoding="utf-8")
-    assert (
-        "line 3: column 'KBETR' holds '12,3x', which is not a number (this drop writes numbers as 1.234,50)" in reason
-    )
+    first, bad, third = items_of(asyncio.run(read_all(open_files(tmp_path, {"prices": drop}), "prices")))
+    digest = hashlib.sha256((DATA / "prices_bad_number.csv").read_bytes()).hexdigest()[:12]
+    assert [i.id for i in (first, bad, third)] == [f"prices_bad_number.csv:{digest}:{n}" for n in range(3)]
+    assert [first.data["MATNR"], third.data["MATNR"]] == ["000000000000004711", "000000000000004713"]
+    assert not first.rejected and not third.rejected
+    problem = "line 3: column 'KBETR' holds '12,3x', which is not a number (this drop writes numbers as 1.234,50)"
+    assert bad.rejected == f"prices_bad_number.csv: {problem}"
+    assert set(bad.data) == {"raw"} and '"KBETR": "12,3x"' in bad.data["raw"]
+    assert (tmp_path / "archive" / "prices_bad_number.csv").exists() and not (tmp_path / "rejected").exists()
+    reason = (tmp_path / "archive" / "prices_bad_number.csv.reason.txt").read_text(encoding="utf-8")
+    assert reason.startswith("file: prices_bad_number.csv\narchived at: ")
+    assert f"rejected at read (1 record(s), each handed over to dead letters with its reason):\n  {problem}\n" in reason
     assert "the file's other 2 record(s) were handed over" in reason
+
+
+def test_a_filter_keeps_rejected_rows_whose_fields_cannot_be_judged(tmp_path: Path) -> None:
+    drop_file(tmp_path, "prices_bad_number.csv")
+    drop = {"pattern": "prices_*.csv", "format": "csv", "delimiter": ";", "decimal_comma": True, "numbers": ["KBETR"]}
+    connection = open_files(tmp_path, {"prices": drop})
+    items = items_of(asyncio.run(read_all(connection, "prices", filter={"MATNR": "000000000000004713"})))
+    assert [(i.id.rsplit(":", 1)[1], bool(i.rejected)) for i in items] == [("1", True), ("2", False)]
+    reason = (tmp_path / "archive" / "prices_bad_number.csv.reason.txt").read_text(encoding="utf-8")
+    assert "the file's other 1 record(s) were handed over" in reason  # the filtered-out one was not
 
 
 def test_read_leaves_the_file_in_place_when_the_trigger_stops_before_storing_its_last_page(tmp_path: Path) -> None:
@@ -672,6 +722,154 @@ def test_run_once_reads_a_drop_and_writes_another_end_to_end(tmp_path: Path) -> 
     assert written.name.startswith("STOCK_4711-")
     assert json.loads(written.read_text(encoding="utf-8")) == {"sku": "4711", "plant": "DE01", "qty": 12.5}
     assert (inbox / "archive" / "stock_0001.csv").exists()
+
+
+# -- ReadItems: ids, groups, rejected rows ---------------------------------------------------------------
+
+SAP_MATMAS: dict[str, Any] = {"pattern": "sap_matmas_*.csv", "format": "csv", "delimiter": ";", "decimal_comma": True}
+# The fixture's rows in file order (index: MATNR, SPRAS); the export lists 4712 and 4713 interleaved
+# and 4714's English row first, so grouping by MATNR has to reorder.
+SAP_ROWS = [("4711", "DE"), ("4711", "EN"), ("4712", "DE"), ("4713", "DE"),
+            ("4712", "EN"), ("4713", "EN"), ("4714", "EN"), ("4714", "DE")]  # fmt: skip
+SAP_GROUPED = [0, 1, 2, 4, 3, 5, 6, 7]  # row indices in the order a MATNR-grouped read hands them over
+
+
+def read_sap_materials(directory: Path, **kwargs: Any) -> list[list[Any]]:
+    """Drop the SAP material fixture into ``directory`` and read it on a schedule, whole."""
+    directory.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(SAP_MATMAS_DE, directory / SAP_MATMAS_DE.name)
+    return asyncio.run(read_all(open_files(directory, {"materials": SAP_MATMAS}), "materials", **kwargs))
+
+
+def test_the_sap_material_fixture_reads_as_german_locale_text_and_numbers(tmp_path: Path) -> None:
+    first, *_, last = records_of(read_sap_materials(tmp_path))
+    assert first == {
+        "MATNR": "000000000000004711",  # leading zeros kept: a code
+        "SPRAS": "DE",
+        "MAKTX": "Kugelventil DN 25 Messing",
+        "MTART": "HAWA",
+        "MEINS": "ST",
+        "BRGEW": 1.25,  # 1,250
+        "NTGEW": 1.1,
+        "GEWEI": "KG",
+        "LVORM": "",  # not flagged for deletion
+    }
+    assert last["MAKTX"] == "Schmierfett, lose (Lithiumseife, weiß)"  # a comma in text stays text
+    records = records_of(read_sap_materials(tmp_path / "again"))
+    assert [(r["MATNR"][-4:], r["SPRAS"]) for r in records] == SAP_ROWS
+    assert {r["MATNR"][-4:]: (r["BRGEW"], r["GEWEI"], r["LVORM"]) for r in records} == {
+        "4711": (1.25, "KG", ""),
+        "4712": (12500.0, "G", "X"),  # 12.500,000 g; flagged for deletion
+        "4713": (4.5, "G", ""),
+        "4714": (1.05, "KG", ""),
+    }
+
+
+@pytest.mark.parametrize("page_size", range(1, 10))
+def test_pages_grouped_by_matnr_never_split_a_material(tmp_path: Path, page_size: int) -> None:
+    pages = read_sap_materials(tmp_path, page_size=page_size, group_by=["MATNR"])
+    digest = hashlib.sha256(SAP_MATMAS_DE.read_bytes()).hexdigest()[:12]
+    assert [item.id for item in items_of(pages)] == [f"sap_matmas_de.csv:{digest}:{i}" for i in SAP_GROUPED]
+    where: dict[str, int] = {}
+    for number, page in enumerate(pages):
+        assert len(page) <= max(page_size, 2)  # a group (2 rows) larger than the page is a page of its own
+        for item in page:
+            assert where.setdefault(item.data["MATNR"], number) == number, f"{item.data['MATNR']} split"
+    assert len(where) == 4 and (tmp_path / "archive" / "sap_matmas_de.csv").exists()
+
+
+@pytest.mark.parametrize(
+    ("page_size", "layout"),
+    [
+        (1, [["4711", "4711"], ["4712", "4712"], ["4713", "4713"], ["4714", "4714"]]),
+        (3, [["4711", "4711"], ["4712", "4712"], ["4713", "4713"], ["4714", "4714"]]),
+        (4, [["4711", "4711", "4712", "4712"], ["4713", "4713", "4714", "4714"]]),
+        (7, [["4711", "4711", "4712", "4712", "4713", "4713"], ["4714", "4714"]]),
+        (100, [["4711", "4711", "4712", "4712", "4713", "4713", "4714", "4714"]]),
+    ],
+)
+def test_grouped_pages_are_cut_only_between_groups(tmp_path: Path, page_size: int, layout: list[list[str]]) -> None:
+    pages = read_sap_materials(tmp_path, page_size=page_size, group_by=["MATNR"])
+    assert [[item.data["MATNR"][-4:] for item in page] for page in pages] == layout
+    languages = [item.data["SPRAS"] for item in items_of(pages)]
+    assert languages == ["DE", "EN", "DE", "EN", "DE", "EN", "EN", "DE"]  # file order within a group
+
+
+def test_without_group_by_pages_keep_file_order(tmp_path: Path) -> None:
+    pages = read_sap_materials(tmp_path, page_size=3)
+    assert [len(page) for page in pages] == [3, 3, 2]
+    assert [(i.data["MATNR"][-4:], i.data["SPRAS"]) for i in items_of(pages)] == SAP_ROWS
+
+
+def test_ids_are_the_same_each_time_a_file_is_read_and_new_when_it_changes(tmp_path: Path) -> None:
+    first = [i.id for i in items_of(read_sap_materials(tmp_path, group_by=["MATNR"]))]
+    again = [i.id for i in items_of(read_sap_materials(tmp_path, group_by=["MATNR"]))]  # dropped again
+    assert first == again and len(set(first)) == 8
+    assert sorted(p.name for p in (tmp_path / "archive").iterdir())[-1] == "sap_matmas_de.csv"  # and a stamped one
+    changed = tmp_path / "changed"
+    changed.mkdir()
+    (changed / "sap_matmas_de.csv").write_bytes(SAP_MATMAS_DE.read_bytes().replace(b"1,250", b"1,260"))
+    later = [i.id for i in items_of(asyncio.run(read_all(open_files(changed, {"materials": SAP_MATMAS}), "materials")))]
+    assert [i.rsplit(":", 1)[1] for i in later] == [str(n) for n in range(8)]
+    assert not set(later) & set(first)  # new content: no row is mistaken for an old one
+
+
+def test_rejected_rows_belong_to_no_group_and_keep_their_place(tmp_path: Path) -> None:
+    (tmp_path / "stock_1.csv").write_text(
+        "sku;plant;qty\nA;1000;1\nB;1000;2\nA;2000;x\nB;2000;3\nA;3000;4\n", encoding="utf-8"
+    )
+    drop = {"pattern": "stock_*.csv", "format": "csv", "delimiter": ";", "numbers": ["qty"]}
+    pages = asyncio.run(read_all(open_files(tmp_path, {"stock": drop}), "stock", page_size=2, group_by=["sku"]))
+    laid_out = [[(i.id.rsplit(":", 1)[1], i.data.get("sku", "rejected")) for i in page] for page in pages]
+    assert laid_out == [[("0", "A"), ("4", "A")], [("1", "B"), ("3", "B")], [("2", "rejected")]]
+    (bad,) = [i for i in items_of(pages) if i.rejected]
+    assert bad.rejected.startswith("stock_1.csv: line 4: column 'qty' holds 'x', which is not a number")
+    assert (tmp_path / "archive" / "stock_1.csv.reason.txt").exists()
+
+
+def test_groups_by_a_dotted_path_into_idoc_segments() -> None:
+    from connectors.file import Drop
+    from connectors.file.pages import pages, read_items, units
+
+    entries = read_entries((DATA / "MATMAS05_0001.xml").read_bytes(), Drop(pattern="*.xml", format="idoc"))
+    entries = [replace(e, index=n) for n, e in enumerate([*entries, *entries])]  # both materials, twice
+    items = read_items("MATMAS05_0001.xml", "0" * 12, entries, None)
+    (page,) = list(pages(units(items, ["E1MARAM.MATNR"]), 10))
+    assert [i.id.rsplit(":", 1)[1] for i in page] == ["0", "2", "1", "3"]
+    assert [len(u) for u in units(items, [])] == [1, 1, 1, 1]  # an empty group_by groups nothing
+
+
+def test_a_mixed_idoc_file_hands_over_one_record_and_one_rejection_then_is_archived_with_its_reason(
+    tmp_path: Path,
+) -> None:
+    drop_file(tmp_path, "MATMAS05_missing_segment.xml")
+    connection = open_files(tmp_path, {"materials": {"pattern": "MATMAS*.xml", "format": "idoc"}})
+    good, bad = items_of(asyncio.run(read_all(connection, "materials", group_by=["E1MARAM.MATNR"])))
+    digest = hashlib.sha256((DATA / "MATMAS05_missing_segment.xml").read_bytes()).hexdigest()[:12]
+    assert (good.id, bad.id) == (f"MATMAS05_missing_segment.xml:{digest}:0", f"MATMAS05_missing_segment.xml:{digest}:1")
+    assert not good.rejected and good.data["E1MARAM"]["MATNR"] == "000000000000004712"
+    problem = "line 32: IDoc 2 (DOCNUM 0000000000123458): MATMAS needs segment E1MARAM (material header); it is missing"
+    assert bad.rejected == f"MATMAS05_missing_segment.xml: {problem}"
+    assert set(bad.data) == {"raw"} and "Segment ohne Kopf" in bad.data["raw"]
+    assert sorted(p.name for p in (tmp_path / "archive").iterdir()) == [
+        "MATMAS05_missing_segment.xml",
+        "MATMAS05_missing_segment.xml.reason.txt",
+    ]
+    assert not (tmp_path / "rejected").exists() and not (tmp_path / "MATMAS05_missing_segment.xml").exists()
+    reason = (tmp_path / "archive" / "MATMAS05_missing_segment.xml.reason.txt").read_text(encoding="utf-8")
+    assert "file: MATMAS05_missing_segment.xml\n" in reason and f"  {problem}\n" in reason
+    assert "the file's other 1 record(s) were handed over" in reason
+
+
+def test_an_archived_file_with_a_stamped_name_has_its_reason_file_beside_it(tmp_path: Path) -> None:
+    connection = open_files(tmp_path, {"materials": {"pattern": "MATMAS*.xml", "format": "idoc"}})
+    for _ in range(2):
+        drop_file(tmp_path, "MATMAS05_missing_segment.xml")
+        asyncio.run(read_all(connection, "materials"))
+    names = sorted(p.name for p in (tmp_path / "archive").iterdir())
+    assert len(names) == 4
+    stamped = next(n for n in names if n.endswith("Z.xml"))
+    assert f"{stamped}.reason.txt" in names and "MATMAS05_missing_segment.xml.reason.txt" in names
 
 
 # -- writing --------------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ def test_writes_go_to_the_store_and_the_log(fake: FakeHttpServer, client: httpx.
     assert client.get("/products/A").status_code == 404
     assert client.patch("/products/B", json={}).status_code == 404
     assert client.delete("/products/B").status_code == 404
-    assert client.get("/nowhere").json() == {"message": "Request does not match any route.", "trace": None}
+    assert client.get("/nowhere").json() == {"items": [], "total": 0, "next": None, "next_cursor": None}
     bad = client.post("/orders", content=b"{not json", headers={"Content-Type": "application/json"})
     assert bad.status_code == 400 and bad.json()["message"] == "Decoding error: %1"
     log = fake.writes()
@@ -135,7 +135,7 @@ def test_fault_knobs_over_the_admin_api(fake: FakeHttpServer, client: httpx.Clie
     knobs = {"fail_next": {"count": 2, "status": 429, "retry_after": 3}, "latency": 0}
     assert client.post("/__fake/faults", json=knobs).json()["fail_next"]["count"] == 2
     answers = [client.get("/items") for _ in range(3)]
-    assert [a.status_code for a in answers] == [429, 429, 404]
+    assert [a.status_code for a in answers] == [429, 429, 200]
     assert answers[0].headers["Retry-After"] == "3"
     assert answers[0].json() == {"message": "Too Many Requests", "trace": None}
 
@@ -149,7 +149,7 @@ def test_fault_knobs_over_the_admin_api(fake: FakeHttpServer, client: httpx.Clie
 
     client.post("/__fake/faults", json={"auth": {"basic": {"username": "u", "password": "p"}}})
     assert client.get("/items").status_code == 401
-    assert client.get("/items", auth=("u", "p")).status_code == 404
+    assert client.get("/items", auth=("u", "p")).status_code == 200
     assert client.get("/__fake/log").status_code == 200  # the admin API needs no credentials
     client.post("/__fake/faults", json={"auth": None})
 
@@ -167,7 +167,8 @@ def test_admin_seed_log_requests_and_reset(fake: FakeHttpServer, client: httpx.C
     assert sorted(client.get("/__fake/resources").json()) == ["/items/a", "/items/b"]
     client.post("/__fake/reset")
     assert client.get("/__fake/log").json() == []
-    assert client.get("/items").status_code == 404
+    assert client.get("/items").json()["items"] == []
+    assert client.get("/items/7").status_code == 404
 
 
 def test_a_random_error_rate_repeats_with_the_same_seed() -> None:
@@ -177,7 +178,7 @@ def test_a_random_error_rate_repeats_with_the_same_seed() -> None:
             fake.configure(error_rate=0.5, error_status=502)
             outcomes.append([http.get("/x").status_code for _ in range(12)])
     assert outcomes[0] == outcomes[1]
-    assert set(outcomes[0]) == {404, 502}
+    assert set(outcomes[0]) == {200, 502}
 
 
 def test_stop_closes_keep_alive_connections_too(fake: FakeHttpServer, client: httpx.Client) -> None:
@@ -252,3 +253,46 @@ def test_restart_keeps_the_port_and_the_state(fake: FakeHttpServer, client: http
     fake.restart()
     assert fake.port == port and fake.running
     assert client.get("/products/A").json() == {"sku": "A"}  # a fresh connection; the pooled one died
+
+
+def test_a_get_of_an_empty_collection_is_an_empty_page_in_the_style_asked(
+    fake: FakeHttpServer, client: httpx.Client
+) -> None:
+    """A collection nobody has written to yet reads as empty, not as a missing route: a spec reading it
+    from a fresh fake finds nothing to do. A path that names a resource (an id) is still a 404."""
+    assert client.get("/products").json() == {"items": [], "total": 0, "next": None, "next_cursor": None}
+    assert client.get("/api/sales-orders", params={"page": 1, "size": 10}).json()["items"] == []
+    assert client.get("/products", params={"$top": "5"}).json() == {"d": {"results": [], "__count": "0"}}
+    magento = client.get("/products", params={"searchCriteria[pageSize]": "10"}).json()
+    assert (magento["items"], magento["total_count"]) == ([], 0)
+    assert client.get("/products/A-1").status_code == 404  # an id: a missing resource
+    assert client.get("/orders/42").status_code == 404
+    client.put("/products/A-1", json={"sku": "A-1"})
+    assert client.get("/products/other").status_code == 404  # under a collection that exists: a missing resource
+    client.delete("/products/A-1")
+    assert client.get("/products").json()["items"] == []
+    assert fake.writes()[0]["path"] == "/products/A-1"
+
+
+def test_a_fault_can_target_one_path(fake: FakeHttpServer, client: httpx.Client) -> None:
+    fake.configure(fail_next={"count": "all", "status": 503, "path": "/products"})
+    assert client.get("/products").status_code == 503
+    assert client.put("/products/A-1", json={}).status_code == 503  # and everything under it
+    assert client.get("/products-archive").status_code == 200  # another path that only starts the same
+    assert client.get("/orders").status_code == 200
+    assert fake.faults()["fail_next"] == {
+        "count": "all",
+        "status": 503,
+        "retry_after": None,
+        "body": None,
+        "path": "/products",
+    }
+    # the same through the admin API; a count wears off, and only matching requests count
+    knobs = {"fail_next": {"count": 1, "status": 429, "retry_after": 2, "path": "/orders"}}
+    assert client.post("/__fake/faults", json=knobs).json()["fail_next"]["path"] == "/orders"
+    assert client.get("/products").status_code == 200
+    busy = client.get("/orders/7")
+    assert (busy.status_code, busy.headers["Retry-After"]) == (429, "2")
+    assert client.get("/orders").status_code == 200
+    assert client.post("/__fake/faults", json={"fail_next": {"count": "some"}}).status_code == 400
+    assert client.post("/__fake/faults", json={"fail_next": {"path": "products"}}).status_code == 400

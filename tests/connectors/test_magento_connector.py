@@ -18,15 +18,23 @@ import httpx
 import pytest
 
 from connectors.magento import CONNECTOR, MagentoOptions
-from connectors.magento.client import READS, MagentoConnection, magento_time
+from connectors.magento.client import READS, MagentoConnection, magento_time, reference_of
 from connectors.magento.fake import FakeMagento
 from engine.connector import ConnectContext
 from engine.errors import TerminalError, TransientError
+from tests.connectors.magento_oracle import held_to_the_full_schema
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "integration-token-for-tests"
 PRODUCT = {"sku": "4711", "name": "Check valve DN25", "attribute_set_id": 4, "price": 189.9, "type_id": "simple"}
+
+
+@pytest.fixture(autouse=True)
+def _every_request_held_to_the_full_schema() -> Iterator[None]:
+    """Every request a FakeMagento receives in this module must validate against Magento's published schema."""
+    with held_to_the_full_schema():
+        yield
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
@@ -176,17 +184,30 @@ def test_discontinued_products_are_disabled_never_deleted(shop: FakeMagento) -> 
     assert not any(method == "DELETE" for method, _ in sent(shop))
 
 
+def product_goldens(case: str) -> list[dict[str, Any]]:
+    """A catalog golden's product records, the ones for a new product first: with create-only fields a
+    snapshot holds "commerce.products (when new)" and "(when it exists)" (a product is made, then updated)."""
+    snapshot = golden("catalog", case)
+    keys = sorted((k for k in snapshot if k.startswith("commerce.products")), key=lambda k: "when new" not in k)
+    found: list[dict[str, Any]] = []
+    for name in keys:
+        value = snapshot[name]
+        found += value if isinstance(value, list) else [value]
+    return found
+
+
 def test_the_catalog_goldens_go_through_check_and_write(shop: FakeMagento) -> None:
     records = [
-        golden("catalog", "zfields-and-languages")["commerce.products"],
-        golden("catalog", "phased-out-z9")["commerce.products"],
-        *golden("catalog", "alphanumeric-not-web-active")["commerce.products"],
+        *product_goldens("zfields-and-languages"),
+        *product_goldens("phased-out-z9"),
+        *product_goldens("alphanumeric-not-web-active"),
     ]
 
     async def scenario(conn: MagentoConnection) -> None:
         for record in records:
             conn.check("products", record)
-            await write(conn, "products", {**record, "price": 0})
+            new = not await conn.exists("products", record, key=record["sku"])
+            await write(conn, "products", {"price": 0, **record} if new else record)
 
     with_conn(shop, scenario)
     assert shop.products["4712"]["status"] == 2  # phased out: the transform already says disabled
@@ -303,6 +324,8 @@ COMPANY = {
     "country_id": "DE",
     "postcode": "70565",
     "telephone": "+49 711 0000",
+    "customer_group_id": 2,
+    "sales_representative_id": 1,
 }
 
 
@@ -315,6 +338,23 @@ def test_companies_are_upserted_by_email_with_their_admin_as_super_user(shop: Fa
 
     assert with_conn(shop, scenario, b2b="yes") == ["company id=1 created", "company id=1 updated"]
     assert shop.companies[1]["super_user_id"] == 1 and shop.companies[1]["status"] == 3
+    created, updated = [w["body"]["company"] for w in shop.writes() if "/company/" in w["path"]]
+    # the super user is the connector's: looked up for a new company, kept from the company for an update
+    assert created["super_user_id"] == updated["super_user_id"] == 1 and "super_user_id" not in COMPANY
+
+
+def test_a_company_without_what_magentos_schema_requires_is_never_sent(shop: FakeMagento) -> None:
+    async def scenario(conn: MagentoConnection) -> None:
+        await write(conn, "customers", CUSTOMER)
+        for missing in ("customer_group_id", "sales_representative_id", "street"):
+            record = {k: v for k, v in COMPANY.items() if k != missing}
+            refused = rf"company\.{missing}: missing \(required by Magento's company-data"
+            with pytest.raises(TerminalError, match=refused):
+                await write(conn, "companies", record)
+
+    with_conn(shop, scenario, b2b="yes")
+    assert shop.companies == {}
+    assert not any(r["method"] == "POST" and "/company/" in r["path"] for r in shop.requests())
 
 
 def test_without_b2b_companies_are_a_clear_terminal_error() -> None:
@@ -375,11 +415,14 @@ def test_order_comments_invoices_shipments_and_credit_memos(shop: FakeMagento) -
         comment = {"increment_id": "000000311", "comment": "Confirmed in SAP", "status": "processing"}
         item = shop.orders[order_id]["items"][0]["item_id"]
         return [
-            await write(conn, "order-comments", comment),
-            await write(conn, "invoices", {"increment_id": "000000311", "capture": False, "notify": False}),
-            await write(conn, "shipments", {"order_id": order_id, "tracks": [_track()]}),
+            await write(conn, "order-comments", comment, key="c#shop"),
+            await write(conn, "invoices", {"increment_id": "000000311", "capture": False, "notify": False}, key="i"),
+            await write(conn, "shipments", {"order_id": order_id, "tracks": [_track()]}, key="s"),
             await write(
-                conn, "credit-memos", {"increment_id": "000000311", "items": [{"order_item_id": item, "qty": 2}]}
+                conn,
+                "credit-memos",
+                {"increment_id": "000000311", "items": [{"order_item_id": item, "qty": 2}]},
+                key="m",
             ),
         ]
 
@@ -390,9 +433,15 @@ def test_order_comments_invoices_shipments_and_credit_memos(shop: FakeMagento) -
         "order 000000311: credit memo id=1",
     ]
     order = shop.orders[order_id]
-    assert order["status_histories"][-1]["comment"] == "Confirmed in SAP"
-    assert shop.shipments[1]["tracks"] == [_track()]
-    assert shop.creditmemos[1]["total_qty"] == 2
+    # each carries its own reference, on a comment the customer does not see (the fake's stored shapes)
+    assert order["status_histories"][-1]["comment"] == f"Confirmed in SAP\n{reference_of('c#shop')}"
+    assert reference_of("c#shop") == "[seamline ref e0522cff6bde57c7]"  # sha256("c#shop")[:16]
+    assert [c["comment"] for c in shop.invoices[1]["comments"]] == [reference_of("i")]
+    assert [c["comment"] for c in shop.shipments[1]["comments"]] == [reference_of("s")]
+    assert [c["comment"] for c in shop.creditmemos[1]["comments"]] == [reference_of("m")]
+    assert [c["is_visible_on_front"] for c in shop.shipments[1]["comments"]] == [0]
+    assert [t["track_number"] for t in shop.shipments[1]["tracks"]] == ["1Z999"]
+    assert [line["qty"] for line in shop.creditmemos[1]["items"]] == [2]
     assert sent(shop, "POST") == [
         ("POST", f"/rest/default/V1/orders/{order_id}/comments"),
         ("POST", f"/rest/default/V1/order/{order_id}/invoice"),
@@ -634,16 +683,29 @@ def test_an_integration_signs_with_oauth1() -> None:
 def test_a_400_reads_like_magentos_message_with_its_parameters(shop: FakeMagento) -> None:
     async def scenario(conn: MagentoConnection) -> None:
         with pytest.raises(TerminalError) as failed:
-            await write(conn, "products", {**PRODUCT, "pirce": 5})  # not checked first: Magento says it
+            await write(conn, "products", {"sku": "NEW", "price": 1})  # fits the schema; Magento wants a name
         assert failed.value.status == 400
         assert str(failed.value) == (
-            'commerce: PUT /rest/default/V1/products/4711 -> 400 Bad Request: Property "Pirce" does not have '
-            'accessor method "getPirce" in class "Magento\\Catalog\\Api\\Data\\ProductInterface".'
+            'commerce: PUT /rest/default/V1/products/NEW -> 400 Bad Request: The value of attribute "name" must be set'
         )
-        with pytest.raises(TerminalError, match=r'The value of attribute "name" must be set'):
-            await write(conn, "products", {"sku": "NEW", "price": 1})
 
     with_conn(shop, scenario)
+
+
+def test_a_body_that_breaks_the_schema_is_refused_by_write_too_unsent(shop: FakeMagento) -> None:
+    """write() holds each request to the schema itself, whether or not check() ran first."""
+
+    async def scenario(conn: MagentoConnection) -> None:
+        with pytest.raises(TerminalError) as failed:
+            await write(conn, "products", {**PRODUCT, "pirce": 5})
+        assert failed.value.status is None
+        assert str(failed.value) == (
+            "commerce: PUT /rest/default/V1/products/4711: the body would break Magento's schema, not sent: "
+            "product.pirce: unknown field (not in Magento's catalog-data-product-interface) — did you mean 'price'?"
+        )
+
+    with_conn(shop, scenario)
+    assert sent(shop) == []
 
 
 def test_the_schema_check_names_each_bad_path_and_nothing_is_sent(shop: FakeMagento) -> None:
@@ -671,13 +733,26 @@ def test_the_schema_check_names_each_bad_path_and_nothing_is_sent(shop: FakeMage
     assert shop.requests() == []
 
 
-def test_the_check_is_as_lenient_as_magento(shop: FakeMagento) -> None:
+def test_the_check_holds_records_to_the_full_schema_not_to_what_php_would_cast(shop: FakeMagento) -> None:
     conn = connection(shop)
-    conn.check("products", {**PRODUCT, "price": "12.50", "status": "1", "weight": None})
-    conn.check("products", {**PRODUCT, "custom_attributes": [{"attribute_code": "category_ids", "value": ["3", "4"]}]})
+    with pytest.raises(TerminalError) as failed:
+        conn.check("products", {**PRODUCT, "price": "12.50", "status": "1", "weight": None})
+    assert str(failed.value).endswith(
+        "not sent: product.price: '12.50' is not of type 'number'; product.status: '1' is not of type 'integer'; "
+        "product.weight: null is not allowed (Magento's schema has no null: leave the field out)"
+    )
+    with pytest.raises(TerminalError, match=r"prices\[0\]\.website_id: '0' is not of type 'integer'"):
+        conn.check(
+            "tier-prices",
+            {"sku": "4711", "price": 1, "price_type": "fixed", "website_id": "0", "quantity": 2, "customer_group": "1"},
+        )
+    conn.check("products", {**PRODUCT, "attribute_set_id": 4.0})  # 4.0 is the JSON integer 4
     conn.check("order-status", golden("order-status", "shipped-and-invoiced")["commerce.order-status"])
     conn.check("source-items", golden("inventory", "ship-to-zero-stuttgart")["commerce.source-items"])
-    conn.check("tier-prices", {"sku": "4711", "price": 1, "price_type": "fixed", "website_id": "0", "quantity": 2})
+    conn.check(
+        "tier-prices",
+        {"sku": "4711", "price": 1, "price_type": "fixed", "website_id": 0, "quantity": 2, "customer_group": "1"},
+    )
     run(conn.close())
 
 
@@ -796,16 +871,30 @@ def test_bulk_operations_still_open_at_the_timeout_are_transient() -> None:
 
 
 def test_a_bulk_refused_whole_is_sent_again_one_by_one(shop: FakeMagento) -> None:
+    records = [{**PRODUCT, "sku": "G1"}, {**PRODUCT, "sku": "G2"}, {**PRODUCT, "sku": "G3"}]
+    shop.fail_next(1, status=400)  # Magento refuses the whole request (for one body, say)
+
+    async def scenario(conn: MagentoConnection) -> list[str | BaseException]:
+        return await asyncio.gather(*(write(conn, "products", r) for r in records), return_exceptions=True)
+
+    results = with_conn(shop, scenario, **BULK)
+    assert all(isinstance(r, str) for r in results), results
+    assert set(shop.products) == {"G1", "G2", "G3"}
+    assert shop.request_count("/async/bulk/V1/products") == 4  # the batch, then each alone
+
+
+def test_a_gathered_product_that_breaks_the_schema_fails_alone_unsent(shop: FakeMagento) -> None:
     records = [{**PRODUCT, "sku": "G1"}, {**PRODUCT, "sku": "BAD", "price": "abc"}, {**PRODUCT, "sku": "G2"}]
 
     async def scenario(conn: MagentoConnection) -> list[str | BaseException]:
         return await asyncio.gather(*(write(conn, "products", r) for r in records), return_exceptions=True)
 
     results = with_conn(shop, scenario, **BULK)
-    assert isinstance(results[1], TerminalError) and "type is invalid" in str(results[1])
+    assert isinstance(results[1], TerminalError)
+    assert "product.price: 'abc' is not of type 'number'" in str(results[1])
     assert isinstance(results[0], str) and isinstance(results[2], str)
     assert set(shop.products) == {"G1", "G2"}
-    assert shop.request_count("/async/bulk/V1/products") == 4  # the batch, then each alone
+    assert shop.request_count("/async/bulk/V1/products") == 1  # the other two, together
 
 
 def test_bulk_transient_failure_fails_the_batch_transiently(shop: FakeMagento) -> None:

@@ -61,7 +61,7 @@ def test_products_upsert_by_sku_and_get(shop: FakeMagento, client: httpx.Client)
     assert created.status_code == 200
     body = created.json()
     assert (body["sku"], body["id"], body["price"], body["status"]) == ("A-1", 1, 9.5, 1)
-    updated = client.put("/products/A-1", json={"product": {"name": "Widget 2", "custom_attributes": []}})
+    updated = client.put("/products/A-1", json={"product": {"sku": "A-1", "name": "Widget 2", "custom_attributes": []}})
     assert (updated.status_code, updated.json()["name"], updated.json()["id"]) == (200, "Widget 2", 1)
     assert client.get("/products/A-1").json()["name"] == "Widget 2"
     slashed = client.put("/products/B%2F2", json={"product": {**PRODUCT, "sku": "B/2"}})
@@ -118,10 +118,40 @@ def test_a_new_product_needs_its_runtime_minimum(shop: FakeMagento, client: http
                 "parameters": ["Colour", "getColour", "Magento\\Catalog\\Api\\Data\\ProductInterface"],
             },
         ),
+        (
+            {"product": {**PRODUCT, "price": "12.50"}},
+            {"message": TYPE_ERROR, "parameters": {"value": "12.50", "type": "float"}},
+        ),
+        (
+            {"product": {**PRODUCT, "name": 123}},
+            {"message": TYPE_ERROR, "parameters": {"value": "123", "type": "string"}},
+        ),
+        (
+            {"product": {**PRODUCT, "weight": None}},
+            {"message": TYPE_ERROR, "parameters": {"value": "null", "type": "float"}},
+        ),
+        (
+            {"product": {**PRODUCT, "custom_attributes": [{"attribute_code": "category_ids", "value": ["3", "4"]}]}},
+            {"message": TYPE_ERROR, "parameters": {"value": '["3", "4"]', "type": "string"}},
+        ),
+        (
+            {"product": {**PRODUCT, "custom_attributes": [{"attribute_code": "color"}]}},
+            {"message": '"%fieldName" is required. Enter and try again.', "parameters": {"fieldName": "value"}},
+        ),
     ],
-    ids=["bad-number", "bad-array", "missing-wrapper", "unknown-field"],
+    ids=[
+        "bad-number",
+        "bad-array",
+        "missing-wrapper",
+        "unknown-field",
+        "numeric-text",
+        "number-for-text",
+        "null",
+        "list-in-attribute",
+        "attribute-without-value",
+    ],
 )
-def test_bodies_are_checked_against_the_schema_subset(
+def test_bodies_are_held_to_the_full_schema(
     shop: FakeMagento, client: httpx.Client, body: dict[str, Any], expected: dict[str, Any]
 ) -> None:
     response = client.post("/products", json=body)
@@ -129,17 +159,15 @@ def test_bodies_are_checked_against_the_schema_subset(
     assert shop.applied_count() == 0
 
 
-def test_validation_is_lenient_where_magento_is(client: httpx.Client) -> None:
-    lenient = {
+def test_what_the_full_schema_allows_passes(client: httpx.Client) -> None:
+    allowed = {
         **PRODUCT,
-        "price": "12.50",  # numeric strings pass for numbers
-        "attribute_set_id": "4",
-        "name": 123,  # numbers pass for strings
-        "custom_attributes": [{"attribute_code": "category_ids", "value": ["3", "4"]}],  # arrays in value
+        "attribute_set_id": 4.0,  # the JSON integer 4; stored as 4
+        "custom_attributes": [{"attribute_code": "length_mm", "value": "1250.5"}],
     }
-    response = client.post("/products", json={"product": lenient, "unknownTopLevel": 1})
+    response = client.post("/products", json={"product": allowed, "unknownTopLevel": 1})  # a parameter it ignores
     assert response.status_code == 200, response.text
-    assert response.json()["price"] == 12.5
+    assert response.json()["attribute_set_id"] == 4 and isinstance(response.json()["attribute_set_id"], int)
 
 
 def test_unknown_fields_can_be_ignored() -> None:
@@ -261,7 +289,14 @@ def test_customers_create_update_search(client: httpx.Client) -> None:
     assert missing.json()["parameters"] == {"fieldName": "customerId", "fieldValue": "99"}
 
 
-COMPANY = {"company_name": "Acme", "company_email": "buy@acme.test", "super_user_id": 1, "street": ["1 Main"]}
+COMPANY = {
+    "company_name": "Acme",
+    "company_email": "buy@acme.test",
+    "super_user_id": 1,
+    "street": ["1 Main"],
+    "customer_group_id": 1,
+    "sales_representative_id": 1,
+}
 
 
 def test_companies_on_commerce_with_b2b(client: httpx.Client) -> None:
@@ -444,21 +479,25 @@ def test_the_fake_checks_its_own_answers_strictly(shop: FakeMagento, client: htt
 def test_an_integration_signs_with_oauth1() -> None:
     from connectors.http.client import oauth1_authorization  # the engine's own signer, to prove they agree
 
-    credentials = {"consumer_key": "ck", "consumer_secret": "cs", "token": "at", "token_secret": "ts"}
+    def sign(method: str, url: str, consumer_secret: str = "cs") -> str:
+        return oauth1_authorization(
+            method, url, consumer_key="ck", consumer_secret=consumer_secret, token="at", token_secret="ts"
+        )
+
     with FakeMagento(oauth1=("ck", "cs", "at", "ts")) as shop:
         url = f"{shop.url}/rest/V1/products?searchCriteria%5BpageSize%5D=5&x=a%20b"
-        signed = oauth1_authorization("GET", url, **credentials)
+        signed = sign("GET", url)
         assert httpx.get(url, headers={"Authorization": signed}).status_code == 200
         assert httpx.get(url, headers={"Authorization": signed}).status_code == 401  # the nonce was used
-        forged = oauth1_authorization("GET", url, **{**credentials, "consumer_secret": "nope"})
+        forged = sign("GET", url, consumer_secret="nope")
         assert httpx.get(url, headers={"Authorization": forged}).status_code == 401
-        other_query = oauth1_authorization("GET", url, **credentials)
+        other_query = sign("GET", url)
         assert httpx.get(url + "&y=1", headers={"Authorization": other_query}).status_code == 401
         body = {"product": PRODUCT}
         posted = httpx.post(
             f"{shop.url}/rest/V1/products",
             json=body,
-            headers={"Authorization": oauth1_authorization("POST", f"{shop.url}/rest/V1/products", **credentials)},
+            headers={"Authorization": sign("POST", f"{shop.url}/rest/V1/products")},
         )
         assert posted.status_code == 200
 
@@ -512,7 +551,11 @@ def test_shipments_invoices_and_refunds_are_documents(shop: FakeMagento, client:
     )
     first, second = (item["item_id"] for item in order["items"])
     number = order["entity_id"]
-    partial = {"items": [{"order_item_id": first, "qty": 2}], "tracks": [{"track_number": "1Z", "title": "UPS"}]}
+    partial = {
+        "items": [{"order_item_id": first, "qty": 2}],
+        "tracks": [{"track_number": "1Z", "title": "UPS", "carrier_code": "ups"}],
+        "comment": {"comment": "Packed in Leipzig", "is_visible_on_front": 0},
+    }
     assert client.post(f"/order/{number}/ship", json=partial).json() == 1
     assert client.post(f"/order/{number}/ship", json={}).json() == 2  # the rest
     assert client.post(f"/order/{number}/ship", json={}).status_code == 400  # nothing left to ship
@@ -523,10 +566,99 @@ def test_shipments_invoices_and_refunds_are_documents(shop: FakeMagento, client:
     assert too_much.status_code == 400
     shipments = client.get("/shipments", params={"searchCriteria[pageSize]": "10"}).json()
     assert [s["total_qty"] for s in shipments["items"]] == [2, 2]
-    assert shipments["items"][0]["tracks"] == [{"track_number": "1Z", "title": "UPS"}]
+    track = shipments["items"][0]["tracks"][0]
+    assert {k: track[k] for k in ("track_number", "title", "carrier_code", "order_id", "parent_id")} == {
+        "track_number": "1Z",
+        "title": "UPS",
+        "carrier_code": "ups",
+        "order_id": number,
+        "parent_id": 1,
+    }
+    assert [c["comment"] for c in shipments["items"][0]["comments"]] == ["Packed in Leipzig"]
+    assert shipments["items"][1]["comments"] == []
+    listed = client.get("/shipment/1/comments").json()
+    assert (listed["total_count"], listed["items"][0]["is_customer_notified"]) == (1, 0)
+    assert client.get("/shipment/99/comments").json()["items"] == []
     invoices = client.get("/invoices", params=ALL).json()["items"]
     assert [(i["order_id"], i["total_qty"]) for i in invoices] == [(number, 4)]
     assert client.get("/creditmemos", params=ALL).json()["total_count"] == 1
     stored = client.get(f"/orders/{number}").json()
     assert stored["state"] == "complete"
     assert [i["qty_refunded"] for i in stored["items"]] == [0, 1]
+    assert shop.effects(number) == {"comments": 0, "shipments": 2, "invoices": 1, "creditmemos": 1}
+
+
+def test_order_comments_are_listed_newest_first(shop: FakeMagento, client: httpx.Client) -> None:
+    order = shop.seed_order({"customer_email": "a@b.c", "items": [{"sku": "A"}]})
+    for text in ("first", "second"):
+        history = {"comment": text, "is_customer_notified": 0, "is_visible_on_front": 0, "parent_id": 1}
+        client.post(f"/orders/{order['entity_id']}/comments", json={"statusHistory": history})
+    listed = client.get(f"/orders/{order['entity_id']}/comments").json()
+    assert ([h["comment"] for h in listed["items"]], listed["total_count"]) == (["second", "first"], 2)
+    assert client.get("/orders/999/comments").status_code == 404
+    assert shop.effects(order["entity_id"])["comments"] == 2
+
+
+def test_document_lists_can_leave_their_comments_out() -> None:
+    with FakeMagento(port=0, auth=False, document_comments_in_lists=False) as shop:
+        order = shop.seed_order({"customer_email": "a@b.c", "items": [{"sku": "A"}]})
+        base = f"{shop.url}/rest/V1"
+        body = {"comment": {"comment": "Invoiced by the ERP", "is_visible_on_front": 0}}
+        assert httpx.post(f"{base}/order/{order['entity_id']}/invoice", json=body).json() == 1
+        listed = httpx.get(f"{base}/invoices", params=ALL).json()["items"]
+        assert "comments" not in listed[0]
+        comments = httpx.get(f"{base}/invoices/1/comments").json()["items"]
+        assert [c["comment"] for c in comments] == ["Invoiced by the ERP"]
+
+
+# -- the admin API and seed data -----------------------------------------------------------------------
+
+
+def test_the_admin_api_serves_the_write_log_and_requests_without_credentials(
+    shop: FakeMagento, client: httpx.Client
+) -> None:
+    client.post("/products", json={"product": PRODUCT})
+    with httpx.Client(base_url=shop.url, timeout=5) as admin:  # no token: the admin API needs none
+        assert admin.get("/__fake/health").json() == {"ok": True}
+        log = admin.get("/__fake/log").json()
+        assert [(e["method"], e["path"], e["status"]) for e in log] == [("POST", "/rest/default/V1/products", 200)]
+        assert log[0]["body"] == {"product": PRODUCT}
+        assert [r["method"] for r in admin.get("/__fake/requests").json()] == ["POST"]
+        assert admin.post("/__fake/faults", json={"fail_next": {"count": 1, "status": 503}}).status_code == 200
+        assert client.get("/products/A-1").status_code == 503
+        assert admin.post("/__fake/faults", json={"latencyy": 1}).status_code == 400
+        seeded = admin.post("/__fake/seed", json={"sources": ["eu"], "products": [{**PRODUCT, "sku": "B-2"}]})
+        assert seeded.json() == {"sources": 1, "products": 1, "customers": 0, "orders": 0}
+        refused = admin.post("/__fake/seed", json={"products": [{"sku": 7}]})
+        assert refused.status_code == 400
+        assert (
+            refused.json()["message"] == "products[0]: product.sku: 7 is not of type 'string' (send it as text: \"7\")"
+        )
+        assert admin.post("/__fake/reset").json() == {"ok": True}
+        assert admin.get("/__fake/log").json() == []
+        assert admin.get("/__fake/nothing").status_code == 404
+        assert shop.requests() == []  # the admin calls since the reset are not requests to Magento
+
+
+def test_seed_data_goes_through_the_same_checks_as_a_request() -> None:
+    with FakeMagento(port=0) as shop:
+        counts = shop.seed(
+            {
+                "sources": ["eu", {"source_code": "us"}],
+                "products": [PRODUCT],
+                "customers": [{"email": "a@b.c", "firstname": "A", "lastname": "B"}],
+                "orders": [{"customer_email": "a@b.c", "items": [{"sku": "A-1", "qty_ordered": 2}]}],
+            }
+        )
+        assert counts == {"sources": 2, "products": 1, "customers": 1, "orders": 1}
+        assert shop.sources == {"default", "eu", "us"}
+        assert (list(shop.products), [c["email"] for c in shop.customers.values()]) == (["A-1"], ["a@b.c"])
+        assert shop.writes() == []  # seeding is not a write
+        with pytest.raises(ValueError, match=r"^customers\[0\]: customer\.taxvat: null is not allowed"):
+            shop.seed({"customers": [{"email": "x@b.c", "firstname": "X", "lastname": "Y", "taxvat": None}]})
+        with pytest.raises(ValueError, match=r"^products\[0\]: The value of attribute \"price\" must be set"):
+            shop.seed({"products": [{"sku": "N", "name": "N", "attribute_set_id": 4}]})
+        with pytest.raises(ValueError, match=r"^sources\[0\]: a source is a code or \{\"source_code\": code\}"):
+            shop.seed({"sources": [5]})
+        with pytest.raises(ValueError, match=r"^orders: a list of orders, not a dict"):
+            shop.seed({"orders": {}})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -425,12 +426,12 @@ def test_dlq_replay_by_id_puts_back_only_that_letter_and_it_is_delivered_once_af
     code, output = cli("run", str(root), "--once", "--state", url, env=env)
     assert code == 1, output  # two dead letters fail the pass
     store = open_store(url)
-    letters = {letter.key: letter.id for letter in store.dead_letters("catalog")}
+    letters = {letter.business_key: letter.id for letter in store.dead_letters("catalog")}
     store.close()
-    assert sorted(letters) == ["A@2025-01-01", "B@2025-01-01"]
+    assert sorted(letters) == ["A", "B"]
 
     broken.clear()
-    code, output = cli("dlq", "replay", str(root), "--id", str(letters["A@2025-01-01"]), "--state", url, env=env)
+    code, output = cli("dlq", "replay", str(root), "--id", str(letters["A"]), "--state", url, env=env)
     assert code == 0 and "replayed 1 dead letter(s)" in output, output
     code, output = cli("dlq", "list", str(root), "--state", url, env=env)
     assert "B@2025-01-01" in output and "A@2025-01-01" not in output and "1 dead letter(s)" in output, output
@@ -449,7 +450,7 @@ def test_the_state_url_is_the_state_option_else_the_environment_else_the_spec_el
     setup: Setup, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     root, _erp, _shop, env = setup
-    monkeypatch.chdir(root)  # the default, .seamline/<client>.db, is relative to where the command runs
+    monkeypatch.chdir(root.parent)  # the default, .seamline/<client>.db, is beside the spec wherever one runs
     spec_db, env_db, flag_db = root / "from-spec.db", root / "from-env.db", root / "from-flag.db"
     base: dict[str, str | None] = {**env, "STATE_DIR": str(root), "SEAMLINE_STATE_URL": None}
 
@@ -458,8 +459,11 @@ def test_the_state_url_is_the_state_option_else_the_environment_else_the_spec_el
         assert result.exit_code == 0, result.output
         return result.output.splitlines()[0]
 
-    # no state block in the spec: the embedded default under the working directory
-    assert shown() == "state: sqlite:///.seamline/oncetest.db"
+    # no state block in the spec: the embedded default beside the spec file
+    default = root / ".seamline" / "oncetest.db"
+    for made in (default, spec_db, env_db, flag_db):
+        open_store(f"sqlite:///{made}").close()  # a read-only command only reads a store that is there
+    assert shown() == f"state: sqlite:///{default}"
     assert shown(SEAMLINE_STATE_URL=f"sqlite:///{env_db}") == f"state: sqlite:///{env_db}"
 
     _use_spec(root, "flows:\n", STATE_BLOCK + "flows:\n")
@@ -471,7 +475,8 @@ def test_the_state_url_is_the_state_option_else_the_environment_else_the_spec_el
 
     # and a run keeps its state where the operator commands look for it
     for path in (spec_db, env_db, flag_db):
-        path.unlink(missing_ok=True)
+        for leftover in path.parent.glob(path.name + "*"):
+            leftover.unlink()
     with_env = {**base, "SEAMLINE_STATE_URL": f"sqlite:///{env_db}"}
     result = CliRunner().invoke(main, ["run", str(root), "--once"], env=with_env)
     assert result.exit_code == 0, result.output
@@ -540,3 +545,44 @@ def test_a_request_triggers_cache_entry_expires_after_its_ttl_and_the_source_is_
         assert len(calls) == 2
     finally:
         daemon.stop()
+
+
+def test_dry_run_runs_each_targets_pre_send_check_and_says_what_would_be_refused(setup: Setup) -> None:
+    """Was: the dry run said "would write 3" and the real run refused one (the target's schema)."""
+    root, erp, shop, env = setup
+    erp.reset()
+    erp.seed(
+        "/products",
+        [
+            {"id": k, "Product": k, "name": name, "changed": "2025-01-01"}
+            for k, name in (("A", "valve a"), ("B", ""), ("C", "valve c"))
+        ],
+    )
+    _use_spec(
+        root,
+        'products: { path: "/products/{sku}", method: PUT }',
+        'products: { path: "/products/{sku}", method: PUT, schema: { type: object, properties: '
+        "{ name: { type: string, minLength: 1 } } } }",
+    )
+    state = root / "dry.db"
+    code, output = cli(
+        "run", str(root), "--once", "--dry-run", "--format", "json", "--state", f"sqlite:///{state}", env=env
+    )
+    assert code == 1, output  # something would be refused: the dry run says so as the real run would
+    report = json.loads(output)
+    assert report["flows"]["catalog"] == {
+        "read": 3,
+        "records": 3,
+        "would_write": 2,
+        "refused": 1,
+        "rejected": 0,
+        "skipped": 0,
+        "failed": 0,
+    }
+    assert [w["key"] for w in report["writes"]] == ["A", "C"]
+    (refused,) = report["refused"]
+    assert refused["key"] == "B" and "shop.products" in refused["reason"] and "name" in refused["reason"]
+    assert shop.writes() == [] and not state.exists() and not (root / ".seamline").exists()
+
+    code, output = cli("run", str(root), "--once", "--state", f"sqlite:///{state}", env=env)
+    assert code == 1 and shop.applied_count("/products/") == 2, output  # the real run does what it said

@@ -16,7 +16,7 @@ from engine.runtime.identity import identify
 from engine.runtime.triggers import shift_cursor
 from engine.secrets import Masker, render_values
 from engine.spec.model import Flow
-from engine.state import Delivered, NewItem, open_store
+from engine.state import Delivered, Finished, NewItem, open_store
 
 
 class FakeClock:
@@ -90,15 +90,14 @@ def test_identity_uses_source_id_and_cursor_version() -> None:
             "target": {"system": "shop", "write": "products"},
         }
     )
-    assert identify(flow, {"Product": "4711", "changed": "2025-01-01T10:00:00Z"}) == (
-        "4711",
-        "4711@2025-01-01T10:00:00Z",
-    )
-    # a re-read of the same version is the same key; a new version is a new key
-    assert (
-        identify(flow, {"Product": "4711", "changed": "2025-01-01T10:00:00Z", "x": 1})[1] == "4711@2025-01-01T10:00:00Z"
-    )
-    assert identify(flow, {"Product": "4711", "changed": "2025-01-02T10:00:00Z"})[1] != "4711@2025-01-01T10:00:00Z"
+    record = {"Product": "4711", "changed": "2025-01-01T10:00:00Z"}
+    business, key = identify(flow, record)
+    assert business == "4711" and key.startswith("4711@2025-01-01T10:00:00Z#")
+    # a re-read of the same row (the overlap window) is the same key; a new version is a new key
+    assert identify(flow, dict(record))[1] == key
+    assert identify(flow, {"Product": "4711", "changed": "2025-01-02T10:00:00Z"})[1] != key
+    # a different row with the same id and version is a different record, never dropped as a duplicate
+    assert identify(flow, {**record, "x": 1})[1] != key
 
 
 def test_identity_of_events_uses_event_id_and_message_id() -> None:
@@ -109,8 +108,9 @@ def test_identity_of_events_uses_event_id_and_message_id() -> None:
         }
     )
     assert identify(flow, {"material": "M1", "qty": 3}, message_id="msg-9") == ("M1", "M1@msg-9")
-    business, key = identify(flow, {"qty": 3})  # no id field: the content names it
-    assert business.startswith("#") and key.startswith(business + "@")
+    business, key = identify(flow, {"qty": 3})  # no id field: the content names it, but never dedupes it
+    assert business.startswith("#") and key.startswith(business + "@~")
+    assert identify(flow, {"qty": 3})[1] != key
 
 
 @pytest.mark.parametrize(
@@ -194,9 +194,9 @@ def test_group_commit_gathers_one_tick_into_one_transaction(tmp_path: Path) -> N
 
     async def finish() -> None:
         await asyncio.gather(
-            commits.complete(claimed[0].id, Delivered("f", "k1", "shop.products", "200")),
-            commits.complete(claimed[1].id),
-            commits.complete(claimed[2].id),
+            commits.finish(Finished(claimed[0].id, Delivered("f", "k1", "shop.products", "200"))),
+            commits.finish(Finished(claimed[1].id)),
+            commits.finish(Finished(claimed[2].id)),
         )
 
     asyncio.run(finish())
@@ -213,7 +213,7 @@ def test_group_commit_failure_reaches_every_waiter_and_acknowledges_none(tmp_pat
 
     async def scenario() -> list[object]:
         return await asyncio.gather(
-            commits.enqueue([NewItem("f", "k1", "k1", {}, "test")]), commits.complete(1), return_exceptions=True
+            commits.enqueue([NewItem("f", "k1", "k1", {}, "test")]), commits.finish(Finished(1)), return_exceptions=True
         )
 
     outcomes = asyncio.run(scenario())

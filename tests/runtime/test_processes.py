@@ -28,7 +28,7 @@ from engine.connector import Limits
 from engine.errors import UsageError
 from engine.flow import load_client
 from engine.runtime.guards import Budget
-from engine.runtime.processes import plan_layout
+from engine.runtime.processes import delivery_worker, plan_layout
 from engine.state import hold_sqlite_owner
 from tests.runtime.harness import DaemonProcess, wait_for
 
@@ -187,8 +187,10 @@ def test_a_webhook_stream_is_shared_by_both_processes_and_applied_once(tmp_path:
         daemon.stop()
     assert_each_once(shop, 300)
     logged = daemon.log_events()
-    # the primary claims as "worker" (as with one process), a delivery process by its part and pid
-    assert claimers(tmp_path / "state.db") == {"worker", f"delivery-1.{delivery_pids(daemon)[0]}"}
+    # the primary claims as <host>:<pid>, a delivery process with its part too
+    assert daemon.proc is not None
+    primary = delivery_worker(0, daemon.proc.pid)
+    assert claimers(tmp_path / "state.db") == {primary, delivery_worker(1, delivery_pids(daemon)[0])}
     assert next(e for e in logged if e["event"] == "started" and "role" not in e)["processes"] == 2
     assert any(e["event"] == "stopped" and e.get("process") == 1 for e in logged)
 
@@ -208,7 +210,8 @@ def test_a_webhook_stream_on_postgresql_state(tmp_path: Path, shop: FakeHttpServ
         with psycopg.connect(PG_DSN, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
     assert_each_once(shop, 300)
-    assert {row[0] for row in rows} == {"worker", f"delivery-1.{pid}"}
+    assert daemon.proc is not None
+    assert {row[0] for row in rows} == {delivery_worker(0, daemon.proc.pid), delivery_worker(1, pid)}
 
 
 # -- 2. and 3. kill -9 of either side ------------------------------------------------------------------

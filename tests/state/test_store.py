@@ -246,6 +246,10 @@ def test_schema_is_migrated_in_place_not_recreated(tmp_path: Path) -> None:
     conn.execute("CREATE INDEX inbox_order ON inbox (flow, business_key, id)")
     conn.execute("ALTER TABLE dead_letters DROP COLUMN spec_version")
     conn.execute("DROP TABLE queue_messages")
+    for table in ("key_state", "intents", "daemons", "replays"):
+        conn.execute(f"DROP TABLE {table}")
+    for column in ("version", "outcome"):
+        conn.execute(f"ALTER TABLE inbox DROP COLUMN {column}")
     conn.execute("UPDATE seamline_schema SET version = 1")
     conn.execute(
         "INSERT INTO inbox (flow, key, business_key, payload, available_at, created_at) "
@@ -255,7 +259,7 @@ def test_schema_is_migrated_in_place_not_recreated(tmp_path: Path) -> None:
     conn.close()
     upgraded = open_store(url)
     try:
-        assert upgraded.schema_version() == len(MIGRATIONS) == 4
+        assert upgraded.schema_version() == len(MIGRATIONS) == 5
         assert upgraded.depth()["pending"] == 1  # the data survived the upgrade
         (item,) = upgraded.claim("w", 1, lease=10)
         upgraded.dead_letter(item.id, "x", error_kind="terminal", spec_version="v2")
@@ -351,7 +355,7 @@ def test_prune_deletes_finished_work_older_than_the_cutoff_and_nothing_open(stor
     store.complete(new_done.id, delivery=Delivered("orders", "new-done", "erp.sales", "201"))
 
     counts = store.prune(clock.now - 30 * 86400, chunk=1)  # chunk 1: the loop goes round
-    assert counts == {"ledger": 1, "inbox": 1, "queue": 1, "dead_letters": 0, "runs": 1}
+    assert counts == {"ledger": 1, "inbox": 1, "queue": 1, "dead_letters": 0, "runs": 1, "key_state": 0}
     assert store.delivered("orders", "new-done", "erp.sales")
     assert not store.delivered("orders", "old-done", "erp.sales")
     assert store.delivered("orders", "old-open", "erp.sales")
