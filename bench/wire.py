@@ -13,6 +13,9 @@ HTTP/1.1 (keep-alive, Content-Length bodies) to be a target and a client at ~40-
 - ``relay``: the floor, "the same work with no engine": an aiohttp server taking the webhook,
   shaping the event in Python and PUTting it to the sink with an aiohttp session, then answering
   202. No inbox, no transform language, no ledger: what a hand-written one-off integration does.
+  ``relay --processes N`` runs N of them on one port (SO_REUSEPORT; the kernel spreads the connections
+  over them), the way such a service is scaled to N cores behind one webhook URL; this process then
+  only starts them, says ready, and stops them on SIGTERM.
 
 Not a general HTTP implementation: no chunked bodies, no pipelining, loopback only.
 """
@@ -22,6 +25,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import signal
+import socket
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -224,7 +231,7 @@ async def closed_loop(
 
 
 # -- the relay (the floor) -------------------------------------------------------------------------
-async def serve_relay(port: int, target: str) -> None:
+async def serve_relay(port: int, target: str, reuse_port: bool = False) -> None:
     import aiohttp
     from aiohttp import web
 
@@ -245,9 +252,44 @@ async def serve_relay(port: int, target: str) -> None:
     app.router.add_post("/hooks/stock", hook)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    await web.TCPSite(runner, "127.0.0.1", port, reuse_port=reuse_port or None).start()
     print(f"ready {runner.addresses[0][1]}", flush=True)
-    await asyncio.Event().wait()
+    if not reuse_port:
+        await asyncio.Event().wait()
+    parent = os.getppid()
+    while os.getppid() == parent:  # one of several: exit with the process that started it, however it ended
+        await asyncio.sleep(1.0)
+
+
+def relay_group(port: int, target: str, processes: int) -> None:
+    """``processes`` relays sharing one port (SO_REUSEPORT), started and stopped by this process.
+
+    The port is reserved here first (bound with SO_REUSEPORT, never listening, so it takes no
+    connections) and the relays bind it too; once all are ready this socket is closed and the kernel
+    spreads new connections over the relays' listening sockets by a hash of their addresses.
+    """
+    reserve = socket.socket()
+    reserve.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    reserve.bind(("127.0.0.1", port))
+    port = reserve.getsockname()[1]
+    command = [sys.executable, __file__, "relay", "--port", str(port), "--target", target, "--reuse-port"]
+    children = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(processes)]
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        for child in children:
+            assert child.stdout is not None
+            if not child.stdout.readline().startswith("ready"):
+                sys.exit("a relay process did not start")
+        reserve.close()
+        print(f"ready {port}", flush=True)
+        while all(child.poll() is None for child in children):
+            time.sleep(0.5)
+        sys.exit("a relay process exited")
+    finally:
+        for child in children:
+            child.terminate()
+        for child in children:
+            child.wait(10)
 
 
 def main() -> None:
@@ -255,6 +297,8 @@ def main() -> None:
     parser.add_argument("role", choices=["sink", "relay"])
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--target", help="relay: the sink's base URL")
+    parser.add_argument("--processes", type=int, default=1, help="relay: this many processes on one port")
+    parser.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # one of relay_group's
     args = parser.parse_args()
     try:
         import uvloop
@@ -267,7 +311,10 @@ def main() -> None:
     else:
         if not args.target:
             sys.exit("relay needs --target")
-        run(serve_relay(args.port, args.target))
+        if args.processes > 1:
+            relay_group(args.port, args.target, args.processes)
+        else:
+            run(serve_relay(args.port, args.target, args.reuse_port))
 
 
 if __name__ == "__main__":

@@ -611,6 +611,37 @@ def state() -> None:
     """Inspect and adjust a client's state: inbox depth, cursors."""
 
 
+@state.command("version")
+@click.argument("client")
+@click.option("--state", "state_url")
+@click.option("--specs", "specs_dir", type=click.Path(path_type=Path), default=Path("specs"), show_default=True)
+@_handle_errors
+def state_version(client: str, state_url: str | None, specs_dir: Path) -> None:
+    """The store's schema version and this seamline's, read without changing the store."""
+    from engine.flow import load_client
+    from engine.runtime.daemon import resolve_state_url
+    from engine.secrets import Masker
+    from engine.state import stored_version
+    from engine.state.sql import MIGRATIONS
+
+    compiled = load_client(_client_spec_path(client, specs_dir), environ=dict(os.environ))
+    url = resolve_state_url(compiled, state_url, os.environ, Masker())
+    found = stored_version(url)
+    known = len(MIGRATIONS)
+    click.echo(f"this seamline: schema {known}")
+    if found is None:
+        raise NoState(f"no state for client '{compiled.client}' at {url.split('?')[0]}")
+    if found == known:
+        verdict = "up to date"
+    elif found < known:
+        verdict = f"older: the daemon migrates it in place when it starts ({known - found} step(s))"
+    else:
+        verdict = "newer than this seamline: a newer seamline wrote it; upgrade seamline to use it"
+    click.echo(f"the store at {url.split('?')[0]}: schema {found}, {verdict}")
+    if found > known:
+        sys.exit(1)
+
+
 @state.command("show")
 @click.argument("client")
 @click.option("--state", "state_url")

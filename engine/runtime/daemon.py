@@ -19,7 +19,7 @@ import time
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any, Literal, TypeVar
 
 from aiohttp import web
 
@@ -91,6 +91,12 @@ def resolve_state_url(client: CompiledClient, explicit: str | None, environ: Map
     if document is not None and document.state is not None and document.state.url is not None:
         return str(render_values(document.state.url, masker=masker, environ=environ, where="state.url"))
     return default_state_url(client.client, client.file, environ)
+
+
+def durability(client: CompiledClient) -> Literal["full", "relaxed"]:
+    """The spec's state.durability: "full" unless the spec opts into "relaxed"."""
+    document = client.report.document
+    return document.state.durability if document is not None and document.state is not None else "full"
 
 
 def retention_seconds(client: CompiledClient) -> float:
@@ -355,7 +361,7 @@ class Daemon:
 
     async def _start_primary(self, url: str) -> None:
         await self.open_connections()
-        self.store = store = open_store(url)
+        self.store = store = open_store(url, durability=durability(self.client))
         if self.owner_lock is not None:
             recovered = store.requeue_inflight()
             if recovered:
@@ -453,7 +459,7 @@ class Daemon:
         self.link = PrimaryLink(self.options.delivery_channel, self.metrics)
         await self.link.open()
         await self.open_connections()
-        self.store = store = open_store(self.state_url)
+        self.store = store = open_store(self.state_url, durability=durability(self.client))
         self.pool = WorkerPool(
             self._delivery(store),
             size=self.options.workers,

@@ -295,6 +295,13 @@ class StateOptions(_Strict):
         "$SEAMLINE_STATE_URL overrides it.",
         examples=["sqlite:///.seamline/acme.db", "{{ env.SEAMLINE_STATE_URL }}"],
     )
+    durability: Literal["full", "relaxed"] = Field(
+        "full",
+        description="full: a record acknowledged upstream (a webhook answered 202, a queue message acked, a page's "
+        "cursor moved) is on disk and survives a power cut or an OS crash (SQLite synchronous=FULL: one fsync per "
+        "commit). relaxed: it survives a crash of the process, not of the machine (synchronous=NORMAL: the last "
+        "commits before a power cut can be lost); faster, see bench/README.md. PostgreSQL keeps its own setting.",
+    )
     retention: Duration = Field(
         "30d",
         description="How long finished work is kept: delivered inbox items and their ledger entries, acked queue "

@@ -18,6 +18,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Literal
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from engine.errors import UsageError
@@ -52,6 +53,7 @@ __all__ = [
     "hold_sqlite_owner",
     "open_store",
     "state_exists",
+    "stored_version",
 ]
 
 SQLITE = Dialect("sqlite", "INTEGER PRIMARY KEY AUTOINCREMENT", "REAL", "?", "")
@@ -80,6 +82,31 @@ def default_state_url(
     return f"sqlite:///{base / (client + '.db')}"
 
 
+def stored_version(url: str) -> int | None:
+    """The schema version of the store at ``url`` as it is, read without migrating it; None when there is none."""
+    if not state_exists(url):
+        return None
+    scheme = url.split(":", 1)[0].lower()
+    if scheme == "sqlite":
+        path = _sqlite_path(url)
+        if path == ":memory:":
+            return None
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            row = conn.execute("SELECT version FROM seamline_schema").fetchone()
+        except sqlite3.OperationalError:
+            return 0  # a file without seamline's tables
+        finally:
+            conn.close()
+        return int(row[0]) if row else 0
+    import psycopg
+
+    dsn, schema = _postgres_dsn(url)
+    with psycopg.connect(dsn) as pg:
+        found = pg.execute(f'SELECT version FROM "{schema}".seamline_schema').fetchone()
+    return int(found[0]) if found else 0
+
+
 def state_exists(url: str) -> bool:
     """Whether a store is at ``url`` already, looked at without creating one (read-only commands ask this)."""
     scheme = url.split(":", 1)[0].lower()
@@ -89,10 +116,7 @@ def state_exists(url: str) -> bool:
     if scheme in ("postgresql", "postgres"):
         import psycopg
 
-        parts = urlsplit(url)
-        schema = parse_qs(parts.query).get("schema", ["public"])[0]
-        rest = "&".join(f"{k}={v}" for k, values in parse_qs(parts.query).items() if k != "schema" for v in values)
-        dsn = urlunsplit(parts._replace(scheme="postgresql", query=rest))
+        dsn, schema = _postgres_dsn(url)
         try:
             with psycopg.connect(dsn) as conn:
                 row = conn.execute(
@@ -106,14 +130,23 @@ def state_exists(url: str) -> bool:
     return True
 
 
-def open_store(url: str, *, clock: Callable[[], float] = time.time, lock_timeout: float = 30.0) -> StateStore:
+def open_store(
+    url: str,
+    *,
+    clock: Callable[[], float] = time.time,
+    lock_timeout: float = 30.0,
+    durability: Literal["full", "relaxed"] = "full",
+) -> StateStore:
     """The store ``url`` names; ``clock`` is injectable so tests can move time (leases, backoff).
 
     ``lock_timeout``: how long a SQLite write waits for another writer before it fails.
+    ``durability``: "full", a commit is on disk when it returns (SQLite ``synchronous=FULL``); "relaxed", it
+    survives a crash of the process but not of the machine (``synchronous=NORMAL``; the spec's
+    ``state.durability``).
     """
     scheme = url.split(":", 1)[0].lower()
     if scheme == "sqlite":
-        return _open_sqlite(url, clock, lock_timeout)
+        return _open_sqlite(url, clock, lock_timeout, durability)
     if scheme in ("postgresql", "postgres"):
         return _open_postgres(url, clock)
     raise UsageError(f"state URL '{_mask(url)}' has an unknown scheme; use sqlite:///path.db or postgresql://...")
@@ -166,17 +199,21 @@ def _mask(url: str) -> str:
     return url
 
 
-def _open_sqlite(url: str, clock: Callable[[], float], lock_timeout: float = 30.0) -> StateStore:
+def _open_sqlite(
+    url: str, clock: Callable[[], float], lock_timeout: float = 30.0, durability: str = "full"
+) -> StateStore:
     path = _sqlite_path(url)
     if path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
+    synchronous = "FULL" if durability == "full" else "NORMAL"
 
     def connect() -> sqlite3.Connection:
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=lock_timeout)
         conn.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode survives any crash of the process (kill -9); only a power cut can lose
-        # the last commits. The daemon acknowledges upstream only after a commit.
-        conn.execute("PRAGMA synchronous=NORMAL")
+        # The daemon acknowledges upstream only after a commit. FULL in WAL mode syncs the log at every
+        # commit: what was acknowledged survives a power cut. NORMAL syncs only at checkpoints: it survives
+        # any crash of the process (kill -9), but a power cut can lose the last commits.
+        conn.execute(f"PRAGMA synchronous={synchronous}")
         # Every statement runs inside BEGIN IMMEDIATE (SqlStore._tx), and only that can find the write lock
         # taken; _begin_immediate waits for it in short steps. SQLite's own busy handler sleeps 1 ms, then
         # 2, 5, 10 ... while a transaction here holds the lock for ~0.1-0.3 ms: with several processes on
@@ -206,18 +243,23 @@ def _begin_immediate(lock_timeout: float, cur: sqlite3.Cursor) -> None:
         pause = min(pause * 2, 0.001)
 
 
-def _open_postgres(url: str, clock: Callable[[], float]) -> StateStore:
-    try:
-        import psycopg
-    except ImportError:  # pragma: no cover - psycopg is a dependency; this guards odd installs
-        raise UsageError("PostgreSQL state needs psycopg: pip install 'psycopg[binary]'") from None
+def _postgres_dsn(url: str) -> tuple[str, str]:
+    """(the libpq DSN, the client's schema) of a postgresql:// state URL."""
     parts = urlsplit(url)
     query = parse_qs(parts.query)
     schema = query.pop("schema", ["public"])[0]
     if not _SCHEMA_NAME.match(schema):
         raise UsageError(f"schema '{schema}' in the state URL is not a plain lower-case SQL name")
     rest = "&".join(f"{k}={v}" for k, values in query.items() for v in values)
-    dsn = urlunsplit(parts._replace(scheme="postgresql", query=rest))
+    return urlunsplit(parts._replace(scheme="postgresql", query=rest)), schema
+
+
+def _open_postgres(url: str, clock: Callable[[], float]) -> StateStore:
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - psycopg is a dependency; this guards odd installs
+        raise UsageError("PostgreSQL state needs psycopg: pip install 'psycopg[binary]'") from None
+    dsn, schema = _postgres_dsn(url)
 
     def connect() -> psycopg.Connection[tuple[object, ...]]:
         try:
@@ -225,6 +267,8 @@ def _open_postgres(url: str, clock: Callable[[], float]) -> StateStore:
         except psycopg.OperationalError as exc:
             raise UsageError(f"cannot connect to the state database {_mask(url)}: {str(exc).strip()}") from None
         with conn.cursor() as cur:
+            # two daemons starting together would both create it: one waits for the other's commit
+            cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"seamline-schema:{schema}",))
             cur.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
             cur.execute(f'SET search_path TO "{schema}"')
         conn.commit()

@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from engine.state import POSTGRES, SQLITE, Delivered, NewItem, StateStore, open_store
+from engine.state import POSTGRES, SQLITE, Delivered, Finished, NewItem, StateStore, open_store
 from engine.state.sql import MIGRATIONS
 
 PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
@@ -240,7 +240,7 @@ def test_schema_is_migrated_in_place_not_recreated(tmp_path: Path) -> None:
     old.close()
     # Make it look like a v1 store holding data, then let a newer seamline open it.
     conn = sqlite3.connect(tmp_path / "old.db")
-    for index in ("inbox_open_order", "inbox_open_ready", "inbox_open_lease", "dead_letters_flow"):
+    for index in ("inbox_open_order", "inbox_ready_heads", "inbox_open_lease", "dead_letters_flow"):
         conn.execute(f"DROP INDEX {index}")
     conn.execute("CREATE INDEX inbox_ready ON inbox (status, available_at)")
     conn.execute("CREATE INDEX inbox_order ON inbox (flow, business_key, id)")
@@ -248,7 +248,7 @@ def test_schema_is_migrated_in_place_not_recreated(tmp_path: Path) -> None:
     conn.execute("DROP TABLE queue_messages")
     for table in ("key_state", "intents", "daemons", "replays"):
         conn.execute(f"DROP TABLE {table}")
-    for column in ("version", "outcome"):
+    for column in ("version", "outcome", "head"):
         conn.execute(f"ALTER TABLE inbox DROP COLUMN {column}")
     conn.execute("UPDATE seamline_schema SET version = 1")
     conn.execute(
@@ -259,7 +259,7 @@ def test_schema_is_migrated_in_place_not_recreated(tmp_path: Path) -> None:
     conn.close()
     upgraded = open_store(url)
     try:
-        assert upgraded.schema_version() == len(MIGRATIONS) == 5
+        assert upgraded.schema_version() == len(MIGRATIONS) == 6
         assert upgraded.depth()["pending"] == 1  # the data survived the upgrade
         (item,) = upgraded.claim("w", 1, lease=10)
         upgraded.dead_letter(item.id, "x", error_kind="terminal", spec_version="v2")
@@ -328,13 +328,15 @@ def test_claim_walks_only_open_rows_in_index_order_on_sqlite(tmp_path: Path, flo
     store._conn.set_trace_callback(statements.append)  # type: ignore[attr-defined]
     assert store.claim("w", 5, lease=30, flows=flows)
     store._conn.set_trace_callback(None)  # type: ignore[attr-defined]
-    selects = [s for s in statements if s.lstrip().startswith("SELECT i.id FROM inbox i WHERE")]
-    assert len(selects) == 2, statements
+    (marking,) = [s for s in statements if s.lstrip().startswith("WITH candidates")]
     probe = sqlite3.connect(tmp_path / "state.db")
-    for sql in selects:
-        plan = " | ".join(row[3] for row in probe.execute(f"EXPLAIN QUERY PLAN {sql}"))
-        assert "TEMP B-TREE" not in plan, plan
-        assert "inbox_open_ready" in plan or "inbox_open_lease" in plan, plan
+    plan = [row[3] for row in probe.execute(f"EXPLAIN QUERY PLAN {marking}")]
+    # both walks read an open-rows index in order and stop at their limit (ready heads, expired leases)
+    assert "SEARCH i USING INDEX inbox_ready_heads (available_at<?)" in plan, plan
+    assert "SEARCH i USING INDEX inbox_open_lease (lease_until<?)" in plan, plan
+    # the one sort is of the 2 x limit candidates the walks found, never of a backlog
+    assert [line for line in plan if "TEMP B-TREE" in line] == ["USE TEMP B-TREE FOR ORDER BY"], plan
+    assert plan.index("USE TEMP B-TREE FOR ORDER BY") > plan.index("SCAN candidates"), plan
     store.close()
 
 
@@ -379,3 +381,115 @@ def test_a_dead_letter_superseded_by_a_newer_delivered_change_is_not_replayed_un
     assert store.replay(list(letters.values())) == 1  # SKU-2's letter only
     assert [i.key for i in store.claim("w", 10, lease=30)] == ["w1"]
     assert store.replay([letters[first.id]], include_superseded=True) == 1
+
+
+# -- migrations: under a lock, and never onto a newer store --------------------------------------------------
+
+
+@pytest.mark.postgres
+def test_daemons_starting_together_on_a_fresh_postgresql_schema_all_start(tmp_path: Path) -> None:
+    """Was: two daemons on a fresh schema deadlocked in their migrations, about one start in three."""
+    import threading
+    import uuid
+
+    import psycopg
+
+    dsn = "postgresql://postgres@127.0.0.1:5432/test"
+    for _ in range(5):
+        schema = f"t_{uuid.uuid4().hex[:10]}"
+        errors: list[BaseException] = []
+        barrier = threading.Barrier(4)
+
+        def start(
+            url: str = f"{dsn}?schema={schema}",
+            barrier: threading.Barrier = barrier,
+            errors: list[BaseException] = errors,
+        ) -> None:
+            barrier.wait()
+            try:
+                open_store(url).close()
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=start) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            version = conn.execute(f'SELECT version FROM "{schema}".seamline_schema').fetchone()
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        assert errors == [] and version == (len(MIGRATIONS),)
+
+
+def test_a_store_newer_than_this_seamline_is_refused_and_state_version_says_so(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from engine.cli import main
+    from engine.state.sql import NewerStore
+
+    url = f"sqlite:///{tmp_path / 'newer.db'}"
+    open_store(url).close()
+    conn = sqlite3.connect(tmp_path / "newer.db")
+    conn.execute("UPDATE seamline_schema SET version = 99")
+    conn.commit()
+    conn.close()
+    with pytest.raises(NewerStore, match=f"schema version 99, newer than this seamline knows \\({len(MIGRATIONS)}\\)"):
+        open_store(url)
+    (tmp_path / "seamline.yaml").write_text("seamline: 1\nclient: newer\n", encoding="utf-8")
+    result = CliRunner().invoke(main, ["state", "version", str(tmp_path), "--state", url])
+    assert result.exit_code == 1
+    assert f"this seamline: schema {len(MIGRATIONS)}" in result.output
+    assert "schema 99, newer than this seamline" in result.output
+    result = CliRunner().invoke(main, ["runs", str(tmp_path), "--state", url])
+    assert result.exit_code == 1 and "newer than this seamline knows" in result.output
+
+
+def test_state_version_reads_without_migrating(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from engine.cli import main
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    store = open_store(url)
+    store.close()
+    conn = sqlite3.connect(tmp_path / "old.db")
+    conn.execute("UPDATE seamline_schema SET version = 5")  # as if one step behind
+    conn.commit()
+    conn.close()
+    (tmp_path / "seamline.yaml").write_text("seamline: 1\nclient: old\n", encoding="utf-8")
+    result = CliRunner().invoke(main, ["state", "version", str(tmp_path), "--state", url])
+    assert result.exit_code == 0 and "schema 5, older: the daemon migrates it in place" in result.output
+    conn = sqlite3.connect(tmp_path / "old.db")
+    assert conn.execute("SELECT version FROM seamline_schema").fetchone() == (5,)  # untouched
+    conn.close()
+
+
+# -- heads: only a key's oldest open change is ever claimed, and the next one follows at once ----------------
+
+
+def test_only_each_keys_head_is_claimed_and_the_next_change_follows_it_done_or_dead(store: StateStore) -> None:
+    store.enqueue(items(("a1", "A"), ("a2", "A"), ("b1", "B"), ("a3", "A")))
+    assert [i.key for i in store.claim("w", 10, lease=300)] == ["a1", "b1"]
+    assert store.claim("w", 10, lease=300) == []  # a2 waits behind a1, in flight
+    store.commit_batch([], [Finished(store_id(store, "a1"))])
+    (a2,) = store.claim("w", 10, lease=300)
+    assert a2.key == "a2"
+    store.dead_letter(a2.id, "refused", error_kind="terminal")  # a dead change does not block the next one
+    assert [i.key for i in store.claim("w", 10, lease=300)] == ["a3"]
+
+
+def test_a_replayed_older_change_goes_before_a_newer_one_still_waiting(store: StateStore) -> None:
+    store.enqueue(items(("a1", "A")))
+    (a1,) = store.claim("w", 10, lease=300)
+    letter = store.dead_letter(a1.id, "refused", error_kind="terminal")
+    store.enqueue(items(("a2", "A")))  # the next change came, and waits
+    assert store.replay([letter], include_superseded=True) == 1
+    assert [i.key for i in store.claim("w", 10, lease=300)] == ["a1"]  # the older one first, alone
+    store.commit_batch([], [Finished(a1.id)])
+    assert [i.key for i in store.claim("w", 10, lease=300)] == ["a2"]
+
+
+def store_id(store: StateStore, key: str) -> int:
+    found = [i for i in (store.item(n) for n in range(1, 50)) if i is not None and i.key == key]
+    return found[0].id
