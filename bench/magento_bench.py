@@ -9,9 +9,9 @@ The fake runs in a child process (its own GIL; answers are not schema-checked th
 self-check does not slow it down), on loopback. This process opens one ``MagentoConnection`` per path
 and calls ``write("products", ...)`` the way the runtime's workers do, with a fixed number of writes
 in flight: 16 for PUT (the pool's connections), more for bulk (so the connection can fill batches).
-The floor is the same PUTs sent with a bare ``aiohttp.ClientSession`` (the wire the http connection
-uses underneath, connectors/http/transport.py), same bodies, same 16 in flight: what the PUT path
-would cost with nothing of ours in it.
+The floor is the same PUTs sent with a bare ``aiohttp.ClientSession`` (a maintained client, with none
+of the kit's session, auth, schema check or error translation), same bodies, same 16 in flight: what
+the PUT path would cost with nothing of ours in it.
 Requests are counted by the fake, which sees every one (PUT, bulk POST, status GET); "applied" is its
 write log (one entry per product saved, a bulk's operations included). Prints a markdown table.
 """
@@ -101,8 +101,7 @@ async def push(port: int, count: int, in_flight: int, extra: dict[str, Any]) -> 
             **extra,
         }
     )
-    assert CONNECTOR.connect is not None
-    conn = CONNECTOR.connect(options, ConnectContext(system="commerce", client="bench"))
+    conn = CONNECTOR.open(options, ConnectContext(system="commerce", client="bench"))
     numbers: Iterator[int] = iter(range(count))
     errors = 0
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import wraps
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import click
 
@@ -22,6 +22,7 @@ from engine import __version__
 from engine.connector import closest, default_registry, parse_duration, parse_size
 from engine.errors import SeamlineError, UsageError
 from engine.playground import play, watch_and_play
+from engine.runtime.logs import LogLevel
 from engine.spec import SPEC_FILENAME, discover_specs, resolve_spec, spec_json_schema, validate_spec
 from engine.spec.report import render_effective_spec, render_reports
 from engine.state import StateStore
@@ -274,6 +275,13 @@ def map_command(
     show_default=True,
     help="Request bodies held at once, over all requests; past it a sender is answered 503 with Retry-After.",
 )
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default=None,
+    help="Lowest level written to the JSON log on stderr, the connectors' and libraries' lines included "
+    "[default: info; warning with --once].",
+)
 @click.option("--specs", "specs_dir", type=click.Path(path_type=Path), default=Path("specs"), show_default=True)
 @_handle_errors
 def run(
@@ -294,6 +302,7 @@ def run(
     fmt: str,
     body_timeout: str,
     body_memory: str,
+    log_level: LogLevel | None,
     specs_dir: Path,
 ) -> None:
     """Run CLIENT's flows: the daemon (until SIGTERM), or one batch pass with --once."""
@@ -327,11 +336,19 @@ def run(
         body_timeout=_parsed(parse_duration, body_timeout, "--body-timeout"),
         body_memory=_parsed(parse_size, body_memory, "--body-memory"),
         serve_http=delivery_channel is None,
+        log_level=log_level or ("warning" if once else "info"),
     )
     spec = _client_spec_path(client, specs_dir)
     if once:
+        from engine.runtime.once import DryRun
+
         console = Console(soft_wrap=True) if fmt == "json" else Console()
-        summary = asyncio.run(run_once(spec, options, dry_run=dry_run, console=console, fmt=fmt))
+        with _once_progress(console) as progress:
+            summary = asyncio.run(run_once(spec, options, dry_run=dry_run, progress=None if dry_run else progress))
+        if isinstance(summary, DryRun):
+            _render_dry_run(summary, console, fmt)
+        else:
+            _render_once(summary, console)
         if not summary.ok:
             sys.exit(1)
         return
@@ -362,19 +379,108 @@ def runs(client: str, flow_name: str | None, limit: int, state_url: str | None, 
         click.echo(f"{r.id:>5}  {r.flow:<20} {r.kind:<9} {started:<19}  {took:>7}  {r.status:<7} {counts}")
 
 
-def _fakes() -> dict[str, str]:
-    """Connector kinds that ship a contract fake (``connectors/<kind>/fake.py`` with a ``main(argv)``)."""
-    import importlib.util
+@contextmanager
+def _once_progress(console: Any) -> Iterator[Any]:
+    """A rich progress bar that follows a ``run --once`` pass (engine.runtime.once.OnceProgress)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    found = {}
-    for kind in default_registry().names():
-        module = f"connectors.{kind}.fake"
-        try:
-            if importlib.util.find_spec(module) is not None:
-                found[kind] = module
-        except ModuleNotFoundError:
-            continue
-    return found
+    bar = Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+
+    class Shown:
+        def __init__(self) -> None:
+            self.tasks: dict[str, Any] = {}
+            self.total = 0
+
+        def reading(self, flow: str) -> None:
+            self.tasks[flow] = bar.add_task(f"reading {flow}", total=None)
+
+        def read(self, flow: str, rows: int) -> None:
+            bar.update(self.tasks[flow], description=f"read {flow}: {rows} records", total=1, completed=1)
+
+        def delivering(self, total: int) -> None:
+            self.total = total
+            self.tasks["*"] = bar.add_task("delivering", total=total or 1)
+
+        def delivered(self, done: int) -> None:
+            bar.update(self.tasks["*"], completed=done if self.total else 1)
+
+    with bar:
+        yield Shown()
+
+
+def _render_once(summary: Any, console: Any) -> None:
+    """The pass's table: each flow's rows read, the records they made and each record's one outcome."""
+    from rich.table import Table
+
+    from engine.runtime.once import OUTCOME_COLUMNS, SKIP_REASONS
+
+    for flow, error in summary.read_errors.items():
+        console.print(f"[red]{flow}: reading the source failed[/red]: {error}")
+    table = Table(title=f"seamline run --once ({summary.seconds:.1f} s)")
+    table.add_column("flow")
+    for column in OUTCOME_COLUMNS:
+        table.add_column(column.replace("_", " "), justify="right")
+    for flow, row in summary.rows.items():
+        table.add_row(flow, *(str(row.get(c, 0)) for c in OUTCOME_COLUMNS))
+    reasons = [
+        f"{flow}: skipped "
+        + ", ".join(f"{row[f'skipped_{r}']} as {r}" for r in SKIP_REASONS if row.get(f"skipped_{r}"))
+        for flow, row in summary.rows.items()
+        if row.get("skipped")
+    ]
+    if reasons:
+        table.caption = "; ".join(reasons)
+    console.print(table)
+    for flow, row in summary.rows.items():
+        if row.get("pending"):
+            pending = row["pending"]
+            console.print(
+                f"[red]{flow}: the pass stopped after {summary.deadline:g} s with {pending} record(s) pending[/]"
+            )
+        if row.get("rejected") or row.get("dead_lettered"):
+            console.print(f"{flow}: see the reasons with: seamline dlq list {summary.client} --flow {flow}")
+
+
+def _render_dry_run(dry: Any, console: Any, fmt: str) -> None:
+    """What a real pass would send, refuse and reject: lines and a table, or one JSON document."""
+    from rich.table import Table
+
+    from engine.transform import canonical_json
+
+    if fmt == "json":
+        report = {"writes": dry.writes, "refused": dry.refused, "rejected": dry.rejected, "failed": dry.failed}
+        console.print_json(json.dumps({"dry_run": True, "flows": dry.rows, **report}, default=str))
+        return
+    for write in dry.writes:
+        console.print(
+            f"{write['flow']} -> {write['target']}: {canonical_json(write['payload'], indent=None)}", markup=False
+        )
+    for refusal in dry.refused + dry.rejected:
+        console.print(f"[red]would dead-letter[/red] {refusal['flow']}: {refusal['reason']}")
+    for failure in dry.failed:
+        console.print(f"[red]cannot read[/red] {failure['flow']}: {failure['reason']}")
+    table = Table(title="seamline run --once --dry-run (nothing was written)")
+    columns = ("read", "records", "would_write", "refused", "rejected", "skipped", "failed")
+    table.add_column("flow")
+    for column in columns:
+        table.add_column(column.replace("_", " "), justify="right")
+    for flow, row in dry.rows.items():
+        table.add_row(flow, *(str(row[c]) for c in columns))
+    console.print(table)
+    console.print("dry run: nothing was written (no target, no inbox, no cursor, no file moved)")
+
+
+def _fakes() -> dict[str, str]:
+    """Connector kinds that declare a contract fake: {kind: "module:function"} (the function is ``main(argv)``)."""
+    return {kind.name: kind.fake for kind in default_registry() if kind.fake}
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []})
@@ -400,7 +506,7 @@ def fake(kind: str | None, args: tuple[str, ...]) -> None:
         click.echo("fakes:")
         width = max(len(name) for name in fakes)
         for name in sorted(fakes):
-            doc = (importlib.import_module(fakes[name]).__doc__ or "").strip().splitlines()
+            doc = (importlib.import_module(fakes[name].partition(":")[0]).__doc__ or "").strip().splitlines()
             click.echo(f"  {name:<{width}}  {doc[0] if doc else ''}")
             click.echo(f"  {'':<{width}}  seamline fake {name} --help")
         return
@@ -408,61 +514,9 @@ def fake(kind: str | None, args: tuple[str, ...]) -> None:
         hint = closest(kind, fakes)
         suggestion = f" — did you mean '{hint}'?" if hint else ""
         raise UsageError(f"no fake for '{kind}'{suggestion} (fakes: {', '.join(sorted(fakes))})")
-    main_of = importlib.import_module(fakes[kind]).main
+    module, _, function = fakes[kind].partition(":")
+    main_of = getattr(importlib.import_module(module), function or "main")
     raise SystemExit(main_of(list(args)))
-
-
-@main.command()
-@click.option("--specs", "specs_dir", type=click.Path(path_type=Path), default=Path("specs"), show_default=True)
-@click.option(
-    "--amqp-url",
-    envvar="AMQP_URL",
-    help="RabbitMQ for the event flows (env AMQP_URL); without it the embedded durable queue is used.",
-)
-@click.option("--keep", type=click.Path(path_type=Path), help="Keep the state, queue and daemon log in this folder.")
-@_handle_errors
-def demo(specs_dir: Path, amqp_url: str | None, keep: Path | None) -> None:
-    """All five flows end to end on this machine: a real Tryton ERP, Magento and Salesforce fakes, the daemon.
-
-    Starts everything on loopback, drives sample traffic (a product discontinued, a cart price, a stock
-    count, a registration, a party change, an order and its shipment) and prints what happened per flow.
-    """
-    import signal
-    import tempfile
-
-    from rich.console import Console
-    from rich.table import Table
-
-    from connectors.tryton.devserver import TrytonUnavailable
-    from engine.demo import run_demo
-
-    console = Console()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a plain SIGTERM still stops Tryton and the fakes
-    if not (specs_dir / "demo" / "seamline.yaml").is_file():
-        raise UsageError(f"no demo spec at {specs_dir / 'demo' / 'seamline.yaml'}; run from the repository root")
-    with tempfile.TemporaryDirectory(prefix="seamline-demo-") as scratch:
-        workdir = keep or Path(scratch)
-        workdir.mkdir(parents=True, exist_ok=True)
-        try:
-            report = run_demo(specs_dir, workdir, amqp_url=amqp_url, say=lambda text: console.print(f"[dim]{text}[/]"))
-        except TrytonUnavailable as exc:
-            raise UsageError(f"the demo needs Tryton and could not get it:\n{exc}") from exc
-    table = Table(title=f"seamline demo — bus: {report.bus}")
-    for column in ("flow", "ok", "what happened", "latency"):
-        table.add_column(column)
-    for result in report.results:
-        happened = result.detail or _describe(result.arrived)
-        latency = f"{result.latency_s:.2f} s" if result.latency_s is not None else ""
-        table.add_row(result.flow, "[green]yes[/]" if result.ok else "[red]NO[/]", happened, latency)
-    console.print(table)
-    console.print(f"whole demo {report.wall_s:.1f} s (of which starting the systems {report.setup_s:.1f} s)")
-    if not report.ok:
-        raise SystemExit(1)
-
-
-def _describe(arrived: dict[str, object], limit: int = 110) -> str:
-    text = ", ".join(f"{k}: {json.dumps(v, default=str)}" for k, v in arrived.items())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 @main.group()
@@ -682,9 +736,10 @@ def state_reset_cursor(client: str, flow_name: str, value: str | None, state_url
 @click.option("--specs", "specs_dir", type=click.Path(path_type=Path), default=Path("specs"), show_default=True)
 @_handle_errors
 def state_prune(client: str, older_than: str | None, state_url: str | None, specs_dir: Path) -> None:
-    """Delete finished work: delivered items and their ledger, acked queue messages, replayed dead letters, runs.
+    """Delete finished work: delivered items and their ledger, replayed dead letters, runs, old key state.
 
-    Open items, dead items and dead letters not replayed are kept. The daemon does the same every hour.
+    Open items, dead items and dead letters not replayed are kept. The daemon does the same every hour, and
+    prunes the embedded queue's acked messages with them (through the queue's own connection).
     """
     import time
 
@@ -754,6 +809,20 @@ def _client_spec_path(client: str, specs_dir: Path) -> Path:
         return named
     known = sorted(p.parent.name for p in specs_dir.glob(f"*/{SPEC_FILENAME}")) if specs_dir.is_dir() else []
     raise UsageError(f"no client '{client}' (looked for {named})" + (f"; clients: {', '.join(known)}" if known else ""))
+
+
+def _plugin_commands() -> None:
+    """Commands other packages add (entry-point group ``seamline.commands``): ``seamline demo`` comes from the demo
+    package beside the engine, so the engine never names what the demo names."""
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=COMMANDS_GROUP):
+        if ep.name not in main.commands:
+            main.add_command(ep.load(), ep.name)
+
+
+COMMANDS_GROUP = "seamline.commands"
+_plugin_commands()
 
 
 if __name__ == "__main__":  # python -m engine.cli, as the tests run the daemon

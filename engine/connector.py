@@ -12,42 +12,54 @@ A :class:`Registry` is a plain object: tests build an empty one and register wha
 from __future__ import annotations
 
 import difflib
+import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cache
+from importlib import import_module
 from importlib.metadata import entry_points
-from typing import Annotated, Any, Literal, Protocol, runtime_checkable
+from typing import Annotated, Any, Literal, Protocol, cast, runtime_checkable
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 __all__ = [
     "REJECT_HEADER",
+    "ROLES",
     "ApiKeyAuth",
     "BasicAuth",
     "BearerAuth",
+    "Caller",
+    "Checker",
     "ConnectContext",
     "Connection",
     "ConnectorKind",
+    "Consumer",
     "Duration",
     "EffectFinder",
     "ExistenceChecker",
+    "Gathering",
     "Limits",
     "Message",
     "MessageHandler",
     "OAuth1Auth",
     "OAuth2ClientCredentials",
+    "Pruner",
     "Rate",
     "ReadItem",
     "Registry",
     "SessionAuth",
     "Size",
+    "Source",
     "SystemOptions",
+    "Target",
     "Url",
     "closest",
     "default_registry",
     "parse_duration",
     "parse_size",
+    "roles_of",
+    "system_log",
 ]
 
 ENTRY_POINT_GROUP = "seamline.connectors"
@@ -274,6 +286,13 @@ class ConnectContext:
 class Connection(Protocol):
     """An open connection to one system; the runtime opens one per system and shares it across flows.
 
+    What a connection can do is the roles it declares by subclassing them: :class:`Source` (``read``),
+    :class:`Target` (``write``), :class:`Caller` (``call``), :class:`Consumer` (``consume``), and the
+    optional :class:`Checker`, :class:`Gathering`, :class:`ExistenceChecker`, :class:`EffectFinder` and
+    :class:`Pruner`. The runtime asks a system for a role once, when it binds a flow to it
+    (:class:`~engine.runtime.system.System`), and a connection simply does not have the roles it cannot
+    play: no method that only says "cannot".
+
     Errors: raise :class:`~engine.errors.TransientError` when trying again later may work (timeouts,
     429, 5xx, connection refused) and :class:`~engine.errors.TerminalError` when it will not (a 4xx
     the system explains, a record the system rejects). Never let a library's exception escape.
@@ -282,6 +301,11 @@ class Connection(Protocol):
     async def close(self) -> None:
         """Called once, when the daemon stops; release sockets and pools."""
         ...
+
+
+@runtime_checkable
+class Source(Connection, Protocol):
+    """A connection a schedule reads (``source.read``)."""
 
     def read(
         self,
@@ -299,22 +323,33 @@ class Connection(Protocol):
         """
         ...
 
-    async def call(self, operation: str, request: Any, *, timeout: float) -> Any:
-        """One synchronous call (a request trigger asking the ERP for a contract price)."""
-        ...
+
+@runtime_checkable
+class Target(Connection, Protocol):
+    """A connection a worker writes to (``target.write``)."""
 
     async def write(self, entity: str, record: Any, *, key: Any, mode: str, idempotency_key: str) -> str:
         """Write one record; returns a short receipt for the ledger (the id or status the system gave).
-
-        A connection may have ``gathers_writes(entity, mode) -> bool``: true when it gathers concurrent
-        writes of ``entity`` into one request (Magento's bulk API) and so bounds its own requests; the
-        runtime then holds no ``limits.concurrency`` slot per record while the record waits for its batch.
 
         Called by a worker after the ledger said this (item, target) was not delivered yet. The same
         ``idempotency_key`` comes again only if an earlier attempt's outcome is unknown (a crash, a
         timeout): a system that can deduplicate on it should.
         """
         ...
+
+
+@runtime_checkable
+class Caller(Connection, Protocol):
+    """A connection a request trigger calls synchronously (``source.call``: a contract price at cart time)."""
+
+    async def call(self, operation: str, request: Any, *, timeout: float) -> Any:
+        """One synchronous call; its answer goes back to whoever asked."""
+        ...
+
+
+@runtime_checkable
+class Consumer(Connection, Protocol):
+    """A connection an event trigger consumes (a queue, a drop directory)."""
 
     async def consume(self, queue: str, handler: MessageHandler) -> None:
         """Deliver ``queue``'s messages to ``handler`` until cancelled.
@@ -323,6 +358,37 @@ class Connection(Protocol):
         inbox); if the handler raises, give the message back to the queue.
         """
         ...
+
+
+@runtime_checkable
+class Checker(Protocol):
+    """Optional role of a :class:`Target`: a local check of a record before anything is sent.
+
+    Raises :class:`~engine.errors.TerminalError` when the request the record becomes would break the
+    system's published schema; the record is dead-lettered without a request (and without counting as a
+    failure of the system: a breaker's trial is not spent on it).
+    """
+
+    def check(self, entity: str, record: Any) -> None: ...
+
+
+@runtime_checkable
+class Gathering(Protocol):
+    """Optional role of a :class:`Target` that gathers concurrent writes into one request (Magento's bulk API).
+
+    ``gathers_writes(entity, mode)`` true: the connection bounds its own requests for those writes, so the
+    runtime holds no ``limits.concurrency`` slot per record while the record waits for its batch.
+    """
+
+    def gathers_writes(self, entity: str, mode: str) -> bool: ...
+
+
+ROLES: dict[str, type[Any]] = {"read": Source, "write": Target, "call": Caller, "consume": Consumer}
+
+
+def roles_of(connection: Connection) -> frozenset[str]:
+    """The capabilities ``connection`` declares (``read``, ``write``, ``call``, ``consume``)."""
+    return frozenset(name for name, role in ROLES.items() if isinstance(connection, role))
 
 
 @runtime_checkable
@@ -336,6 +402,17 @@ class ExistenceChecker(Protocol):
     """
 
     async def exists(self, entity: str, record: Any, *, key: Any) -> bool | None: ...
+
+
+@runtime_checkable
+class Pruner(Protocol):
+    """Optional role of a connection that keeps data of its own (the embedded queue's acked messages).
+
+    The runtime calls it when it prunes its state store, with the same cutoff (state.retention): delete what
+    finished before ``before`` (epoch seconds); returns how many rows per kind.
+    """
+
+    async def prune(self, before: float) -> dict[str, int]: ...
 
 
 @runtime_checkable
@@ -359,10 +436,18 @@ class EffectFinder(Protocol):
 class ConnectorKind:
     """One connector kind, as it declares itself.
 
-    ``reads``, ``writes`` and ``calls`` are the entity or operation names a flow may use in
-    ``source.read``, ``target.write`` and ``source.call``; ``events`` says the system can feed an
-    event trigger (a queue). ``connect`` opens a :class:`Connection` for the runtime; a kind without
-    it is declared but not runnable: specs using it validate, and ``validate`` says it cannot run yet.
+    ``connection``: ``"module:Class"`` of the kind's connection class, imported when first needed (so a spec
+    that does not use the kind never imports its client). The class says what the kind can do, once: the
+    roles it subclasses (:class:`Source`, :class:`Target`, :class:`Caller`, :class:`Consumer`, …) and the
+    dispatch tables it routes through, ``READS``, ``WRITES`` and ``CALLS`` (class attributes mapping each
+    entity or operation name a flow may use in ``source.read``, ``target.write`` and ``source.call`` to how
+    it is done). ``connect`` is then the class itself, called with the system's options and context. A kind
+    whose operations the spec names (an http system's endpoints, a file system's drops) has empty tables and
+    its options' :meth:`SystemOptions.declared_operations` instead.
+
+    A kind without ``connection`` is declared but not runnable: specs using it validate against ``reads``,
+    ``writes``, ``calls`` and ``events`` (given only then), and ``validate`` says it cannot run yet. A test
+    may give ``connect`` directly.
 
     ``once_only`` names the write operations whose resend is not safe (a shipment, an invoice, a
     comment, a sale): every other write is taken to be an idempotent PUT or upsert. Before sending a
@@ -378,11 +463,18 @@ class ConnectorKind:
     objects; ``seamline map`` and golden cases read their input through it, so a preview reads as the
     daemon does. It raises ``ValueError`` with the reason when the file cannot be read at all. Kinds without
     it take samples as the records their API sends (JSON).
+
+    ``fake``: ``"module:function"`` of the kind's contract fake, a ``main(argv) -> int`` that serves it until
+    Ctrl-C (``seamline fake <kind>``); imported only when asked for. ``any_write``: a write names free text
+    (an AMQP routing key), so any ``target.write`` is valid. ``operations_in``: the key of the system's
+    options where the spec declares its operations (an http system's ``endpoints``, a file system's
+    ``drops``), for the hint ``validate`` gives when one is missing.
     """
 
     name: str
     options: type[SystemOptions]
     description: str
+    connection: str = ""
     reads: frozenset[str] = frozenset()
     writes: frozenset[str] = frozenset()
     calls: frozenset[str] = frozenset()
@@ -392,21 +484,76 @@ class ConnectorKind:
     keeps_groups: bool = False
     read_moves: bool = False
     sample: Callable[[SystemOptions, str, bytes, str], list[Any]] | None = None
+    fake: str | None = None
+    any_write: bool = False
+    operations_in: str = ""
+
+    def __post_init__(self) -> None:
+        if self.connection and (self.reads or self.writes or self.calls or self.events or self.connect):
+            raise ValueError(
+                f"connector kind '{self.name}': its connection class {self.connection} says what it reads, writes, "
+                "calls and consumes; declare them there once, not again in the ConnectorKind"
+            )
 
     @property
     def runnable(self) -> bool:
-        return self.connect is not None
+        return bool(self.connection) or self.connect is not None
+
+    def implementation(self) -> type[Any] | None:
+        """The connection class (imported now), or None for a kind declared without one."""
+        return _load_class(self.connection) if self.connection else None
+
+    def open(self, options: SystemOptions, context: ConnectContext) -> Connection:
+        """A connection to one system of this kind (nothing is sent yet)."""
+        if not isinstance(options, self.options):
+            raise TypeError(f"the {self.name} connector needs {self.options.__name__}, not {type(options).__name__}")
+        implementation = self.implementation()
+        if implementation is not None:
+            return cast(Connection, implementation(options, context))
+        if self.connect is None:
+            raise TypeError(f"the {self.name} connector cannot run in this version")
+        return self.connect(options, context)
+
+    @property
+    def consumes(self) -> bool:
+        """Whether a system of this kind can feed an event trigger (its connection is a :class:`Consumer`)."""
+        implementation = self.implementation()
+        return self.events if implementation is None else issubclass(implementation, Consumer)
 
     def operations(self, capability: Capability, options: SystemOptions | None = None) -> frozenset[str]:
         declared = options.declared_operations(capability) if options is not None else None
         if declared is not None:
             return declared
+        implementation = self.implementation()
+        if implementation is not None:
+            if capability not in _TABLES:
+                return frozenset()
+            role, table = _TABLES[capability]
+            if not issubclass(implementation, role):
+                return frozenset()
+            return frozenset(getattr(implementation, table, ()))
         return {"read": self.reads, "write": self.writes, "call": self.calls}.get(capability, frozenset())
 
     def is_once_only(self, operation: str, options: SystemOptions | None = None) -> bool:
         """Whether a write of ``operation`` must happen once (its resend is not safe)."""
         declared = options.declared_once_only() if options is not None else None
         return operation in (declared if declared is not None else self.once_only)
+
+
+_TABLES: dict[str, tuple[type[Any], str]] = {
+    "read": (Source, "READS"),
+    "write": (Target, "WRITES"),
+    "call": (Caller, "CALLS"),
+}
+
+
+@cache
+def _load_class(where: str) -> type[Any]:
+    module_name, _, attribute = where.partition(":")
+    found = getattr(import_module(module_name), attribute)
+    if not isinstance(found, type):
+        raise TypeError(f"{where} is not a class")
+    return found
 
 
 @dataclass(slots=True)
@@ -449,6 +596,15 @@ class Registry:
 @cache
 def default_registry() -> Registry:
     return Registry.from_entry_points()
+
+
+def system_log(kind: str, system: str) -> logging.LoggerAdapter[logging.Logger]:
+    """The logger a connection of ``kind`` logs through: every record carries its system's name.
+
+    The daemon routes these records into its JSON log (masked, with a ``system`` field), so a
+    connector never formats the system into its messages nor writes to stderr itself.
+    """
+    return logging.LoggerAdapter(logging.getLogger(f"seamline.connectors.{kind}"), {"system": system})
 
 
 def closest(word: str, options: Iterable[str]) -> str | None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.connector import SystemOptions
+from engine.connector import Registry, SystemOptions
 from engine.errors import Diagnostic, Severity, SpecError, TransformError
 from engine.spec import SpecReport, validate_spec
 from engine.spec.expressions import expression_source
@@ -139,9 +139,12 @@ def load_client(
     now: str | None = None,
     environ: Mapping[str, str] | None = None,
     limits: Limits | None = None,
+    registry: Registry | None = None,
 ) -> CompiledClient:
-    """Validate and compile the client spec at ``path``; SpecError if it has errors."""
-    report = validate_spec(path, environ=environ if environ is not None else {})
+    """Validate and compile the client spec at ``path``; SpecError if it has errors.
+
+    ``registry``: the connector kinds the spec is held to (the installed ones by default)."""
+    report = validate_spec(path, environ=environ if environ is not None else {}, registry=registry)
     if not report.ok or report.document is None:
         raise SpecError(report.diagnostics)
     document = report.document

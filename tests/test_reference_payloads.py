@@ -33,10 +33,10 @@ def _client(name: str) -> CompiledClient:
 def _checker(client: CompiledClient, system: str) -> Any:
     options = client.report.systems[system]
     kind = default_registry().get(options.connector)
-    assert kind is not None and kind.connect is not None
+    assert kind is not None and kind.runnable
     # The spec's templates stay unresolved: check() looks at payloads only and never sends anything.
     concrete = options.model_copy(update={"url": "http://127.0.0.1:9"}) if hasattr(options, "url") else options
-    connection = kind.connect(concrete, ConnectContext(system=system, client=client.client))
+    connection = kind.open(concrete, ConnectContext(system=system, client=client.client))
     return getattr(connection, "check", None)
 
 

@@ -21,14 +21,9 @@ spec never imports aio-pika, and connecting sends nothing until the first consum
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from pydantic import Field
 
-from engine.connector import Capability, ConnectContext, ConnectorKind, SystemOptions, Url
-
-if TYPE_CHECKING:
-    from engine.connector import Connection
+from engine.connector import Capability, ConnectorKind, SystemOptions, Url
 
 __all__ = ["CONNECTOR", "AmqpOptions"]
 
@@ -60,24 +55,15 @@ class AmqpOptions(SystemOptions):
     )
 
     def declared_operations(self, capability: Capability) -> frozenset[str] | None:
-        # A target's `write` is a routing key, free text: the validator accepts any for amqp (see
-        # engine/spec/validate.py check_operation); there is no list to declare here.
+        # A target's `write` is a routing key, free text: the kind declares any_write, and there is no list
+        # to declare here.
         return None
-
-
-def connect(options: SystemOptions, context: ConnectContext) -> Connection:
-    """Open a connection to one RabbitMQ system (nothing is sent until the first consume or write)."""
-    from connectors.amqp.client import AmqpConnection
-
-    if not isinstance(options, AmqpOptions):
-        raise TypeError(f"the amqp connector needs AmqpOptions, not {type(options).__name__}")
-    return AmqpConnection(options, context)
 
 
 CONNECTOR = ConnectorKind(
     name="amqp",
     options=AmqpOptions,
     description="RabbitMQ queues (consume) and exchanges (publish, with the routing key as target.write)",
-    events=True,
-    connect=connect,
+    connection="connectors.amqp.client:AmqpConnection",
+    any_write=True,
 )

@@ -42,10 +42,9 @@ import asyncio
 import contextlib
 import hashlib
 import json
-import logging
 import random
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from typing import Any, Final, NoReturn
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -63,12 +62,11 @@ from pamqp.commands import Basic
 from pamqp.common import FieldValue
 
 from connectors.amqp import AmqpOptions
-from engine.connector import ConnectContext, Message, MessageHandler, parse_duration
+from engine.connector import ConnectContext, Consumer, Message, MessageHandler, Target, parse_duration, system_log
 from engine.errors import TerminalError, TransientError
 
 __all__ = ["REASON_HEADER", "SOURCE_QUEUE_HEADER", "AmqpConnection", "dead_letter_id", "redact_url", "unparsable"]
 
-logger = logging.getLogger("seamline.connectors.amqp")
 
 DEFAULT_TIMEOUT: Final = 10.0
 REASON_HEADER: Final = "x-seamline-reason"
@@ -180,13 +178,14 @@ class _HandlerFailed(_Lost):
     """The handler raised: the session ends so its unacknowledged messages return in order."""
 
 
-class AmqpConnection:
+class AmqpConnection(Target, Consumer):
     """An open connection to one RabbitMQ system: a publishing channel with confirms, and consumers."""
 
     def __init__(self, options: AmqpOptions, context: ConnectContext) -> None:
         self.options = options
         self.context = context
         self.system = context.system
+        self.log = system_log("amqp", self.system)
         self.url = options.url
         self.where = redact_url(options.url)
         limits = options.limits
@@ -218,23 +217,6 @@ class AmqpConnection:
         await self.close()
 
     # -- the Connection contract --------------------------------------------------------------
-    async def read(
-        self,
-        entity: str,
-        *,
-        since: str | None = None,
-        cursor_field: str | None = None,
-        page_size: int = 100,
-        filter: Mapping[str, Any] | None = None,
-    ) -> AsyncIterator[list[Any]]:
-        raise TerminalError(
-            f"{self.system} (amqp) cannot be read on a schedule; consume its queue with an event trigger instead"
-        )
-        yield []  # pragma: no cover  (makes this an async generator, as the contract has it)
-
-    async def call(self, operation: str, request: Any, *, timeout: float) -> Any:
-        raise TerminalError(f"{self.system} (amqp) has no synchronous calls; publish with a target instead")
-
     async def write(self, entity: str, record: Any, *, key: Any, mode: str, idempotency_key: str) -> str:
         """Publish ``record`` as JSON with routing key ``entity``; returns the message id once confirmed.
 
@@ -295,13 +277,13 @@ class AmqpConnection:
             try:
                 await self._consume_session(queue, handler, reconnects, failures)
             except TerminalError as exc:
-                logger.error("consumer of queue %r on %s gave up: %s", queue, self.system, exc)
+                self.log.error("consumer of queue %r on %s gave up: %s", queue, self.system, exc)
                 raise
             except (TransientError, _Lost) as exc:
                 if self._closed:
                     break
                 delay = failures.next() if isinstance(exc, _HandlerFailed) else reconnects.next()
-                logger.warning(
+                self.log.warning(
                     "consumer of queue %r on %s (%s) stopped: %s; reconnecting in %.1fs",
                     queue,
                     self.system,
@@ -411,7 +393,7 @@ class AmqpConnection:
             except Exception as exc:
                 self._raise(exc, f"starting to consume queue '{queue}'")
             reconnects.reset()
-            logger.info(
+            self.log.info(
                 "consuming queue %r on %s (%s), prefetch %d", queue, self.system, self.where, self.options.prefetch
             )
             while True:
@@ -469,7 +451,7 @@ class AmqpConnection:
             pass  # NOT_FOUND closed that channel
         channel = await connection.channel(publisher_confirms=False)
         declared = await channel.declare_queue(queue, durable=True)
-        logger.info("declared durable queue %r on %s", queue, self.system)
+        self.log.info("declared durable queue %r on %s", queue, self.system)
         return channel, declared
 
     async def _dead_letter_exchange(self, connection: AbstractConnection) -> _DeadLetters:
@@ -483,7 +465,7 @@ class AmqpConnection:
             exchange = await channel.declare_exchange(name, aio_pika.ExchangeType.FANOUT, durable=True)
             keep = await channel.declare_queue(name, durable=True)
             await keep.bind(exchange)
-            logger.info("declared dead-letter exchange %r (fanout) and its queue on %s", name, self.system)
+            self.log.info("declared dead-letter exchange %r (fanout) and its queue on %s", name, self.system)
         return _DeadLetters(self.system, exchange, self.timeout)
 
     # -- connections and errors ---------------------------------------------------------------
@@ -538,6 +520,7 @@ class _DeadLetters:
 
     def __init__(self, system: str, exchange: AbstractExchange, timeout: float) -> None:
         self.system = system
+        self.log = system_log("amqp", self.system)
         self.exchange = exchange
         self.timeout = timeout
 
@@ -564,7 +547,7 @@ class _DeadLetters:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            logger.warning(
+            self.log.warning(
                 "%s: dead-letter exchange %r did not take %s (%s: %s); it goes to the handler instead",
                 self.system,
                 self.exchange.name,
@@ -573,7 +556,7 @@ class _DeadLetters:
                 _reply_text(exc),
             )
             return False
-        logger.info(
+        self.log.info(
             "%s: %s from queue %r dead-lettered as %s: %s", self.system, _describe(message), queue, message_id, reason
         )
         return True

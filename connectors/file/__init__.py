@@ -98,14 +98,11 @@ customer ``0000012345`` are codes whose leading zeros matter; a transform can ``
 from __future__ import annotations
 
 import codecs
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from engine.connector import Capability, ConnectContext, ConnectorKind, Duration, SystemOptions, closest
-
-if TYPE_CHECKING:
-    from engine.connector import Connection
+from engine.connector import Capability, ConnectorKind, Duration, SystemOptions, closest
 
 __all__ = ["CONNECTOR", "Drop", "FileOptions"]
 
@@ -243,15 +240,6 @@ class FileOptions(SystemOptions):
         return entity in self.drops
 
 
-def connect(options: SystemOptions, context: ConnectContext) -> Connection:
-    """Open a connection to one drop directory (nothing is read or written yet)."""
-    from connectors.file.client import FileConnection
-
-    if not isinstance(options, FileOptions):
-        raise TypeError(f"the file connector needs FileOptions, not {type(options).__name__}")
-    return FileConnection(options, context)
-
-
 def sample(options: SystemOptions, entity: str, content: bytes, file_name: str) -> list[Any]:
     """A sample file's rows exactly as ``read`` of the drop ``entity`` hands them over (ids, rejections).
 
@@ -278,9 +266,9 @@ CONNECTOR = ConnectorKind(
     name="file",
     options=FileOptions,
     description="CSV, JSON, XML and SAP IDoc files dropped in a directory",
-    events=True,
-    connect=connect,
+    connection="connectors.file.client:FileConnection",
     keeps_groups=True,
     read_moves=True,
     sample=sample,
+    operations_in="drops",
 )

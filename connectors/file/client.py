@@ -51,12 +51,23 @@ from typing import Any, Final
 from connectors.file import Drop, FileOptions
 from connectors.file.formats import Entry, Unreadable, Unwritable, read_entries, render_record
 from connectors.file.pages import content_digest, pages, read_items, rejection, row_id, units
-from engine.connector import REJECT_HEADER, ConnectContext, Message, MessageHandler, ReadItem, closest, parse_duration
+from engine.connector import (
+    REJECT_HEADER,
+    ConnectContext,
+    Consumer,
+    Message,
+    MessageHandler,
+    ReadItem,
+    Source,
+    Target,
+    closest,
+    parse_duration,
+    system_log,
+)
 from engine.errors import TerminalError, TransientError
 
 __all__ = ["REJECT_HEADER", "Disk", "FileConnection", "Settle"]
 
-logger = logging.getLogger("seamline.connectors.file")
 
 _TEMPORARY_SUFFIXES: Final = (".tmp", ".part")
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
@@ -199,13 +210,14 @@ class _Replaced(Exception):
 # -- the connection -------------------------------------------------------------------------------
 
 
-class FileConnection:
+class FileConnection(Source, Target, Consumer):
     """An open connection to one drop directory; opening it touches nothing on disk."""
 
     def __init__(self, options: FileOptions, context: ConnectContext, *, disk: Disk | None = None) -> None:
         self.options = options
         self.context = context
         self.system = context.system
+        self.log = system_log("file", self.system)
         # relative to the spec file that declares the system; the working directory when none is given
         base = context.base_dir or os.getcwd()
         self.directory = Path(base, options.directory)
@@ -234,9 +246,6 @@ class FileConnection:
         await self.close()
 
     # -- the Connection contract --------------------------------------------------------------
-    async def call(self, operation: str, request: Any, *, timeout: float) -> Any:
-        raise TerminalError(f"{self.system}: a file system answers no calls; read a drop or write one")
-
     async def write(self, entity: str, record: Any, *, key: Any, mode: str, idempotency_key: str) -> str:
         """Write ``record`` as one file of the drop ``entity``; returns the file's name (the receipt).
 
@@ -328,18 +337,18 @@ class FileConnection:
         drop = self._drop(queue, "event")
         settle = Settle(hold=self.hold)
         unavailable = ""
-        async with _Watch(self.directory, enabled=self.options.watch) as watch:
+        async with _Watch(self.directory, enabled=self.options.watch, log=self.log) as watch:
             while True:
                 waiting = 0
                 try:
                     ready, waiting = await self._scan(drop, settle)
                 except TransientError as exc:
                     if str(exc) != unavailable:
-                        logger.warning("%s", exc)
+                        self.log.warning("%s", exc)
                     unavailable, ready = str(exc), []
                 else:
                     if unavailable:
-                        logger.info("%s: the drop directory %s is available again", self.system, self.directory)
+                        self.log.info("%s: the drop directory %s is available again", self.system, self.directory)
                     unavailable = ""
                 for found in ready:
                     if not await self._hand_over(found, drop, handler):
@@ -364,7 +373,7 @@ class FileConnection:
             try:
                 await handler(self._message(found, digest, entry))
             except Exception as exc:  # the runtime could not store it: give the file back, whole
-                logger.warning(
+                self.log.warning(
                     "%s: %s: record %d was not taken (%s); the file stays and is read again at the next poll",
                     self.system,
                     found.name,
@@ -401,14 +410,14 @@ class FileConnection:
             self._note_refusals(drop, [exc.refusal], forget=False)
             return None
         except _Replaced:
-            logger.info(
+            self.log.info(
                 "%s: %s changed between the scan and the read; looked at again at the next pass",
                 self.system,
                 found.name,
             )
             return None
         except OSError as exc:
-            logger.warning("%s", self._os_problem(exc, f"cannot read {found.name} in", self.directory))
+            self.log.warning("%s", self._os_problem(exc, f"cannot read {found.name} in", self.directory))
             return None
 
     def _read_bytes(self, found: _Found, pattern: str) -> bytes:
@@ -490,12 +499,12 @@ class FileConnection:
             self._left_in_place(found, exc)
             return
         except TransientError as exc:  # archive/ resolves outside the directory
-            logger.warning("%s", exc)
+            self.log.warning("%s", exc)
             raise
         except OSError as exc:
             raise self._cannot_move(found, exc) from None
         if rejected:
-            logger.warning(
+            self.log.warning(
                 "%s: %s archived as %s: %d record(s) handed over, %d rejected at read (reasons in %s.reason.txt)",
                 self.system,
                 found.name,
@@ -505,7 +514,7 @@ class FileConnection:
                 where.name,
             )
         else:
-            logger.info("%s: %s archived as %s (%d records handed over)", self.system, found.name, where, handed_over)
+            self.log.info("%s: %s archived as %s (%d records handed over)", self.system, found.name, where, handed_over)
 
     async def _reject_file(self, found: _Found, problem: str) -> None:
         """Move a file that cannot be read at all to rejected/ with its reason; TransientError if the disk says no."""
@@ -515,14 +524,14 @@ class FileConnection:
             self._left_in_place(found, exc)
             return
         except TransientError as exc:  # rejected/ resolves outside the directory
-            logger.warning("%s", exc)
+            self.log.warning("%s", exc)
             raise
         except OSError as exc:
             raise self._cannot_move(found, exc) from None
-        logger.warning("%s: %s rejected to %s: %s", self.system, found.name, where, problem)
+        self.log.warning("%s: %s rejected to %s: %s", self.system, found.name, where, problem)
 
     def _left_in_place(self, found: _Found, exc: _Replaced) -> None:
-        logger.warning(
+        self.log.warning(
             "%s: %s %s since it was read; left in place and looked at again at the next pass (nothing is doubled)",
             self.system,
             found.name,
@@ -531,7 +540,7 @@ class FileConnection:
 
     def _cannot_move(self, found: _Found, exc: OSError) -> TransientError:
         problem = self._os_problem(exc, f"cannot move {found.name} out of", self.directory)
-        logger.warning("%s; the file is read again later (records already handed over are not doubled)", problem)
+        self.log.warning("%s; the file is read again later (records already handed over are not doubled)", problem)
         return TransientError(problem)
 
     def _archive(self, found: _Found, rejected: list[Entry], handed_over: int) -> Path:
@@ -634,7 +643,7 @@ class FileConnection:
         now = {} if forget else dict(before)
         for refusal in refused:
             if before.get(refusal.name) != refusal.identity:
-                logger.warning("%s: %s %s", self.system, refusal.name, refusal.why)
+                self.log.warning("%s: %s %s", self.system, refusal.name, refusal.why)
             now[refusal.name] = refusal.identity
         self._refused[drop.pattern] = now
 
@@ -886,9 +895,10 @@ class _Watch:
     not there yet (it is watched from the first time it is).
     """
 
-    def __init__(self, directory: Path, *, enabled: bool) -> None:
+    def __init__(self, directory: Path, *, enabled: bool, log: logging.LoggerAdapter[logging.Logger]) -> None:
         self.directory = directory
         self.enabled = enabled
+        self.log = log
         self._event = asyncio.Event()
         self._observer: Any = None
 
@@ -927,7 +937,7 @@ class _Watch:
             observer.schedule(Wake(), str(self.directory), recursive=True)
             observer.start()
         except OSError as exc:  # out of inotify watches, a share that cannot be watched: polling still runs
-            logger.warning("cannot watch %s (%s); polling it", self.directory, exc)
+            self.log.warning("cannot watch %s (%s); polling it", self.directory, exc)
             self.enabled = False
             return
         self._observer = observer

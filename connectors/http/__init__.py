@@ -1,8 +1,10 @@
 """A generic REST system: endpoints named in the spec, with auth and pagination.
 
-Runnable: :mod:`connectors.http.client` implements the connection (opened lazily, so validating a
-spec never imports httpx), and :mod:`connectors.http.fake` is a real HTTP server that behaves like
-a generic REST API for tests and demos.
+Runnable: :mod:`connectors.http.client` implements the connection over the HTTP kit
+(:mod:`connectors.kit.http`: session, auth, errors, pagination, wire; opened lazily, so validating a
+spec never loads the wire), and :mod:`connectors.http.fake` is a real HTTP server that behaves like
+a generic REST API for tests and demos. A system's ``proxy``, ``tls`` (CA bundle, client certificate)
+and answer caps are the kit's options (:mod:`connectors.kit.http.options`).
 
 Once-only writes: a POST is taken to create something each time it is sent (``once``, default true
 for POST, false for PUT, PATCH and DELETE), so when its earlier outcome is unknown (a crash, a timeout)
@@ -32,31 +34,30 @@ How a read passes the cursor (``source.cursor`` and the value to start from):
 * ``odata``: ``$filter=<field> ge <literal>`` (``datetimeoffset'…'`` for a timestamp with a zone,
   ``datetime'…'`` without one, a quoted string otherwise), and ``$orderby=<field>``.
 * ``magento``: a ``searchCriteria`` filter group ``<field> gteq <since>`` and a sort on the field;
-  each ``filter`` entry is one more group (``{field: value}`` is ``eq``; ``{field: {condition: value}}``
-  names the condition, e.g. ``{status: {in: [a, b]}}``).
+  each ``filter`` entry is one more group (``{field: value}`` is ``eq``, ``{field: [a, b]}`` is ``in``,
+  ``{field: {condition: value}}`` names the condition; booleans are sent as 1 and 0), built as the
+  magento connector builds it (:func:`connectors.kit.http.pagination.magento_criteria`).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal, Self
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from connectors.kit.http.options import WireOptions
+from connectors.kit.http.pagination import Pagination
 from engine.connector import (
     ApiKeyAuth,
     BasicAuth,
     BearerAuth,
     Capability,
-    ConnectContext,
     ConnectorKind,
     OAuth1Auth,
     OAuth2ClientCredentials,
     SystemOptions,
     Url,
 )
-
-if TYPE_CHECKING:
-    from engine.connector import Connection
 
 __all__ = ["CONNECTOR", "HttpOptions"]
 
@@ -85,40 +86,6 @@ class HttpAuth(_Strict):
                 f"(found {', '.join(chosen) or 'none'})"
             )
         return self
-
-
-class Pagination(_Strict):
-    """How a read walks through the pages of a collection."""
-
-    style: Literal["none", "page", "offset", "next-link", "cursor", "odata", "magento"] = Field(
-        "none",
-        description=(
-            "none: one request; page: page_param=1,2,… and size_param; "
-            "offset: offset_param (records so far) and size_param; "
-            "next-link: follow the link at `next` (or the Link header); cursor: send the token found at `next` "
-            "as cursor_param; odata: $top/$skip, following d.__next or @odata.nextLink; magento: "
-            "searchCriteria[currentPage]/[pageSize] until an empty page or total_count."
-        ),
-    )
-    page_size: int = Field(
-        100, ge=1, le=10000, description="Records per page; when left out, the flow's source.page_size is used."
-    )
-    page_param: str = Field("page", description="Query parameter with the page number (page style).")
-    size_param: str = Field("size", description="Query parameter with the page size (generic styles).")
-    first_page: int = Field(1, ge=0, description="Number of the first page (page style).")
-    offset_param: str = Field("offset", description="Query parameter with the offset (offset style).")
-    cursor_param: str = Field("cursor", description="Query parameter that sends the cursor back (cursor style).")
-    items: str = Field(
-        "items",
-        description="Where the records are in a response body (a dotted path); odata defaults to d.results or value.",
-    )
-    next: str | None = Field(
-        None,
-        description=(
-            "Where the next link or cursor is, for next-link/cursor styles (a dotted path); "
-            "default: 'next' or the Link header for next-link, 'next_cursor' for cursor."
-        ),
-    )
 
 
 class EffectCheck(_Strict):
@@ -204,7 +171,10 @@ class Endpoint(_Strict):
         return self
 
 
-class HttpOptions(SystemOptions):
+class HttpOptions(SystemOptions, WireOptions):
+    """A REST system: its url, auth, default headers and named endpoints, with the proxy, TLS and answer-size
+    options every HTTP-based system has."""
+
     url: Url
     auth: HttpAuth | None = None
     headers: dict[str, str] = Field(default_factory=dict)
@@ -228,18 +198,11 @@ class HttpOptions(SystemOptions):
         return frozenset(name for name, endpoint in self.endpoints.items() if endpoint.once_only)
 
 
-def connect(options: SystemOptions, context: ConnectContext) -> Connection:
-    """Open a connection to one http system (one pooled client; no request is sent yet)."""
-    from connectors.http.client import HttpConnection
-
-    if not isinstance(options, HttpOptions):
-        raise TypeError(f"the http connector needs HttpOptions, not {type(options).__name__}")
-    return HttpConnection(options, context)
-
-
 CONNECTOR = ConnectorKind(
     name="http",
     options=HttpOptions,
     description="Any REST API: endpoints, auth and pagination declared in the spec",
-    connect=connect,
+    connection="connectors.http.client:HttpConnection",
+    fake="connectors.http.fake:main",
+    operations_in="endpoints",
 )

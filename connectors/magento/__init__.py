@@ -24,22 +24,19 @@ it again changes nothing. Every other entity is a PUT or an upsert by its key.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal, Self
+from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from connectors.kit.http.options import WireOptions
 from engine.connector import (
     BearerAuth,
-    ConnectContext,
     ConnectorKind,
     Duration,
     OAuth1Auth,
     SystemOptions,
     Url,
 )
-
-if TYPE_CHECKING:
-    from engine.connector import Connection
 
 __all__ = ["CONNECTOR", "MagentoOptions"]
 
@@ -68,7 +65,7 @@ class MagentoAuth(BaseModel):
         return self
 
 
-class MagentoOptions(SystemOptions):
+class MagentoOptions(SystemOptions, WireOptions):
     url: Url = Field(description="Base URL of the store, without /rest.", examples=["https://shop.example.com"])
     auth: MagentoAuth
     store_code: str = Field(
@@ -106,36 +103,11 @@ class MagentoOptions(SystemOptions):
     )
 
 
-def connect(options: SystemOptions, context: ConnectContext) -> Connection:
-    """Open a connection to one Magento system (a pooled client; no request is sent yet)."""
-    from connectors.magento.client import MagentoConnection
-
-    if not isinstance(options, MagentoOptions):
-        raise TypeError(f"the magento connector needs MagentoOptions, not {type(options).__name__}")
-    return MagentoConnection(options, context)
-
-
 CONNECTOR = ConnectorKind(
     name="magento",
     options=MagentoOptions,
     description="Adobe Commerce / Magento 2.4 REST API",
-    reads=frozenset({"orders", "customers", "products", "companies", "shipments", "invoices"}),
-    writes=frozenset(
-        {
-            "products",
-            "source-items",
-            "base-prices",
-            "tier-prices",
-            "special-prices",
-            "customers",
-            "companies",
-            "order-comments",
-            "order-status",
-            "invoices",
-            "shipments",
-            "credit-memos",
-        }
-    ),
-    connect=connect,
+    connection="connectors.magento.client:MagentoConnection",
     once_only=frozenset({"order-comments", "invoices", "shipments", "credit-memos"}),
+    fake="connectors.magento.fake:main",
 )

@@ -1,9 +1,9 @@
-"""The magento connector's connection: Magento 2.4's REST API over the generic http connection.
+"""The magento connector's connection: Magento 2.4's REST API over one HTTP kit session per system.
 
-Who calls what is documented on :class:`engine.connector.Connection`. Transport, auth headers, error
-translation and logging are :class:`connectors.http.client.HttpConnection`'s (one pooled client per
-system); this module adds what is Magento's own: the routes, the record each entity takes, the
-admin token, bulk, and the search criteria.
+Who calls what is documented on :class:`engine.connector.Connection`. The wire, auth (OAuth 1.0a
+signatures, bearer, the admin token and its cache), error translation, logging and the searchCriteria
+query are the kit's (:mod:`connectors.kit.http`); this module adds what is Magento's own: the routes,
+the record each entity takes, the admin token request, bulk, and what Magento's answers mean.
 
 What ``write`` does with each entity's record (one record per call)::
 
@@ -88,7 +88,7 @@ operation's result: complete -> a receipt, failed or rejected -> TerminalError (
 dead-lettered), retriably failed -> TransientError. A 4xx for the whole request splits the batch
 and sends each record alone, so one bad record never fails its neighbours.
 
-Errors: everything :mod:`connectors.http.client` says (timeouts, 429, 5xx are transient; other 4xx
+Errors: everything :mod:`connectors.kit.http.session` says (timeouts, 429, 5xx are transient; other 4xx
 terminal, quoting Magento's message with its ``%1``/``%name`` parameters filled in). With an admin
 token, a 401 (Magento's answer to an expired token) fetches a new token once and repeats the request;
 a second 401 is a TerminalError that says the fresh token was refused too.
@@ -109,26 +109,39 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import json
 import logging
 import re
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
-import httpx
-
-from connectors.http import HttpOptions
-from connectors.http.client import HttpConnection, parse_retry_after, server_message
+from connectors.kit.http.auth import Auth, OAuth1, Token, TokenAuth, TokenCache, bearer
+from connectors.kit.http.errors import server_message, status_error, transient_status
+from connectors.kit.http.options import wire_settings
+from connectors.kit.http.pagination import MagentoFilter, Pagination, magento_condition, magento_criteria, walk
+from connectors.kit.http.session import NO_BODY, Session, Transport
+from connectors.kit.http.urls import MissingValue, fill_path, placeholders, query_value
 from connectors.magento import MagentoOptions
 from connectors.magento.schema import request_problems, schema_problems
-from engine.connector import ConnectContext, MessageHandler, closest, parse_duration
+from engine.connector import (
+    Checker,
+    ConnectContext,
+    EffectFinder,
+    ExistenceChecker,
+    Gathering,
+    Source,
+    Target,
+    closest,
+    parse_duration,
+    system_log,
+)
 from engine.errors import SeamlineError, TerminalError, TransientError
 
 __all__ = ["MagentoConnection", "magento_time", "reference_of"]
 
-logger = logging.getLogger("seamline.connectors.magento")
 
 DEFAULT_TIMEOUT: Final = 30.0
 USER_AGENT: Final = "seamline-magento/0.1"
@@ -367,40 +380,8 @@ READS: Final[dict[str, tuple[str, str]]] = {
     "invoices": ("invoices.list", "entity_id"),
 }
 
-Filter = tuple[str, str, str]  # field, value, condition_type
-
-
-def _criteria(filters: list[Filter], sorts: list[str], size: int, page: int) -> dict[str, str]:
-    params: dict[str, str] = {}
-    for group, (field, value, condition) in enumerate(filters):
-        prefix = f"searchCriteria[filter_groups][{group}][filters][0]"
-        params[f"{prefix}[field]"] = field
-        params[f"{prefix}[value]"] = value
-        params[f"{prefix}[condition_type]"] = condition
-    for index, field in enumerate(sorts):
-        params[f"searchCriteria[sortOrders][{index}][field]"] = field
-        params[f"searchCriteria[sortOrders][{index}][direction]"] = "ASC"
-    params["searchCriteria[pageSize]"] = str(size)
-    params["searchCriteria[currentPage]"] = str(page)
-    return params
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "1" if value else "0"
-    if isinstance(value, list | tuple):
-        return ",".join(_text(v) for v in value)
-    return str(value)
-
-
-def _condition(field: str, value: Any) -> Filter:
-    """A source ``filter`` entry as one searchCriteria filter."""
-    if isinstance(value, dict) and len(value) == 1:
-        ((condition, operand),) = value.items()
-        return field, _text(operand), str(condition)
-    if isinstance(value, list | tuple):
-        return field, _text(value), "in"
-    return field, _text(value), "eq"
+Filter = MagentoFilter  # field, value, condition_type: the kit builds the searchCriteria query from them
+READ_PAGES: Final = Pagination(style="magento")
 
 
 def magento_time(value: str) -> str:
@@ -574,8 +555,11 @@ class _Batcher:
     """Gathers concurrent writes into batches: a batch leaves ``wait`` seconds after its first record
     joined, or at once when it holds ``size`` records; ``send`` settles each record's future."""
 
-    def __init__(self, send: Callable[[list[_Job]], Awaitable[None]], *, size: int, wait: float) -> None:
+    def __init__(
+        self, send: Callable[[list[_Job]], Awaitable[None]], *, size: int, wait: float, log: logging.LoggerAdapter[Any]
+    ) -> None:
         self._send = send
+        self.log = log
         self.size = size
         self.wait = wait
         self._jobs: list[_Job] = []
@@ -609,7 +593,7 @@ class _Batcher:
             for job in jobs:
                 _settle(job, _copy(exc))
         except Exception as exc:  # a bug must not leave writes waiting forever
-            logger.exception("bulk batch failed")
+            self.log.exception("bulk batch failed")
             for job in jobs:
                 _settle(job, TransientError(f"bulk batch failed: {exc!r}"))
         finally:
@@ -631,93 +615,99 @@ class _Batcher:
 # -- the connection ---------------------------------------------------------------------------------
 
 
-class _Lease:
-    """One generic http connection and the calls in flight on it; a retired one (its token was
-    replaced) closes when its last call returns."""
+@dataclass(slots=True)
+class _Listing:
+    """One Magento list route as the kit's page source: each page is the route with its searchCriteria."""
 
-    def __init__(self, http: HttpConnection) -> None:
-        self.http = http
-        self.in_flight = 0
-        self.retired = False
-        self.closed = False
+    connection: MagentoConnection
+    route: str
+    entity: str
 
-    async def call(self, name: str, request: Any, timeout: float) -> Any:
-        self.in_flight += 1
-        try:
-            return await self.http.call(name, request, timeout=timeout)
-        finally:
-            self.in_flight -= 1
-            if self.retired and self.in_flight == 0:
-                await self.close()
+    @property
+    def system(self) -> str:
+        return self.connection.system
 
-    async def retire(self) -> None:
-        self.retired = True
-        if self.in_flight == 0:
-            await self.close()
+    async def page(self, url: str, params: list[tuple[str, str]]) -> tuple[Any, Any]:
+        return await self.connection._list(self.route, dict(params)), None
 
-    async def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            await self.http.close()
+    def items(self, body: Any, path: str, response: Any) -> list[Any]:
+        items = body.get("items") if isinstance(body, dict) else None
+        if not isinstance(items, list):
+            raise TerminalError(f"{self.system}: reading {self.entity}: the answer has no list of items")
+        return items
+
+    def follow(self, response: Any, link: str) -> str:
+        raise AssertionError("magento pages are numbered; there is no link to follow")
 
 
-# (entity, record, mode, reference) -> receipt; the reference (reference_of the idempotency key) is what a
-# once-only write leaves in Magento so that find_effect can recognise it
-Writer = Callable[[str, dict[str, Any], str, str], Awaitable[str]]
+# (connection, entity, record, mode, reference) -> receipt; the reference (reference_of the idempotency key) is
+# what a once-only write leaves in Magento so that find_effect can recognise it
+Writer = Callable[["MagentoConnection", str, dict[str, Any], str, str], Awaitable[str]]
 
 
-class MagentoConnection:
-    """An open connection to one Magento system: its routes, auth and bulk gathering (module docstring)."""
+class MagentoConnection(Source, Target, Checker, Gathering, ExistenceChecker, EffectFinder):
+    """An open connection to one Magento system: its routes, auth and bulk gathering (module docstring).
 
-    def __init__(self, options: MagentoOptions, context: ConnectContext) -> None:
+    What flows may name is declared once: ``READS`` (source.read: entity -> its list route and id field) and
+    ``WRITES`` (target.write: entity -> its writer, at the end of the class); the connector kind derives its
+    operations from them.
+    """
+
+    READS: ClassVar[Mapping[str, tuple[str, str]]] = READS
+
+    def __init__(self, options: MagentoOptions, context: ConnectContext, *, transport: Transport | None = None) -> None:
         self.options = options
         self.context = context
         self.system = context.system
+        self.log = system_log("magento", context.system)
         limits = options.limits
         self.timeout = parse_duration(limits.timeout) if limits and limits.timeout else DEFAULT_TIMEOUT
         self._endpoints = _endpoints(options.store_code)
-        self._lock = asyncio.Lock()
-        self._leases: list[_Lease] = []
-        self._current: _Lease | None = None
-        self._token_client: httpx.AsyncClient | None = None  # its own client: token requests are never logged
+        self.http = Session(
+            context,
+            url=options.url,
+            logger=self.log,
+            wire=wire_settings(options),
+            headers={"Accept": "application/json", "User-Agent": USER_AGENT},
+            timeout=self.timeout,
+            max_connections=limits.concurrency if limits and limits.concurrency else 16,
+            transport=transport,
+        )
+        self.http.use(self._auth())
         self._remembered: OrderedDict[str, str] = OrderedDict()
         self._b2b: bool | None = {"yes": True, "no": False}.get(options.b2b)
         self._poll = parse_duration(options.bulk_poll)
         self._batcher = (
-            _Batcher(self._send_bulk, size=options.bulk_size, wait=parse_duration(options.bulk_wait))
+            _Batcher(self._send_bulk, size=options.bulk_size, wait=parse_duration(options.bulk_wait), log=self.log)
             if options.bulk
             else None
         )
-        self._writers: dict[str, Writer] = {
-            "products": self._write_product,
-            "source-items": self._write_source_item,
-            "base-prices": self._write_price,
-            "tier-prices": self._write_price,
-            "special-prices": self._write_price,
-            "customers": self._write_customer,
-            "companies": self._write_company,
-            "order-comments": self._write_order_comment,
-            "invoices": self._write_order_document,
-            "shipments": self._write_order_document,
-            "credit-memos": self._write_order_document,
-            "order-status": self._write_order_status,
-        }
-        auth = options.auth
-        for secret in self._secrets():
-            context.mask(secret)
+
+    def _auth(self) -> Auth:
+        auth = self.options.auth
         if auth.oauth1 is not None:
-            self._current = self._open({"oauth1": auth.oauth1.model_dump()})
-        elif auth.bearer is not None:
-            self._current = self._open({"bearer": {"token": auth.bearer.token}})
+            return OAuth1(
+                auth.oauth1.consumer_key,
+                auth.oauth1.consumer_secret,
+                auth.oauth1.access_token,
+                auth.oauth1.access_token_secret,
+            )
+        if auth.bearer is not None:
+            return bearer(auth.bearer.token)
+        assert auth.admin is not None  # the model holds exactly one
+        return TokenAuth(
+            TokenCache(self._admin_token),
+            credential="admin token",
+            hint=f"Magento refused a freshly issued admin token for user '{auth.admin.username}' too: check that "
+            "the user's role allows this resource (System > Permissions > User Roles)",
+            fixed_secrets=(auth.admin.password,),
+        )
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def close(self) -> None:
         if self._batcher is not None:
             await self._batcher.close()
-        for lease in self._leases:
-            await lease.close()
-        if self._token_client is not None:
-            await self._token_client.aclose()
+        await self.http.aclose()
 
     async def __aenter__(self) -> MagentoConnection:
         return self
@@ -747,9 +737,9 @@ class MagentoConnection:
         Magento cannot deduplicate, so the connection remembers the receipts of its recent writes: the
         same ``idempotency_key`` again returns the first receipt and sends nothing.
         """
-        writer = self._writers.get(entity)
+        writer = self.WRITES.get(entity)
         if writer is None:
-            raise self._unknown(entity, "write", self._writers)
+            raise self._unknown(entity, "write", self.WRITES)
         if not isinstance(record, dict):
             raise TerminalError(f"{self.system}.{entity}: the record is a {type(record).__name__}, not an object")
         if mode not in ("upsert", "create", "update", "delete", "disable"):
@@ -759,7 +749,7 @@ class MagentoConnection:
         if receipt is not None:
             self._remembered.move_to_end(remembered)
             return receipt
-        receipt = await writer(entity, record, mode, reference_of(idempotency_key))
+        receipt = await writer(self, entity, record, mode, reference_of(idempotency_key))
         self._remembered[remembered] = receipt
         if len(self._remembered) > REMEMBERED:
             self._remembered.popitem(last=False)
@@ -775,35 +765,18 @@ class MagentoConnection:
         filter: Mapping[str, Any] | None = None,
     ) -> AsyncIterator[list[Any]]:
         """Pages of ``entity`` changed at or after ``since``, oldest first (see the module docstring)."""
-        if entity not in READS:
-            raise self._unknown(entity, "read", READS)
-        route, id_field = READS[entity]
+        if entity not in self.READS:
+            raise self._unknown(entity, "read", self.READS)
+        route, id_field = self.READS[entity]
         size = self.options.page_size if "page_size" in self.options.model_fields_set else page_size
         filters: list[Filter] = []
         if since is not None and cursor_field:
             filters.append((cursor_field, magento_time(since), "gteq"))
-        filters += [_condition(name, value) for name, value in (filter or {}).items()]
+        filters += [magento_condition(name, value) for name, value in (filter or {}).items()]
         sorts = [cursor_field, id_field] if cursor_field and cursor_field != id_field else [id_field]
-        page = 1
-        seen = 0
-        while True:
-            body = await self._list(route, _criteria(filters, sorts, size, page))
-            items = body.get("items") if isinstance(body, dict) else None
-            if not isinstance(items, list):
-                raise TerminalError(f"{self.system}: reading {entity}: the answer has no list of items")
-            total = body.get("total_count")
+        async for items in walk(_Listing(self, route, entity), "", magento_criteria(filters, sorts), READ_PAGES, size):
             if items:
                 yield items
-            seen += len(items)
-            if not items or (isinstance(total, int) and seen >= total) or (total is None and len(items) < size):
-                return
-            page += 1
-
-    async def call(self, operation: str, request: Any, *, timeout: float) -> Any:
-        raise TerminalError(f"{self.system}: magento systems answer no source.call; read them with source.read")
-
-    async def consume(self, queue: str, handler: MessageHandler) -> None:
-        raise TerminalError(f"{self.system}: magento systems have no queues to consume")
 
     async def find_effect(self, entity: str, record: Any, *, key: Any, idempotency_key: str) -> str | None:
         """Whether a once-only write whose earlier outcome is unknown took effect (the EffectFinder role).
@@ -894,7 +867,7 @@ class MagentoConnection:
         except TerminalError as exc:
             if len(jobs) > 1 and exc.status is not None and 400 <= exc.status < 500 and exc.status not in (401, 403):
                 # The whole request was refused for one body: send each alone, so only that one fails.
-                logger.info("%s: bulk of %d refused (%s); sending each record alone", self.system, len(jobs), exc)
+                self.log.info("%s: bulk of %d refused (%s); sending each record alone", self.system, len(jobs), exc)
                 await asyncio.gather(*(self._send_alone(job) for job in jobs))
                 return
             raise
@@ -910,7 +883,7 @@ class MagentoConnection:
                 _settle(job, TerminalError(f"{self.system}: product {job.record.get('sku')}: bulk {uuid}: {why}"))
             else:
                 open_jobs[index] = job
-        logger.debug("%s: bulk %s sent with %d operations", self.system, uuid, len(jobs))
+        self.log.debug("%s: bulk %s sent with %d operations", self.system, uuid, len(jobs))
         await self._await_bulk(uuid, open_jobs)
 
     def _fits_bulk(self, job: _Job) -> bool:
@@ -1017,7 +990,7 @@ class MagentoConnection:
     async def _find_customer(self, record: Mapping[str, Any]) -> tuple[dict[str, Any] | None, str]:
         scope: list[Filter] = []
         if record.get("website_id") is not None:
-            scope.append(("website_id", _text(record["website_id"]), "eq"))
+            scope.append(magento_condition("website_id", record["website_id"]))
         found = await self._search("customers.list", [("email", str(record["email"]), "eq"), *scope])
         if found:
             return found[0], "email"
@@ -1223,8 +1196,8 @@ class MagentoConnection:
         listed: list[dict[str, Any]] = []
         page = 1
         while True:
-            criteria = _criteria([("order_id", str(order_id), "eq")], ["entity_id"], DOCUMENTS_PAGE, page)
-            body = await self._call(document.listing, criteria)
+            criteria = magento_criteria([("order_id", str(order_id), "eq")], ["entity_id"], DOCUMENTS_PAGE, page)
+            body = await self._call(document.listing, dict(criteria))
             items = body.get("items") if isinstance(body, dict) else None
             if not isinstance(items, list):
                 raise TerminalError(f"{self.system}: listing the {document.kind}s of order id={order_id}: no items")
@@ -1242,30 +1215,40 @@ class MagentoConnection:
 
     # -- requests -------------------------------------------------------------------------------
     async def _call(self, route: str, request: Any) -> Any:
-        """One request on the generic http connection; with an admin token, a 401 renews it once.
+        """One request on the route's method and path; returns its JSON (None for an empty body).
 
+        ``{name}`` placeholders in the path come from ``request`` (dotted ones read inside it); a GET sends
+        the request's other plain fields as its query, any other method sends the request as the JSON body.
         A write's body is held to Magento's published schema first (:data:`REQUEST_ROUTES`): one that
-        breaks it is a TerminalError naming each problem, and is never sent."""
+        breaks it is a TerminalError naming each problem, and is never sent. With an admin token, a 401
+        fetches a new token once (the kit's TokenAuth)."""
         self._hold_to_schema(route, request)
-        lease = await self._lease()
+        endpoint = self._endpoints[route]
+        method, path = endpoint["method"], endpoint["path"]
         try:
-            return await lease.call(route, request, self.timeout)
-        except TerminalError as exc:
-            if exc.status != 401 or self.options.auth.admin is None:
-                raise
-            logger.info("%s: 401 with the admin token (expired?); fetching a new one", self.system)
-        lease = await self._renew(lease)
-        try:
-            return await lease.call(route, request, self.timeout)
-        except TerminalError as exc:
-            if exc.status == 401:
-                raise TerminalError(
-                    f"{exc} — Magento refused a freshly issued admin token for user "
-                    f"'{self.options.auth.admin.username}' too: check that the user's role allows this resource "
-                    "(System > Permissions > User Roles)",
-                    status=401,
-                ) from exc
-            raise
+            url = fill_path(path, request)
+        except MissingValue as missing:
+            keys = ", ".join(sorted(request)) if isinstance(request, dict) else type(request).__name__
+            raise TerminalError(
+                f"{self.system}: '{route}' needs '{missing.name}' for its path {path}, "
+                f"and the record has no such plain value (it has: {keys or 'nothing'})"
+            ) from None
+        params: list[tuple[str, str]] = []
+        body: Any = NO_BODY
+        if method == "GET":
+            used = placeholders(path)
+            if isinstance(request, dict):
+                params = [
+                    (k, query_value(v))
+                    for k, v in request.items()
+                    if k not in used and v is not None and not isinstance(v, dict)
+                ]
+        elif method != "DELETE":
+            body = request
+        response = await self.http.send(method, url, params=params, json=body)
+        if not response.ok:
+            raise self.http.error(response)
+        return self.http.json(response, allow_empty=True)
 
     def _hold_to_schema(self, route: str, request: Any) -> None:
         schema_route = REQUEST_ROUTES.get(route)
@@ -1289,77 +1272,38 @@ class MagentoConnection:
             raise
 
     async def _search(self, route: str, filters: list[Filter], size: int = 2) -> list[dict[str, Any]]:
-        body = await self._list(route, _criteria(filters, [], size, 1))
+        body = await self._list(route, dict(magento_criteria(filters, [], size, 1)))
         items = body.get("items") if isinstance(body, dict) else None
         return [i for i in items if isinstance(i, dict)] if isinstance(items, list) else []
 
-    def _open(self, auth: dict[str, Any]) -> _Lease:
-        limits = self.options.limits.model_dump(exclude_none=True) if self.options.limits else None
-        options = HttpOptions.model_validate(
-            {
-                "connector": "http",
-                "url": self.options.url,
-                "auth": auth,
-                "limits": limits,
-                "headers": {"User-Agent": USER_AGENT},
-                "endpoints": self._endpoints,
-            }
-        )
-        lease = _Lease(HttpConnection(options, self.context))
-        self._leases = [held for held in self._leases if not held.closed]
-        self._leases.append(lease)
-        return lease
-
-    async def _lease(self) -> _Lease:
-        if self._current is not None:
-            return self._current
-        async with self._lock:
-            if self._current is None:
-                self._current = self._open({"bearer": {"token": await self._admin_token()}})
-            return self._current
-
-    async def _renew(self, failed: _Lease) -> _Lease:
-        async with self._lock:
-            if self._current is failed or self._current is None:  # else another write renewed it already
-                self._current = self._open({"bearer": {"token": await self._admin_token()}})
-                await failed.retire()
-            return self._current
-
-    async def _admin_token(self) -> str:
-        """POST /rest/V1/integration/admin/token, on a client of its own so the password is never logged."""
+    async def _admin_token(self) -> Token[str]:
+        """POST /rest/V1/integration/admin/token (neither the request nor the answer is logged)."""
         admin = self.options.auth.admin
         assert admin is not None
-        url = self.options.url.rstrip("/") + "/rest/V1/integration/admin/token"
-        where = f"{self.system}: admin token (POST /rest/V1/integration/admin/token)"
-        if self._token_client is None:
-            self._token_client = httpx.AsyncClient(timeout=self.timeout, follow_redirects=False)
+        where = "admin token (POST /rest/V1/integration/admin/token)"
+        response = await self.http.send(
+            "POST",
+            "/rest/V1/integration/admin/token",
+            json={"username": admin.username, "password": admin.password},
+            what=where,
+            sensitive=True,
+            authorize=False,
+        )
         try:
-            response = await self._token_client.post(
-                url,
-                json={"username": admin.username, "password": admin.password},
-                headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
-            )
-        except httpx.TimeoutException as exc:
-            raise TransientError(f"{where}: no answer within {self.timeout:g}s") from exc
-        except httpx.TransportError as exc:
-            raise TransientError(self._mask(f"{where}: could not reach {httpx.URL(url).host}: {exc}")) from exc
-        except httpx.HTTPError as exc:
-            raise TerminalError(self._mask(f"{where}: {type(exc).__name__}: {exc}")) from exc
-        try:
-            body: Any = response.json() if response.content else None
+            body: Any = json.loads(response.content) if response.content else None
         except ValueError:
             body = None
-        status = response.status_code
+        status = response.status
         if status == 200 and isinstance(body, str) and body:
-            self.context.mask(body)
-            logger.debug("%s: admin token fetched", self.system)
-            return body
-        message = self._mask(server_message(body, response.text) or response.reason_phrase)
-        if status in (408, 425, 429) or status >= 500:
-            retry = parse_retry_after(response.headers.get("Retry-After"))
-            raise TransientError(f"{where} -> {status}: {message}", retry_after=retry, status=status)
+            self.http.remember_secret(body)
+            self.log.debug("%s: admin token fetched", self.system)
+            return Token(body)  # Magento does not say how long it lasts: kept until a request is answered 401
+        message = self._mask(server_message(body, response.text) or response.reason)
+        text = f"{self.system}: {where} -> {status}: {message}"
+        if transient_status(status):
+            raise status_error(text, status, response.header)
         if status == 200:
-            raise TerminalError(f"{where}: the answer is not a token: {message}")
+            raise TerminalError(f"{self.system}: {where}: the answer is not a token: {message}")
         if "2fa" in message.lower():
             hint = "this Magento has two-factor auth on (Magento_TwoFactorAuth): use an integration (auth: oauth1)"
         elif status == 401:
@@ -1369,23 +1313,11 @@ class MagentoConnection:
             )
         else:
             hint = "check the url (the token route is under /rest)"
-        raise TerminalError(f"{where} -> {status}: {message} ({hint})", status=status)
+        raise TerminalError(f"{text} ({hint})", status=status)
 
     # -- small helpers ----------------------------------------------------------------------------
-    def _secrets(self) -> list[str]:
-        auth = self.options.auth
-        if auth.oauth1 is not None:
-            return [auth.oauth1.consumer_secret, auth.oauth1.access_token_secret, auth.oauth1.access_token]
-        if auth.bearer is not None:
-            return [auth.bearer.token]
-        assert auth.admin is not None
-        return [auth.admin.password]
-
     def _mask(self, text: str) -> str:
-        for secret in self._secrets():
-            if len(secret) >= 4:
-                text = text.replace(secret, "***")
-        return text
+        return self.http.mask(text)
 
     def _key_of(self, item: Mapping[str, Any], name: str, what: str) -> int:
         """The id of an entity Magento found; a search answer without it is terminal, not a crash."""
@@ -1411,6 +1343,21 @@ class MagentoConnection:
         near = closest(name, known)
         hint = f" — did you mean '{near}'?" if near else ""
         return TerminalError(f"{self.system}: magento cannot {use} '{name}'{hint} (it can: {', '.join(sorted(known))})")
+
+    WRITES: ClassVar[Mapping[str, Writer]] = {
+        "products": _write_product,
+        "source-items": _write_source_item,
+        "base-prices": _write_price,
+        "tier-prices": _write_price,
+        "special-prices": _write_price,
+        "customers": _write_customer,
+        "companies": _write_company,
+        "order-comments": _write_order_comment,
+        "invoices": _write_order_document,
+        "shipments": _write_order_document,
+        "credit-memos": _write_order_document,
+        "order-status": _write_order_status,
+    }
 
 
 _PRICES: Final = {"base-prices": "base price", "tier-prices": "tier price", "special-prices": "special price"}

@@ -1,8 +1,10 @@
 """The embedded durable queue: event flows on one machine, with no broker to run.
 
-Messages live in a table of the state store (SQLite by default, the same file the daemon keeps its
-inbox in; PostgreSQL when ``url`` says so). The semantics are RabbitMQ's, so a spec moves to the
-``amqp`` connector by changing its system, not its flows:
+Messages live in the queue's own table, in the database ``url`` names: by default the daemon's own
+state database (the client's SQLite file, beside its inbox; PostgreSQL when the state URL says so).
+The connector creates, migrates and prunes that table itself (:mod:`connectors.queue.store`); the
+state store knows nothing of it. The semantics are RabbitMQ's, so a spec moves to the ``amqp``
+connector by changing its system, not its flows:
 
 - **Target** (``target: { system: bus, write: erp.stock.changed }``): the record is stored as JSON
   with the idempotency key as its message id; a message id already in the queue is not added twice.
@@ -11,18 +13,15 @@ inbox in; PostgreSQL when ``url`` says so). The semantics are RabbitMQ's, so a s
   message is acknowledged only after the runtime stored it in its inbox, given back (visible again
   after ``redelivery_delay``) when storing failed, and comes back by itself when its consumer died
   holding it (the lease ends). An empty queue is polled every ``poll``.
+- **Retention**: an acked message stays, so its message id published again is recognised, until the
+  runtime prunes it with the rest of the state (``state.retention``) through the connection's ``prune``.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from pydantic import Field
 
-from engine.connector import Capability, ConnectContext, ConnectorKind, Duration, SystemOptions, Url
-
-if TYPE_CHECKING:
-    from engine.connector import Connection
+from engine.connector import Capability, ConnectorKind, Duration, SystemOptions, Url
 
 __all__ = ["CONNECTOR", "QueueOptions"]
 
@@ -52,19 +51,10 @@ class QueueOptions(SystemOptions):
         return frozenset(self.queues) if capability == "write" else frozenset()
 
 
-def connect(options: SystemOptions, context: ConnectContext) -> Connection:
-    """A connection to the queue store (opened on first use; connecting touches nothing)."""
-    from connectors.queue.client import QueueConnection
-
-    if not isinstance(options, QueueOptions):
-        raise TypeError(f"the queue connector needs QueueOptions, not {type(options).__name__}")
-    return QueueConnection(options, context)
-
-
 CONNECTOR = ConnectorKind(
     name="queue",
     options=QueueOptions,
     description="Embedded durable queue in the state store (SQLite/PostgreSQL): events with no broker",
-    events=True,
-    connect=connect,
+    connection="connectors.queue.client:QueueConnection",
+    operations_in="queues",
 )

@@ -1,38 +1,46 @@
-"""The queue connector's connection: publish, and consume with ack-after-store, over the state store."""
+"""The queue connector's connection: publish, and consume with ack-after-store, over the queue's own table."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
 import json
-import logging
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from connectors.queue import QueueOptions
-from engine.connector import ConnectContext, Message, MessageHandler, parse_duration
+from connectors.queue.store import QueueMessage, QueueStore, open_queue
+from engine.connector import (
+    ConnectContext,
+    Consumer,
+    Message,
+    MessageHandler,
+    Pruner,
+    Target,
+    parse_duration,
+    system_log,
+)
 from engine.errors import SeamlineError, TerminalError, TransientError
-from engine.state import QueueMessage, StateStore, default_state_url, open_store
+from engine.state import default_state_url
 
 __all__ = ["QueueConnection"]
 
 T = TypeVar("T")
 
-logger = logging.getLogger("seamline.connectors.queue")
 
-
-class QueueConnection:
-    """One system's queues in one store; every store call runs on a thread so the loop never waits on a lock."""
+class QueueConnection(Target, Consumer, Pruner):
+    """One system's queues in one database; every call to it runs on a thread so the loop never waits on a lock."""
 
     def __init__(self, options: QueueOptions, context: ConnectContext) -> None:
         self.options = options
         self.system = context.system
+        self.log = system_log("queue", self.system)
         # the daemon's own store when the spec names none: the queue is then durable exactly as the inbox is
         self.url = options.url or context.state_url or default_state_url(context.client)
         if options.url:
             context.mask(options.url)
-        self._store: StateStore | None = None
+        self._store: QueueStore | None = None
         self._opening = asyncio.Lock()
         self.lease = parse_duration(options.lease)
         self.poll = parse_duration(options.poll)
@@ -62,7 +70,7 @@ class QueueConnection:
             try:
                 batch = await self._call(lambda store: store.receive(queue, self.options.prefetch, self.lease))
             except TransientError as exc:
-                logger.warning("%s", exc)
+                self.log.warning("%s", exc)
                 await asyncio.sleep(self.poll * 10)
                 continue
             if not batch:
@@ -80,26 +88,22 @@ class QueueConnection:
                 await asyncio.shield(self._call(functools.partial(_give_back, message_ids=rest)))
                 raise
             except Exception as exc:  # the inbox could not take it: give it back, go on with the next
-                logger.warning(
+                self.log.warning(
                     "%s: queue '%s': message %s given back (%s)", self.system, queue, message.message_id, exc
                 )
                 await self._call(functools.partial(_nack, message_id=message.id, delay=self.redelivery))
                 continue
             await self._call(functools.partial(_ack, message_id=message.id))
 
-    def read(
-        self,
-        entity: str,
-        *,
-        since: str | None,
-        cursor_field: str | None,
-        page_size: int,
-        filter: Mapping[str, Any] | None,
-    ) -> AsyncIterator[list[Any]]:
-        raise TerminalError(f"{self.system}: a queue is consumed by an event trigger, not read by a schedule")
+    # -- retention ------------------------------------------------------------------------------
+    async def prune(self, before: float) -> dict[str, int]:
+        """Delete this system's messages acked before ``before`` (epoch seconds); how many, as ``{"queue": n}``.
 
-    async def call(self, operation: str, request: Any, *, timeout: float) -> Any:
-        raise TerminalError(f"{self.system}: a queue answers no calls")
+        The runtime calls it with the cutoff it prunes its state store with (the spec's ``state.retention``):
+        a message id is recognised when published again as long as a delivered inbox key is.
+        """
+        queues = list(self.options.queues)
+        return {"queue": await self._call(lambda store: store.prune(before, queues=queues))}
 
     # -- plumbing -------------------------------------------------------------------------------
     def _known(self, queue: str) -> None:
@@ -108,7 +112,7 @@ class QueueConnection:
                 f"{self.system}: queue '{queue}' is not one of this system's queues ({', '.join(self.options.queues)})"
             )
 
-    async def _call(self, work: Callable[[StateStore], T]) -> T:
+    async def _call(self, work: Callable[[QueueStore], T]) -> T:
         store = await self._open()
         try:
             return await asyncio.to_thread(work, store)
@@ -121,13 +125,13 @@ class QueueConnection:
                 raise TransientError(f"{self.system}: the queue store is unreachable: {exc}") from exc
             raise
 
-    async def _open(self) -> StateStore:
+    async def _open(self) -> QueueStore:
         if self._store is not None:
             return self._store
         async with self._opening:
             if self._store is None:
                 try:
-                    self._store = await asyncio.to_thread(open_store, self.url, lock_timeout=self._lock_timeout())
+                    self._store = await asyncio.to_thread(open_queue, self.url, lock_timeout=self._lock_timeout())
                 except SeamlineError:
                     raise
                 except Exception as exc:
@@ -138,14 +142,14 @@ class QueueConnection:
         return parse_duration(self.options.lock_timeout)
 
 
-def _give_back(store: StateStore, *, message_ids: list[int]) -> None:
+def _give_back(store: QueueStore, *, message_ids: list[int]) -> None:
     for message_id in message_ids:
         store.nack(message_id, 0.0)
 
 
-def _nack(store: StateStore, *, message_id: int, delay: float) -> None:
+def _nack(store: QueueStore, *, message_id: int, delay: float) -> None:
     store.nack(message_id, delay)
 
 
-def _ack(store: StateStore, *, message_id: int) -> None:
+def _ack(store: QueueStore, *, message_id: int) -> None:
     store.ack([message_id])

@@ -21,17 +21,17 @@ SOQL condition.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from engine.connector import ConnectContext, ConnectorKind, Duration, OAuth2ClientCredentials, SystemOptions, Url
-
-if TYPE_CHECKING:
-    from engine.connector import Connection
+from connectors.kit.http.options import WireOptions
+from engine.connector import ConnectorKind, Duration, OAuth2ClientCredentials, SystemOptions, Url
 
 __all__ = ["CONNECTOR", "SalesforceOptions"]
 
+# The option keys per entity (external_id_fields, fields) are checked against these when a spec is validated,
+# without importing the client; a test holds them to the connection's READS and WRITES, where they are declared.
 WriteEntity = Literal["accounts", "contacts", "opportunities", "orders"]
 ReadEntity = Literal["accounts", "contacts"]
 SOBJECTS: dict[str, str] = {
@@ -76,7 +76,7 @@ class CompositeBatching(BaseModel):
     )
 
 
-class SalesforceOptions(SystemOptions):
+class SalesforceOptions(SystemOptions, WireOptions):
     """A Salesforce org: where it is, how the connector logs in, which external ids writes match on."""
 
     url: Url = Field(description="Instance URL, e.g. https://acme.my.salesforce.com.")
@@ -114,20 +114,10 @@ class SalesforceOptions(SystemOptions):
         return self.external_id_field
 
 
-def connect(options: SystemOptions, context: ConnectContext) -> Connection:
-    """Open a connection to one Salesforce org (a pooled client; no request is sent yet)."""
-    from connectors.salesforce.client import SalesforceConnection
-
-    if not isinstance(options, SalesforceOptions):
-        raise TypeError(f"the salesforce connector needs SalesforceOptions, not {type(options).__name__}")
-    return SalesforceConnection(options, context)
-
-
 CONNECTOR = ConnectorKind(
     name="salesforce",
     options=SalesforceOptions,
     description="Salesforce CRM: Account, Contact, Opportunity, Order",
-    reads=frozenset({"accounts", "contacts"}),
-    writes=frozenset(SOBJECTS),
-    connect=connect,
+    connection="connectors.salesforce.client:SalesforceConnection",
+    fake="connectors.salesforce.fake:main",
 )

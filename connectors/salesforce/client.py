@@ -1,7 +1,7 @@
-"""The salesforce connector's connection: REST sObjects over one pooled transport, OAuth 2.0 client credentials.
+"""The salesforce connector's connection: REST sObjects over one HTTP kit session, OAuth 2.0 client credentials.
 
 Who calls what is documented on :class:`engine.connector.Connection`. How an org's answers are
-translated, where they enter (no httpx exception ever leaves this module)::
+translated, where they enter (no library exception ever leaves this module)::
 
     timeout, connection refused, reset or dropped          TransientError
     408, 425, 429, 5xx                                     TransientError  (Retry-After -> retry_after)
@@ -40,27 +40,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import re
-import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 from urllib.parse import quote
 
-import httpx
-
-from connectors.http.client import parse_retry_after, server_message
-from connectors.http.transport import PooledTransport, send
+from connectors.kit.http.auth import oauth2_client_credentials
+from connectors.kit.http.errors import server_message, status_error, transient_status
+from connectors.kit.http.options import wire_settings
+from connectors.kit.http.session import NO_BODY, Response, Session, Transport
+from connectors.kit.http.urls import origin
 from connectors.salesforce import SOBJECTS, SalesforceOptions
-from engine.connector import ConnectContext, MessageHandler, closest, parse_duration
+from engine.connector import (
+    Checker,
+    ConnectContext,
+    ExistenceChecker,
+    Source,
+    Target,
+    closest,
+    parse_duration,
+    system_log,
+)
 from engine.errors import SeamlineError, TerminalError, TransientError
-from engine.secrets import Masker
 
 __all__ = ["SalesforceConnection", "SalesforceError", "salesforce_errors", "soql_datetime", "soql_literal"]
 
-logger = logging.getLogger("seamline.connectors.salesforce")
 
 DEFAULT_TIMEOUT: Final = 30.0
 USER_AGENT: Final = "seamline-salesforce/0.1"
@@ -69,7 +75,6 @@ TRANSIENT_CODES: Final = frozenset(
     {"REQUEST_LIMIT_EXCEEDED", "UNABLE_TO_LOCK_ROW", "SERVER_UNAVAILABLE", "QUERY_TIMEOUT", "INVALID_QUERY_LOCATOR"}
 )
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)?$")
-_NO_BODY: Final = object()
 _SOQL_ESCAPES: Final = {"\\": "\\\\", "'": "\\'", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\b": "\\b", "\f": "\\f"}
 
 # Standard fields a read selects when the options name none (contracts-magento-erp.md §C.6). Fields that
@@ -215,10 +220,6 @@ def _plain(record: Any) -> Any:
     return record
 
 
-def _path(url: httpx.URL) -> str:
-    return url.raw_path.decode("ascii").split("?", 1)[0]
-
-
 # -- the connection ---------------------------------------------------------------------------------
 
 
@@ -236,31 +237,56 @@ class _Batch:
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-class SalesforceConnection:
+class SalesforceConnection(Source, Target, Checker, ExistenceChecker):
     """An open connection to one Salesforce org: a pooled client, its session token, its sObjects."""
+
+    # What flows may name, once: source.read (entity -> the fields a read selects by default) and
+    # target.write (entity -> its sObject). The connector kind derives its operations from these.
+    READS: ClassVar[Mapping[str, tuple[str, ...]]] = DEFAULT_FIELDS
+    WRITES: ClassVar[Mapping[str, str]] = SOBJECTS
 
     def __init__(
         self,
         options: SalesforceOptions,
         context: ConnectContext,
         *,
-        transport: httpx.AsyncBaseTransport | None = None,
+        transport: Transport | None = None,
     ) -> None:
         self.options = options
         self.context = context
         self.system = context.system
-        self.base_url = httpx.URL(options.url.rstrip("/") + "/")
+        self.log = system_log("salesforce", context.system)
         self.api = f"/services/data/{options.api_version}"
         self.version = float(options.api_version[1:])
         limits = options.limits
         self.timeout = parse_duration(limits.timeout) if limits and limits.timeout else DEFAULT_TIMEOUT
-        pool = limits.concurrency if limits and limits.concurrency else 16
-        self._transport = transport if transport is not None else PooledTransport(max_connections=pool)
-        self._headers = httpx.Headers({"Accept": "application/json", "User-Agent": USER_AGENT})
-        self._mask = Masker()  # the secrets this connection knows, replaced in whatever it logs or raises
-        self._remember_secret(options.auth.client_secret)
-        self._token: str | None = None
-        self._token_lock = asyncio.Lock()
+        self.http = Session(
+            context,
+            url=options.url,
+            logger=self.log,
+            wire=wire_settings(options),
+            headers={"Accept": "application/json", "User-Agent": USER_AGENT},
+            timeout=self.timeout,
+            max_connections=limits.concurrency if limits and limits.concurrency else 16,
+            transport=transport,
+            describe=self._describe,
+        )
+        auth = options.auth
+        self.http.use(
+            oauth2_client_credentials(
+                self.http,
+                token_url=auth.token_url,
+                client_id=auth.client_id,
+                client_secret=auth.client_secret,
+                scope=auth.scope,
+                what="token request",
+                refused_hint="check client_id and client_secret, and that the connected app enables the client "
+                "credentials flow with a run-as user",
+                accepted=self._check_instance,
+                credential="token",
+                hint="check the connected app's client credentials flow user, its profile and its OAuth scopes",
+            )
+        )
         self._batches: dict[str, _Batch] = {}  # entity -> the batch still taking writes
         self._in_flight: dict[tuple[str, str], _Batch] = {}  # (entity, external id) -> its batch
         self._flushes: set[asyncio.Task[None]] = set()
@@ -273,7 +299,7 @@ class SalesforceConnection:
         for task in list(self._flushes):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self._transport.aclose()
+        await self.http.aclose()
 
     async def __aenter__(self) -> SalesforceConnection:
         return self
@@ -323,7 +349,7 @@ class SalesforceConnection:
             return self._receipt(sobject, response, what)
         if mode == "delete":
             response = await self._call("DELETE", url, what=what, missing_ok=True)
-            gone = "deleted" if response.status_code < 300 else "already absent"
+            gone = "deleted" if response.status < 300 else "already absent"
             return f"{sobject} {field_name}={value} {gone}"
         raise TerminalError(f"{self.system}: unknown write mode '{mode}'; use upsert, create, update or delete")
 
@@ -348,7 +374,7 @@ class SalesforceConnection:
             return isinstance(records, list) and len(records) > 0
         url = f"{self.api}/sobjects/{sobject}/{field_name}/{quote(value, safe='')}"
         response = await self._call("GET", url, params=[("fields", "Id")], what=what, missing_ok=True)
-        return response.status_code != 404
+        return response.status != 404
 
     async def read(
         self,
@@ -387,20 +413,14 @@ class SalesforceConnection:
             followed.add(link)
             target, params = link, None
 
-    async def call(self, operation: str, request: Any, *, timeout: float) -> Any:
-        raise TerminalError(f"{self.system}: salesforce systems have no calls; read or write an entity instead")
-
-    async def consume(self, queue: str, handler: MessageHandler) -> None:
-        raise TerminalError(f"{self.system}: salesforce systems have no queues; use a webhook event trigger")
-
     # -- records --------------------------------------------------------------------------------
     def _sobject(self, entity: str, use: str) -> str:
-        known = sorted(SOBJECTS) if use == "write" else sorted(DEFAULT_FIELDS)
+        known = sorted(self.WRITES if use == "write" else self.READS)
         if entity not in known:
             near = closest(entity, known)
             hint = f" — did you mean '{near}'?" if near else ""
             raise TerminalError(f"{self.system}: salesforce cannot {use} '{entity}'{hint} (it can: {', '.join(known)})")
-        return SOBJECTS[entity]
+        return self.WRITES[entity]
 
     def _split(self, entity: str, record: dict[str, Any], key: Any, field_name: str) -> tuple[str, dict[str, Any]]:
         """The external id value and the body without it (the URL carries it; Salesforce refuses it twice)."""
@@ -427,13 +447,13 @@ class SalesforceConnection:
         body = {k: v for k, v in record.items() if k.lower() != field_name.lower() and k != "attributes"}
         return text, body
 
-    def _receipt(self, sobject: str, response: httpx.Response, what: str) -> str:
+    def _receipt(self, sobject: str, response: Response, what: str) -> str:
         body = self._json(response, what, allow_empty=True)
         record_id = body.get("id") if isinstance(body, dict) else None
         if not isinstance(record_id, str) or not record_id:
-            raise TerminalError(f"{self.system}: {what}: the org answered {response.status_code} without an id")
+            raise TerminalError(f"{self.system}: {what}: the org answered {response.status} without an id")
         created = body.get("created") if isinstance(body, dict) else None
-        logger.debug("%s: %s -> %s %s", self.system, what, "created" if created else "written", record_id)
+        self.log.debug("%s: %s -> %s %s", self.system, what, "created" if created else "written", record_id)
         return f"{sobject} {record_id}"
 
     def _soql(
@@ -504,7 +524,7 @@ class SalesforceConnection:
                 del self._batches[entity]
             waiting = [p for p in batch.items if not p.future.done()]
             if waiting:
-                sobject = SOBJECTS[entity]
+                sobject = self.WRITES[entity]
                 field_name = self.options.external_id_for(entity)
                 what = f"upsert {len(waiting)} {sobject} by {field_name} (composite)"
                 await self._upsert_collection(
@@ -585,101 +605,27 @@ class SalesforceConnection:
         *,
         what: str,
         params: list[tuple[str, str]] | None = None,
-        body: Any = _NO_BODY,
+        body: Any = NO_BODY,
         headers: Mapping[str, str] | None = None,
         missing_ok: bool = False,
-    ) -> httpx.Response:
-        """Send one API request with the session token; a 401 fetches a new token once. Returns a 2xx
-        answer (or a 404 when ``missing_ok``); anything else is raised as the module doc says."""
-        content: bytes | None = None
-        if body is not _NO_BODY:
-            try:
-                content = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
-            except (TypeError, ValueError) as exc:
-                raise TerminalError(f"{self.system}: {what}: the record is not JSON: {exc}") from exc
-        url = self.base_url.join(target.lstrip("/"))
-        response: httpx.Response | None = None
-        for attempt in (1, 2):
-            token = await self._access_token()
-            request = self._build(method, url, params=params, content=content, headers=headers, token=token)
-            response = await self._send(request, what)
-            if response.status_code != 401:
-                break
-            self._forget(token)
-            if attempt == 1:
-                logger.debug("%s: 401 with the session token; fetching a new one", self.system)
-        assert response is not None
-        if response.status_code == 401:
-            raise TerminalError(
-                self._mask(
-                    f"{self.system}: {what} -> 401 even with a freshly fetched token: {self._describe(response)} "
-                    "(check the connected app's client credentials flow user, its profile and its OAuth scopes)"
-                ),
-                status=401,
-            )
-        if missing_ok and response.status_code == 404 and not self._names_no_external_id(response):
+    ) -> Response:
+        """Send one API request with the session token; a 401 fetches a new token once (the kit's session).
+        Returns a 2xx answer (or a 404 when ``missing_ok``); anything else is raised as the module doc says."""
+        response = await self.http.send(method, target, params=params, json=body, headers=headers, what=what)
+        if missing_ok and response.status == 404 and not self._names_no_external_id(response):
             return response
         self._raise_for_status(response, what)
         return response
 
-    def _build(
-        self,
-        method: str,
-        url: httpx.URL | str,
-        *,
-        params: list[tuple[str, str]] | None = None,
-        content: bytes | None = None,
-        data: Mapping[str, str] | None = None,
-        headers: Mapping[str, str] | None = None,
-        token: str | None = None,
-    ) -> httpx.Request:
-        merged = self._headers.copy()
-        if headers:
-            merged.update(headers)
-        if content is not None:
-            merged["Content-Type"] = "application/json"
-        if token is not None:
-            merged["Authorization"] = f"Bearer {token}"
-        limits = dict.fromkeys(("connect", "read", "write", "pool"), self.timeout)
-        try:
-            return httpx.Request(
-                method,
-                url,
-                params=tuple(params) if params else None,
-                content=content,
-                data=data,
-                headers=merged,
-                extensions={"timeout": limits},
-            )
-        except (httpx.InvalidURL, httpx.HTTPError, TypeError, ValueError) as exc:
-            raise TerminalError(self._mask(f"{self.system}: {method} {url}: cannot build the request: {exc}")) from exc
-
-    async def _send(self, request: httpx.Request, what: str) -> httpx.Response:
-        where = f"{self.system}: {what}"
-        started = time.perf_counter()
-        response = await send(self._transport, request, where=where, mask=self._mask)
-        logger.debug(
-            "%s: %s %s -> %s in %.0f ms",
-            self.system,
-            request.method,
-            _path(request.url),
-            response.status_code,
-            1000 * (time.perf_counter() - started),
-        )
-        return response
-
-    def _raise_for_status(self, response: httpx.Response, what: str) -> None:
-        status = response.status_code
+    def _raise_for_status(self, response: Response, what: str) -> None:
+        status = response.status
         if 200 <= status < 300:
             return
         text = self._mask(f"{self.system}: {what} -> {status}: {self._describe(response)}")
         codes = {e.code for e in salesforce_errors(self._body(response))}
-        retry = parse_retry_after(response.headers.get("Retry-After"))
         if "REQUEST_LIMIT_EXCEEDED" in codes:
-            usage = response.headers.get("Sforce-Limit-Info")
+            usage = response.header("Sforce-Limit-Info")
             text += f" (the org's API allowance is used up for now{f'; {usage}' if usage else ''})"
-        if status in (408, 425, 429) or status >= 500 or codes & TRANSIENT_CODES:
-            raise TransientError(text, retry_after=retry, status=status)
         if status == 404 and self._names_no_external_id(response):
             text += (
                 " (set external_id_field, or external_id_fields for this entity, to a field marked External ID "
@@ -689,103 +635,52 @@ class SalesforceConnection:
             raise TerminalError(
                 f"{text} — several records have this external id; make the field unique in the org", status=status
             )
-        raise TerminalError(text, status=status)
+        raise status_error(
+            text, status, response.header, transient=transient_status(status) or bool(codes & TRANSIENT_CODES)
+        )
 
-    def _names_no_external_id(self, response: httpx.Response) -> bool:
+    def _names_no_external_id(self, response: Response) -> bool:
         """A 404 that says the external id field is wrong, not that the record is missing."""
         return any("external ID field" in e.message for e in salesforce_errors(self._body(response)))
 
     # -- the session token ------------------------------------------------------------------------
-    async def _access_token(self) -> str:
-        token = self._token
-        if token is not None:
-            return token
-        async with self._token_lock:
-            if self._token is not None:
-                return self._token
-            token = await self._fetch_token()
-            self._token = token
-            return token
-
-    def _forget(self, token: str) -> None:
-        if self._token == token:  # another write may already have fetched a new one
-            self._token = None
-
-    async def _fetch_token(self) -> str:
-        auth = self.options.auth
-        form = {"grant_type": "client_credentials", "client_id": auth.client_id, "client_secret": auth.client_secret}
-        if auth.scope:
-            form["scope"] = auth.scope
-        request = self._build("POST", auth.token_url, data=form)
-        where = f"token request to {request.url.host}{_path(request.url)}"
-        response = await self._send(request, where)
-        if not response.is_success:
-            status = response.status_code
-            text = self._mask(f"{self.system}: {where} -> {status}: {self._describe(response)}")
-            if status in (408, 425, 429) or status >= 500:
-                raise TransientError(
-                    text, retry_after=parse_retry_after(response.headers.get("Retry-After")), status=status
-                )
-            raise TerminalError(
-                text + " (check client_id and client_secret, and that the connected app enables the client "
-                "credentials flow with a run-as user)",
-                status=status,
-            )
-        body = self._json(response, where)
-        token = body.get("access_token") if isinstance(body, dict) else None
-        if not isinstance(token, str) or not token:
-            raise TerminalError(f"{self.system}: {where}: the answer has no access_token")
-        self._remember_secret(token)
-        instance = body.get("instance_url")
-        if isinstance(instance, str) and instance:
-            self._check_instance(instance)
-        logger.debug("%s: session token fetched", self.system)
-        return token
-
-    def _check_instance(self, instance: str) -> None:
-        try:
-            given = httpx.URL(instance)
-        except httpx.InvalidURL:
-            raise TerminalError(f"{self.system}: the token answer's instance_url {instance!r} is not a URL") from None
-        ours = self.base_url
-        if (given.scheme, given.host, given.port) != (ours.scheme, ours.host, ours.port):
+    def _check_instance(self, answer: dict[str, Any]) -> None:
+        """The token answer's instance_url must be this system's url: credentials only go where the spec says."""
+        instance = answer.get("instance_url")
+        if not isinstance(instance, str) or not instance:
+            return
+        given = origin(instance)
+        if not given[1]:
+            raise TerminalError(f"{self.system}: the token answer's instance_url {instance!r} is not a URL")
+        if given != origin(self.http.base_url):
             raise TerminalError(
                 f"{self.system}: the org lives at {instance} (the token answer's instance_url), "
                 f"but this system's url is {self.options.url}; set url to {instance}"
             )
 
     # -- bodies, secrets ------------------------------------------------------------------------
-    def _body(self, response: httpx.Response) -> Any:
+    def _body(self, response: Response) -> Any:
         try:
             return json.loads(response.content) if response.content.strip() else None
         except ValueError:
             return None
 
-    def _json(self, response: httpx.Response, what: str, *, allow_empty: bool = False) -> Any:
+    def _json(self, response: Response, what: str, *, allow_empty: bool = False) -> Any:
         if not response.content.strip():
             if allow_empty:
                 return None
-            raise TerminalError(f"{self.system}: {what}: empty answer ({response.status_code})")
-        try:
-            return json.loads(response.content)
-        except ValueError:
-            kind = response.headers.get("Content-Type", "no content type")
-            raise TerminalError(
-                f"{self.system}: {what}: the answer is not JSON ({kind}): "
-                + self._mask(server_message(None, response.text))
-            ) from None
+            raise TerminalError(f"{self.system}: {what}: empty answer ({response.status})")
+        return self.http.json(response, what)
 
-    def _describe(self, response: httpx.Response) -> str:
+    def _describe(self, response: Response) -> str:
         """The org's own words: each error's code, message and fields; else the start of the answer."""
         body = self._body(response)
         errors = salesforce_errors(body)
         if errors:
             return self._mask("; ".join(e.render() for e in errors))
-        if response.status_code == 300 and isinstance(body, list):
+        if response.status == 300 and isinstance(body, list):
             return "matches " + ", ".join(str(u) for u in body[:5])
-        return self._mask(server_message(body, response.text) or response.reason_phrase)
+        return self._mask(server_message(body, response.text) or response.reason)
 
-    def _remember_secret(self, value: str) -> None:
-        self._mask.add(value)
-        self._mask.add(quote(value, safe=""))  # as it appears in a URL
-        self.context.mask(value)
+    def _mask(self, text: str) -> str:
+        return self.http.mask(text)

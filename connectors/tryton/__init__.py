@@ -71,14 +71,10 @@ a concurrent edit are a ``TransientError``. An expired session is renewed once, 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from pydantic import BaseModel, ConfigDict, Field
 
-from engine.connector import ConnectContext, ConnectorKind, SessionAuth, SystemOptions, Url
-
-if TYPE_CHECKING:
-    from engine.connector import Connection
+from connectors.kit.http.options import WireOptions
+from engine.connector import ConnectorKind, SessionAuth, SystemOptions, Url
 
 __all__ = ["CONNECTOR", "TrytonOptions"]
 
@@ -90,7 +86,7 @@ class TrytonAuth(BaseModel):
     session: SessionAuth
 
 
-class TrytonOptions(SystemOptions):
+class TrytonOptions(SystemOptions, WireOptions):
     url: Url = Field(description="Server URL without the database, e.g. http://127.0.0.1:8000.")
     database: str = Field(description="Database name; the API lives at <url>/<database>/rpc/.")
     auth: TrytonAuth
@@ -118,21 +114,9 @@ class TrytonOptions(SystemOptions):
     language: str = Field("en", description="Language code of the session (Tryton's messages come in it).")
 
 
-def connect(options: SystemOptions, context: ConnectContext) -> Connection:
-    """Open a connection to one Tryton system (one pooled client; it logs in on first use)."""
-    from connectors.tryton.client import TrytonConnection
-
-    if not isinstance(options, TrytonOptions):
-        raise TypeError(f"the tryton connector needs TrytonOptions, not {type(options).__name__}")
-    return TrytonConnection(options, context)
-
-
 CONNECTOR = ConnectorKind(
     name="tryton",
     options=TrytonOptions,
     description="Tryton ERP: products, stock, parties, sales, shipments, invoices",
-    reads=frozenset({"products", "stock", "parties", "sales", "shipments", "invoices", "prices"}),
-    writes=frozenset({"parties", "sales", "products"}),
-    calls=frozenset({"price", "stock", "party"}),
-    connect=connect,
+    connection="connectors.tryton.client:TrytonConnection",
 )

@@ -1,7 +1,7 @@
-"""The tryton connector's connection: JSON-RPC over one pooled transport per system (``connectors.http.transport``).
+"""The tryton connector's connection: JSON-RPC over one HTTP kit session per system (:mod:`connectors.kit.http`).
 
 Who calls what is documented on :class:`engine.connector.Connection`; the record shapes are in the
-package doc. How Tryton's answers are translated, right where they enter (no httpx exception and no
+package doc. How Tryton's answers are translated, right where they enter (no library exception and no
 raw Tryton error ever leaves this module)::
 
     timeout, connection refused, reset or dropped        TransientError
@@ -31,28 +31,34 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import logging
 import re
-import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 from urllib.parse import quote
 
-import httpx
-
-from connectors.http.client import parse_retry_after, server_message
-from connectors.http.transport import PooledTransport, send
+from connectors.kit.http.auth import Token, TokenCache
+from connectors.kit.http.errors import server_message
+from connectors.kit.http.options import wire_settings
+from connectors.kit.http.session import Response, Session, Transport
 from connectors.tryton import TrytonOptions
-from engine.connector import ConnectContext, MessageHandler, closest, parse_duration
+from engine.connector import (
+    Caller,
+    Checker,
+    ConnectContext,
+    ExistenceChecker,
+    Source,
+    Target,
+    closest,
+    parse_duration,
+    system_log,
+)
 from engine.errors import SeamlineError, TerminalError, TransientError
-from engine.secrets import Masker
 
 __all__ = ["TrytonConnection", "from_tryton", "to_tryton"]
 
-logger = logging.getLogger("seamline.connectors.tryton")
 
 DEFAULT_TIMEOUT: Final = 30.0
 USER_AGENT: Final = "seamline-tryton/0.1"
@@ -301,28 +307,40 @@ class _SessionExpired(Exception):
     """Tryton answered 401 to a call made with a session: it expired or the server forgot it."""
 
 
-class TrytonConnection:
-    """An open connection to one Tryton database: a pooled client, a session and a few cached look-ups."""
+class TrytonConnection(Source, Target, Caller, Checker, ExistenceChecker):
+    """An open connection to one Tryton database: a pooled client, a session and a few cached look-ups.
+
+    What flows may name is declared once, in the dispatch tables at the end of the class: ``READS``
+    (source.read), ``WRITES`` (target.write) and ``CALLS`` (source.call); the connector kind derives its
+    operations from them.
+    """
 
     def __init__(
         self,
         options: TrytonOptions,
         context: ConnectContext,
         *,
-        transport: httpx.AsyncBaseTransport | None = None,
+        transport: Transport | None = None,
     ) -> None:
         self.options = options
         self.context = context
         self.system = context.system
+        self.log = system_log("tryton", context.system)
         limits = options.limits
         self.timeout = parse_duration(limits.timeout) if limits and limits.timeout else DEFAULT_TIMEOUT
-        pool = limits.concurrency if limits and limits.concurrency else 4
         base = options.url.rstrip("/")
         self.rpc_url = f"{base}/{quote(options.database, safe='')}/rpc/"
-        self._transport = transport if transport is not None else PooledTransport(max_connections=pool)
-        self._session: _Session | None = None
-        self._login_lock = asyncio.Lock()
-        self._mask = Masker()  # the secrets this connection knows, replaced in whatever it logs or raises
+        self.http = Session(
+            context,
+            url=base,
+            logger=self.log,
+            wire=wire_settings(options),
+            headers={"Accept": "application/json", "User-Agent": USER_AGENT},
+            timeout=self.timeout,
+            max_connections=limits.concurrency if limits and limits.concurrency else 4,
+            transport=transport,
+        )
+        self._sessions: TokenCache[_Session] = TokenCache(self._login)  # the login, kept until Tryton refuses it
         self._lookups: dict[tuple[str, str], int] = {}
         self._company_info: tuple[int, int, str] | None = None
         self._warehouse_list: list[tuple[int, str]] | None = None
@@ -331,7 +349,7 @@ class TrytonConnection:
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def close(self) -> None:
-        await self._transport.aclose()
+        await self.http.aclose()
 
     async def __aenter__(self) -> TrytonConnection:
         return self
@@ -356,9 +374,9 @@ class TrytonConnection:
         of what changed (keyset pages of ids, so concurrent edits cannot shift a page), then the
         records themselves, ``page_size`` at a time, in the order of their latest change.
         """
-        spec = _ENTITIES.get(entity)
+        spec = self.READS.get(entity)
         if spec is None:
-            raise self._unknown("read", entity, _ENTITIES)
+            raise self._unknown("read", entity, self.READS)
         if cursor_field not in (None, "write_date"):
             raise TerminalError(
                 f"{self.system}: Tryton records are read by their latest change; use `cursor: write_date` "
@@ -381,14 +399,14 @@ class TrytonConnection:
 
     def check(self, entity: str, record: Any) -> None:
         """Before a write: a record of the wrong shape is terminal and never sent."""
+        if entity not in self.WRITES:
+            raise self._unknown("write", entity, self.WRITES)
         if entity == "parties":
             self._check_party(record, "the party")
         elif entity == "sales":
             self._check_sale(record)
-        elif entity == "products":
-            self._check_product(record)
         else:
-            raise self._unknown("write", entity, {"parties": 0, "sales": 0, "products": 0})
+            self._check_product(record)
 
     async def write(self, entity: str, record: Any, *, key: Any, mode: str, idempotency_key: str) -> str:
         """Create or complete one record; returns ``party <id>``, ``sale <id> <number> <state>`` or ``product <id>``.
@@ -399,13 +417,7 @@ class TrytonConnection:
         products are always upserted, a sale is created once.
         """
         self.check(entity, record)
-        if entity == "parties":
-            party_id = await self._upsert_party(record)
-            return f"party {party_id}"
-        if entity == "sales":
-            return await self._write_sale(record)
-        product_id = await self._upsert_product(record)
-        return f"product {product_id}"
+        return await self.WRITES[entity](self, record)
 
     async def exists(self, entity: str, record: Any, *, key: Any) -> bool | None:
         """Whether Tryton has the record already (the ExistenceChecker role, for create-only fields).
@@ -432,19 +444,15 @@ class TrytonConnection:
 
     async def call(self, operation: str, request: Any, *, timeout: float) -> Any:
         """``price``, ``stock`` or ``party`` (see the package doc); answers within ``timeout`` or fails."""
-        handlers = {"price": self._call_price, "stock": self._call_stock, "party": self._call_party}
-        handler = handlers.get(operation)
+        handler = self.CALLS.get(operation)
         if handler is None:
-            raise self._unknown("call", operation, handlers)
+            raise self._unknown("call", operation, self.CALLS)
         if not isinstance(request, Mapping):
             raise TerminalError(f"{self.system}: '{operation}' needs an object, not {type(request).__name__}")
         try:
-            return await asyncio.wait_for(handler(request), timeout=timeout)
+            return await asyncio.wait_for(handler(self, request), timeout=timeout)
         except TimeoutError:
             raise TransientError(f"{self.system}: '{operation}' got no answer within {timeout:g}s") from None
-
-    async def consume(self, queue: str, handler: MessageHandler) -> None:
-        raise TerminalError(f"{self.system}: Tryton has no queues; read it on a schedule with a write_date cursor")
 
     # -- JSON-RPC -------------------------------------------------------------------------------
     async def rpc(
@@ -456,37 +464,27 @@ class TrytonConnection:
         running it, so sending it again is safe).
         """
         for attempt in (1, 2):
-            session = await self._ensure_session()
+            session = await self._sessions.get()
             merged = {**session.context, **(context or {})}
             try:
                 return await self._post(method, [*params, merged], session=session, timeout=timeout)
             except _SessionExpired:
-                self._forget(session)
+                self._sessions.forget(session)
                 if attempt == 2:
                     raise TerminalError(
                         f"{self.system}: Tryton refused a freshly opened session for {method} (401); "
                         "check that the user is active and may use the API"
                     ) from None
-                logger.debug("%s: session expired; logging in again", self.system)
+                self.log.debug("%s: session expired; logging in again", self.system)
         raise AssertionError("unreachable")
 
-    async def _ensure_session(self) -> _Session:
-        session = self._session
-        if session is not None:
-            return session
-        async with self._login_lock:
-            if self._session is None:
-                self._session = await self._login()
-            return self._session
-
-    def _forget(self, session: _Session) -> None:
-        if self._session is session:
-            self._session = None
-
-    async def _login(self) -> _Session:
+    async def _login(self) -> Token[_Session]:
         auth = self.options.auth.session
         result = await self._post(
-            "common.db.login", [auth.login, {"password": auth.password}, self.options.language], session=None
+            "common.db.login",
+            [auth.login, {"password": auth.password}, self.options.language],
+            session=None,
+            sensitive=True,
         )
         if not (isinstance(result, list) and len(result) >= 2 and isinstance(result[0], int)):
             raise TerminalError(f"{self.system}: Tryton's login answer is not [user id, session]: {type(result)}")
@@ -506,41 +504,41 @@ class TrytonConnection:
         # what Tryton's own client sends back as the context of every call (less the display locale)
         session.context = {k: v for k, v in preferences.items() if k != "locale"}
         self.logins += 1
-        logger.debug("%s: logged in as %s (user %s)", self.system, auth.login, user_id)
-        return session
+        self.log.debug("%s: logged in as %s (user %s)", self.system, auth.login, user_id)
+        return Token(session)  # Tryton says nothing of its lifetime: kept until a call is answered 401
 
     async def _post(
-        self, method: str, params: list[Any], *, session: _Session | None, timeout: float | None = None
+        self,
+        method: str,
+        params: list[Any],
+        *,
+        session: _Session | None,
+        timeout: float | None = None,
+        sensitive: bool = False,
     ) -> Any:
         """Send one JSON-RPC request; translate every failure; return its result."""
         where = f"{self.system}: {method}"
+        headers = {"Authorization": session.header} if session is not None else None
         try:
-            body = json.dumps({"id": 1, "method": method, "params": to_tryton(params)}, separators=(",", ":"))
+            payload = {"id": 1, "method": method, "params": to_tryton(params)}
         except (TypeError, ValueError) as exc:
             raise TerminalError(f"{where}: the request is not JSON: {exc}") from exc
-        headers = {"Content-Type": "application/json"}
-        if session is not None:
-            headers["Authorization"] = session.header
-        started = time.perf_counter()
-        seconds = timeout if timeout is not None else self.timeout
-        headers.update({"Accept": "application/json", "User-Agent": USER_AGENT})
-        request = httpx.Request(
+        response = await self.http.send(
             "POST",
             self.rpc_url,
-            content=body.encode(),
+            json=payload,
             headers=headers,
-            extensions={"timeout": dict.fromkeys(("connect", "read", "write", "pool"), seconds)},
-        )
-        response = await send(self._transport, request, where=where, mask=self._mask)
-        logger.debug(
-            "%s: %s -> %s in %.0f ms", self.system, method, response.status_code, 1000 * (time.perf_counter() - started)
+            timeout=timeout,
+            what=method,
+            sensitive=sensitive,
+            authorize=False,
         )
         self._raise_for_status(method, response, session)
         try:
             answer = json.loads(response.content, object_hook=from_tryton)
         except ValueError:
             raise TerminalError(
-                f"{where}: the answer is not JSON ({response.headers.get('Content-Type', 'no content type')}): "
+                f"{where}: the answer is not JSON ({response.header('Content-Type') or 'no content type'}): "
                 + self._mask(server_message(None, response.text))
             ) from None
         if not isinstance(answer, dict):
@@ -549,11 +547,11 @@ class TrytonConnection:
             raise self._rpc_error(method, answer["error"])
         return answer.get("result")
 
-    def _raise_for_status(self, method: str, response: httpx.Response, session: _Session | None) -> None:
-        status = response.status_code
+    def _raise_for_status(self, method: str, response: Response, session: _Session | None) -> None:
+        status = response.status
         if 200 <= status < 300:
             return
-        where = f"{self.system}: {method} -> {status} {response.reason_phrase}"
+        where = f"{self.system}: {method} -> {status} {response.reason}"
         if status == 401:
             if session is not None:
                 raise _SessionExpired()
@@ -562,9 +560,6 @@ class TrytonConnection:
                 f"on database '{self.options.database}' (401); check the login and password",
                 status=401,
             )
-        if status in (408, 425, 429) or status >= 500:
-            retry = parse_retry_after(response.headers.get("Retry-After"))
-            raise TransientError(where, retry_after=retry, status=status)
         if status == 403:
             raise TerminalError(
                 f"{where}: Tryton does not let this user call {method} over RPC (no such method, or no access)",
@@ -576,7 +571,7 @@ class TrytonConnection:
                 "(check `database`, and that the server was started with it)",
                 status=404,
             )
-        raise TerminalError(f"{where}: {self._mask(server_message(None, response.text))}", status=status)
+        raise self.http.error(response, method)
 
     def _rpc_error(self, method: str, error: Any) -> SeamlineError:
         """Tryton's ``error`` member as one of our errors, with Tryton's own words."""
@@ -645,7 +640,7 @@ class TrytonConnection:
         """The session's company id, its currency id and currency code."""
         if self._company_info is not None:
             return self._company_info
-        session = await self._ensure_session()
+        session = await self._sessions.get()
         company = session.context.get("company")
         if not isinstance(company, int):
             raise TerminalError(
@@ -1137,7 +1132,7 @@ class TrytonConnection:
         ids = [int(s["id"]) for s in duplicates if s.get("state") in _OPEN_SALE_STATES and s["id"] != kept["id"]]
         if not ids:
             return
-        logger.warning(
+        self.log.warning(
             "%s: sale '%s' exists more than once (a create still running when the write was sent again); "
             "keeping sale %s, cancelling the open duplicate(s) %s",
             self.system,
@@ -1402,5 +1397,26 @@ class TrytonConnection:
         return TerminalError(f"{self.system}: Tryton cannot {use} '{name}'{hint} (it can {use}: {', '.join(names)})")
 
     def _remember_secret(self, value: str) -> None:
-        self._mask.add(value)
-        self.context.mask(value)
+        self.http.remember_secret(value)
+
+    def _mask(self, text: str) -> str:
+        return self.http.mask(text)
+
+    async def _write_party(self, record: Mapping[str, Any]) -> str:
+        return f"party {await self._upsert_party(record)}"
+
+    async def _write_product(self, record: Mapping[str, Any]) -> str:
+        return f"product {await self._upsert_product(record)}"
+
+    # -- what flows may name: source.read, target.write, source.call (the kind derives its operations) ----
+    READS: ClassVar[Mapping[str, _Entity]] = _ENTITIES
+    WRITES: ClassVar[Mapping[str, Callable[[TrytonConnection, Mapping[str, Any]], Awaitable[str]]]] = {
+        "parties": _write_party,
+        "sales": _write_sale,
+        "products": _write_product,
+    }
+    CALLS: ClassVar[Mapping[str, Callable[[TrytonConnection, Mapping[str, Any]], Awaitable[Any]]]] = {
+        "price": _call_price,
+        "stock": _call_stock,
+        "party": _call_party,
+    }

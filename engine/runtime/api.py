@@ -10,18 +10,56 @@ import asyncio
 import hmac
 import ipaddress
 import json
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
-from engine.connector import parse_size
 from engine.errors import UsageError
 
 if TYPE_CHECKING:
-    from engine.runtime.daemon import Daemon
+    from engine.runtime.triggers import RequestHandler
 
-__all__ = ["BodyBudget", "build_app", "check_exposure", "read_body"]
+
+class Ingress(Protocol):
+    """What the HTTP API needs of the daemon, and nothing more: readiness, events in, requests answered.
+
+    The daemon implements it; a test can serve the API on anything else that does.
+    """
+
+    token: str | None
+    started: bool
+    stopping: bool
+    stopped_triggers: dict[str, str]  # flow -> why its schedule or consumer stopped (/readyz degraded)
+    body_budget: BodyBudget
+    flow_names: list[str]
+
+    @property
+    def webhooks(self) -> Mapping[str, str]:
+        """Path -> flow."""
+        ...
+
+    @property
+    def requests(self) -> Mapping[str, RequestHandler]:
+        """Path -> the request trigger's handler."""
+        ...
+
+    @property
+    def body_timeout(self) -> float: ...
+
+    def max_body(self, flow: str) -> int:
+        """The largest body the flow's webhook or request path takes."""
+        ...
+
+    async def accept_event(
+        self, flow: str, body: bytes, *, source: str, message_id: str = "", headers: Mapping[str, Any] | None = None
+    ) -> int: ...
+
+    async def metrics_text(self) -> str: ...
+
+
+__all__ = ["BodyBudget", "Ingress", "build_app", "check_exposure", "read_body"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
@@ -48,10 +86,10 @@ def check_exposure(host: str, token: str | None, dev: bool) -> None:
         )
 
 
-DAEMON: web.AppKey[Daemon] = web.AppKey("daemon")
+DAEMON: web.AppKey[Ingress] = web.AppKey("daemon")
 
 
-def build_app(daemon: Daemon) -> web.Application:
+def build_app(daemon: Ingress) -> web.Application:
     app = web.Application(middlewares=[_auth], client_max_size=16 * 1024 * 1024)
     app[DAEMON] = daemon
 
@@ -94,17 +132,17 @@ async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     return await handler(request)
 
 
-async def _ready(daemon: Daemon) -> web.Response:
+async def _ready(daemon: Ingress) -> web.Response:
     if daemon.stopping or not daemon.started:
         return _json(503, {"status": "stopping" if daemon.stopping else "starting"})
     if daemon.stopped_triggers:
         # a flow whose schedule or consumer stopped takes no new work: not ready for all of its work
         return _json(503, {"status": "degraded", "stopped": dict(sorted(daemon.stopped_triggers.items()))})
-    return _json(200, {"status": "ready", "flows": sorted(daemon.client.flows)})
+    return _json(200, {"status": "ready", "flows": sorted(daemon.flow_names)})
 
 
-async def _metrics(daemon: Daemon) -> web.Response:
-    return web.Response(text=daemon.metrics.render(), content_type="text/plain", charset="utf-8")
+async def _metrics(daemon: Ingress) -> web.Response:
+    return web.Response(text=await daemon.metrics_text(), content_type="text/plain", charset="utf-8")
 
 
 class BodyBudget:
@@ -134,9 +172,11 @@ class _Refused(Exception):
         self.response = response
 
 
-async def read_body(request: web.Request, limit: int, budget: BodyBudget, timeout: float) -> bytes:
-    """The body, refused unread when it says it is over ``limit`` (413), cut off when it turns out to be (413),
-    refused when the budget is spent (503), or when it does not arrive within ``timeout`` seconds (408)."""
+@asynccontextmanager
+async def read_body(request: web.Request, limit: int, budget: BodyBudget, timeout: float) -> AsyncIterator[bytes]:
+    """The body, held against the budget until the block ends (it is parsed and stored there); refused unread
+    when it says it is over ``limit`` (413), cut off when it turns out to be (413), refused when the budget is
+    spent (503), or when it does not arrive within ``timeout`` seconds (408)."""
     length = request.content_length
     if length is not None and length > limit:
         raise _Refused(_json(413, {"error": f"the body is {length} bytes; this path takes at most {limit}"}))
@@ -146,41 +186,47 @@ async def read_body(request: web.Request, limit: int, budget: BodyBudget, timeou
     try:
         chunks: list[bytes] = []
         size = 0
-        async with asyncio.timeout(timeout):
-            while True:
-                chunk = await request.content.readany()
-                if not chunk:
-                    break
-                size += len(chunk)
-                if size > limit:
-                    raise _Refused(_json(413, {"error": f"the body is over {limit} bytes, the most this path takes"}))
-                chunks.append(chunk)
-        return b"".join(chunks)
-    except TimeoutError:
-        raise _Refused(
-            _json(
-                408, {"error": f"the body did not arrive within {timeout:g} s; send it again"}, {"Connection": "close"}
-            )
-        ) from None
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    chunk = await request.content.readany()
+                    if not chunk:
+                        break
+                    size += len(chunk)
+                    if size > limit:
+                        raise _Refused(
+                            _json(413, {"error": f"the body is over {limit} bytes, the most this path takes"})
+                        )
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise _Refused(
+                _json(
+                    408,
+                    {"error": f"the body did not arrive within {timeout:g} s; send it again"},
+                    {"Connection": "close"},
+                )
+            ) from None
+        yield b"".join(chunks)
     finally:
         budget.give(reserved)
 
 
-def _webhook(daemon: Daemon, flow_name: str) -> Handler:
-    event = daemon.client.flows[flow_name].flow.trigger.event
-    limit = parse_size(event.max_body) if event is not None else 1_000_000
+def _webhook(daemon: Ingress, flow_name: str) -> Handler:
+    limit = daemon.max_body(flow_name)
 
     async def handle(request: web.Request) -> web.Response:
         if daemon.stopping:
             return _json(503, {"error": "shutting down; send again"}, {"Retry-After": "5"})
+        message_id = request.headers.get("X-Message-Id") or request.headers.get("Idempotency-Key") or ""
         try:
-            body = await read_body(request, limit, daemon.body_budget, daemon.options.body_timeout)
+            async with read_body(request, limit, daemon.body_budget, daemon.body_timeout) as body:
+                added = await daemon.accept_event(
+                    flow_name, body, source=f"webhook:{request.path}", message_id=message_id, headers=request.headers
+                )
         except _Refused as refused:
             return refused.response
-        message_id = request.headers.get("X-Message-Id") or request.headers.get("Idempotency-Key") or ""
-        added = await daemon.accept_event(
-            flow_name, body, source=f"webhook:{request.path}", message_id=message_id, headers=request.headers
-        )
+        except TimeoutError:  # the store did not take it in time: not accepted, the sender sends it again
+            return _json(503, {"error": "the inbox is busy; send again"}, {"Retry-After": "2"})
         # Answered only after the inbox has it. The body of the usual answers is made once, not per event.
         accepted = _ACCEPTED[added] if added < len(_ACCEPTED) else json.dumps({"accepted": added}).encode()
         return web.Response(status=202, body=accepted, content_type="application/json")
@@ -188,9 +234,8 @@ def _webhook(daemon: Daemon, flow_name: str) -> Handler:
     return handle
 
 
-def _request(daemon: Daemon, path: str) -> Handler:
-    trigger = daemon.requests[path].flow.flow.trigger.request
-    limit = parse_size(trigger.max_body) if trigger is not None else 64_000
+def _request(daemon: Ingress, path: str) -> Handler:
+    limit = daemon.max_body(daemon.requests[path].flow.name)
 
     async def handle(request: web.Request) -> web.Response:
         if daemon.stopping:
@@ -199,8 +244,8 @@ def _request(daemon: Daemon, path: str) -> Handler:
             payload: Any = dict(request.query)
         else:
             try:
-                body = await read_body(request, limit, daemon.body_budget, daemon.options.body_timeout)
-                payload = json.loads(body or b"null")
+                async with read_body(request, limit, daemon.body_budget, daemon.body_timeout) as body:
+                    payload = json.loads(body or b"null")
             except _Refused as refused:
                 return refused.response
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:

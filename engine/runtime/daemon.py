@@ -23,12 +23,22 @@ from typing import IO, Any, Literal, TypeVar
 
 from aiohttp import web
 
-from engine.connector import ConnectContext, Connection, default_registry, parse_duration
+from engine.connector import (
+    ConnectContext,
+    Connection,
+    Pruner,
+    Registry,
+    default_registry,
+    parse_duration,
+    parse_size,
+)
 from engine.errors import ServeError, UsageError
 from engine.flow import CompiledClient, load_client
 from engine.runtime.api import BodyBudget, build_app, check_exposure
+from engine.runtime.flows import BoundFlow, bind
 from engine.runtime.guards import Backoff, Breaker, Budget
-from engine.runtime.logs import JsonLog
+from engine.runtime.inbox import Inbox
+from engine.runtime.logs import JsonLog, LogLevel, routed
 from engine.runtime.metrics import Metrics, escape_label
 from engine.runtime.processes import (
     DeliveryProcesses,
@@ -38,13 +48,12 @@ from engine.runtime.processes import (
     plan_layout,
     reclaimable,
 )
+from engine.runtime.system import System
 from engine.runtime.triggers import (
     RequestHandler,
     ScheduleTrigger,
     consume_queue,
-    count_received,
     enqueue_event,
-    event_items,
 )
 from engine.runtime.worker import Delivery, WorkerPool
 from engine.secrets import Masker, render_values
@@ -77,7 +86,9 @@ class DaemonOptions:
     delivery_part: int = 0  # a delivery process's number (1..processes-1); 0 in the primary
     delivery_channel: int | None = None  # set in a delivery process: its socket to the primary
     body_timeout: float = 10.0  # a webhook or request body must arrive within this (408 after)
+    accept_timeout: float = 5.0  # a webhook waits this long at most for the store to take its event (503 after)
     body_memory: int = 64 * 1024 * 1024  # bytes of bodies held at once, over all requests (503 past it)
+    log_level: LogLevel = "info"  # the daemon's lines and the connectors' and libraries' it routes in
 
 
 def resolve_state_url(client: CompiledClient, explicit: str | None, environ: Mapping[str, str], masker: Masker) -> str:
@@ -127,26 +138,27 @@ class Daemon:
         *,
         environ: Mapping[str, str] | None = None,
         log_stream: IO[str] | None = None,
+        registry: Registry | None = None,
     ) -> None:
+        """``registry``: the connector kinds to run with (the installed ones by default; a test injects its own)."""
         self.spec = spec
+        self.registry = registry if registry is not None else default_registry()
         self.options = options
         self.environ = dict(os.environ if environ is None else environ)
         self.masker = Masker()
-        self.client = load_client(spec, environ=self.environ)
+        self.client = load_client(spec, environ=self.environ, registry=self.registry)
         self.delivery_only = options.delivery_channel is not None
         context = {"process": options.delivery_part} if self.delivery_only else None
-        self.log = JsonLog(self.client.client, self.masker, log_stream, context=context)
+        self.log = JsonLog(self.client.client, self.masker, log_stream, level=options.log_level, context=context)
         self.metrics = Metrics(self.client.client)
         self.token = options.token
         self.flow_names = self._select_flows(options.flows)
         self.layout = self._plan_layout()
         self.store: StateStore | None = None
-        self.connections: dict[str, Connection] = {}
-        self.budgets: dict[str, Budget] = {}
-        self.breakers: dict[str, Breaker] = {}
-        self.webhooks: dict[str, str] = {}
-        self.requests: dict[str, RequestHandler] = {}
-        self.schedules: dict[str, ScheduleTrigger] = {}
+        self.inbox: Inbox | None = None  # the one way to the store once the daemon runs
+        self.systems: dict[str, System] = {}  # connection, budget and breaker of each system
+        self._depth: dict[str, dict[str, int]] = {}
+        self.bound: dict[str, BoundFlow] = {}  # each running flow, bound to its systems once
         self.pool: WorkerPool | None = None
         self.started = False
         self.stopping = False
@@ -191,13 +203,13 @@ class Daemon:
         return needed
 
     async def open_connections(self) -> None:
-        registry = default_registry()
+        registry = self.registry
         raw_systems = self.client.report.merged.data.get("systems", {})
         blocked: list[str] = []
         for system, flows in sorted(self._systems_needed().items()):
             options = self.client.report.systems[system]
             kind = registry.get(options.connector)
-            if kind is None or kind.connect is None:
+            if kind is None or not kind.runnable:
                 blocked.append(f"{system} ({options.connector}) used by {', '.join(sorted(flows))}")
                 continue
             rendered = render_values(raw_systems[system], masker=self.masker, environ=self.environ, where=system)
@@ -210,10 +222,14 @@ class Daemon:
                 base_dir=str(declared_in),
                 state_url=self.state_url,
             )
-            self.connections[system] = kind.connect(live_options, context)
             share = self.layout.share(system, self.options.delivery_part)
-            self.budgets[system] = Budget(live_options.limits, share=share)
-            self.breakers[system] = Breaker()
+            self.systems[system] = System(
+                system,
+                kind.open(live_options, context),
+                Budget(live_options.limits, share=share),
+                Breaker(),
+                kind=kind.name,
+            )
         if blocked:
             raise UsageError(
                 "these systems' connectors cannot run yet in this version: "
@@ -221,29 +237,37 @@ class Daemon:
                 + ". Run the other flows with --flow."
             )
 
-    def _wire_triggers(self, store: StateStore) -> None:
+    def _bind_flows(self, inbox: Inbox | None) -> None:
+        """Each flow bound to its systems once (a delivery process, ``inbox`` None, binds targets only)."""
         for name in self.flow_names:
-            compiled = self.client.flows[name]
-            trigger = compiled.flow.trigger
-            if trigger.schedule is not None and compiled.flow.source is not None:
-                system = compiled.flow.source.system
-                kind = default_registry().get(self.client.report.systems[system].connector)
-                self.schedules[name] = ScheduleTrigger(
-                    compiled,
-                    self.connections[system],
-                    self.budgets[system],
-                    store,
-                    self.metrics,
-                    self.log,
-                    keeps_groups=kind is not None and kind.keeps_groups,
-                )
-            elif trigger.event is not None and trigger.event.webhook is not None:
-                self.webhooks[trigger.event.webhook] = name
-            elif trigger.request is not None and compiled.flow.source is not None:
-                system = compiled.flow.source.system
-                self.requests[trigger.request.path] = RequestHandler(
-                    compiled, self.connections[system], self.budgets[system], self.breakers[system], self.metrics
-                )
+            self.bound[name] = bind(
+                self.client.flows[name],
+                self.systems,
+                self.client.report.systems,
+                inbox=inbox,
+                metrics=self.metrics,
+                log=self.log,
+                registry=self.registry,
+            )
+
+    @property
+    def schedules(self) -> dict[str, ScheduleTrigger]:
+        return {name: b.schedule for name, b in self.bound.items() if b.schedule is not None}
+
+    @property
+    def webhooks(self) -> dict[str, str]:
+        """Path -> flow, for the API."""
+        return {b.webhook: name for name, b in self.bound.items() if b.webhook is not None}
+
+    @property
+    def requests(self) -> dict[str, RequestHandler]:
+        """Path -> the request trigger's handler, for the API."""
+        out: dict[str, RequestHandler] = {}
+        for bound in self.bound.values():
+            request = bound.compiled.flow.trigger.request
+            if bound.request is not None and request is not None:
+                out[request.path] = bound.request
+        return out
 
     async def accept_event(
         self,
@@ -254,46 +278,82 @@ class Daemon:
         message_id: str = "",
         headers: Mapping[str, Any] | None = None,
     ) -> int:
-        """A pushed event into the inbox (committed with the others of the same tick); returns how many were new."""
-        assert self.store is not None and self.pool is not None
+        """A pushed event into the inbox (committed with the others of the same tick); returns how many were new.
+
+        Raises TimeoutError when the store does not take it within ``options.accept_timeout`` (the webhook is
+        then answered 503 and sent again; a store that stalls never holds a sender for long).
+        """
+        assert self.inbox is not None and self.pool is not None
         flow = self.client.flows[flow_name]
-        items = event_items(flow, body, source=source, message_id=message_id, headers=headers)
-        if items is None:  # not JSON: straight to dead letters, with its reason
-            added = enqueue_event(self.store, flow, body, source=source, metrics=self.metrics, message_id=message_id)
-        else:
-            added = await self.pool.delivery.commits.enqueue(items)
-            count_received(self.metrics, flow_name, added, len(items))
+        async with asyncio.timeout(self.options.accept_timeout):
+            added = await enqueue_event(
+                self.inbox, flow, body, source=source, metrics=self.metrics, message_id=message_id, headers=headers
+            )
         self.pool.wakeup.set()
         if self.delivery is not None and added:
             self.delivery.nudge()
         return added
 
-    async def _prune_loop(self, store: StateStore, every: float = 3600.0) -> None:
+    async def _prune_loop(self, inbox: Inbox, every: float = 3600.0) -> None:
         """Finished work older than the spec's state.retention goes, at start and then hourly."""
-        assert self.pool is not None
         keep = retention_seconds(self.client)
         while not self._stop_event.is_set():
+            before = time.time() - keep
+            counts: dict[str, int] = {}
             try:
-                counts = await self.pool.delivery.commits.run(store.prune, time.time() - keep)
+                counts = await inbox.run(inbox.store.prune, before)
             except Exception as exc:  # a busy or unreachable store: the next round tries again
                 self.log.warning("prune_failed", error=str(exc))
-            else:
-                if any(counts.values()):
-                    self.log.info("pruned", older_than_s=keep, **counts)
+            for system, connection in self.connections.items():  # a connection's own data (the embedded queue)
+                if isinstance(connection, Pruner):
+                    try:
+                        for what, n in (await connection.prune(before)).items():
+                            counts[what] = counts.get(what, 0) + n
+                    except Exception as exc:
+                        self.log.warning("prune_failed", system=system, error=str(exc))
+            if any(counts.values()):
+                self.log.info("pruned", older_than_s=keep, **counts)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop_event.wait(), every)
 
-    async def _heartbeat(self, store: StateStore, every: float = HEARTBEAT) -> None:
+    async def _heartbeat(self, inbox: Inbox, name: str, every: float = HEARTBEAT) -> None:
         """Say on the store which spec version this daemon runs, now and every ``every`` seconds: `dlq replay`
         compares it with the spec on disk."""
-        assert self.pool is not None
         while not self._stop_event.is_set():
             try:
-                await self.pool.delivery.commits.run(store.register_daemon, self.pool.name, self.spec_version)
+                await inbox.run(inbox.store.register_daemon, name, self.spec_version)
             except Exception as exc:  # a busy store: the next beat says it again
                 self.log.warning("heartbeat_failed", error=str(exc))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop_event.wait(), every)
+
+    # -- what the HTTP API sees (engine.runtime.api.Ingress) -----------------------------------------
+    @property
+    def body_timeout(self) -> float:
+        return self.options.body_timeout
+
+    def max_body(self, flow: str) -> int:
+        trigger = self.client.flows[flow].flow.trigger
+        if trigger.event is not None:
+            return parse_size(trigger.event.max_body)
+        return parse_size(trigger.request.max_body) if trigger.request is not None else 64_000
+
+    async def metrics_text(self) -> str:
+        await self.refresh_depth()
+        return self.metrics.render()
+
+    async def refresh_depth(self, wait: float = 1.0) -> None:
+        """Read the inbox gauge of /metrics through the inbox; a store slower than ``wait`` leaves the last value
+        (a scrape never waits long on the store, and never blocks the loop)."""
+        if self.inbox is None:
+            return
+        try:
+            async with asyncio.timeout(wait):
+                self._depth = await self.inbox.run(self.inbox.store.depth_by_flow)
+        except TimeoutError:
+            self.log.warning("depth_slow", waited_s=wait, hint="the store is busy; /metrics shows the last counts")
+        except Exception as exc:  # a store gone for a while: the gauge keeps its last value
+            self.log.warning("depth_failed", error=str(exc))
 
     def _consumer_ended(self, flow: str, task: asyncio.Task[None]) -> None:
         """A queue consumer ends on its own only for a reason waiting will not fix (a refused login)."""
@@ -311,11 +371,11 @@ class Daemon:
         self.stopped_triggers[flow] = f"{event.split('_')[0]} stopped: {reason}"
         self.log.error(event, flow=flow, error=reason, hint="the flow takes no new work until the daemon restarts")
 
-    def _gauges(self, store: StateStore) -> None:
+    def _gauges(self) -> None:
         def depth() -> dict[str, float]:
             # Every flow of the spec shows, even before its first record: a dashboard sees 0, not a gap.
             empty = dict.fromkeys(("pending", "inflight", "done", "dead"), 0)
-            counts = {flow: empty for flow in self.flow_names} | store.depth_by_flow()
+            counts = {flow: empty for flow in self.flow_names} | self._depth
             return {
                 f'flow="{escape_label(flow)}",status="{status}"': float(n)
                 for flow, per_status in counts.items()
@@ -323,7 +383,10 @@ class Daemon:
             }
 
         def breakers() -> dict[str, float]:
-            return {f'system="{escape_label(s)}"': float(BREAKER_STATES[b.state]) for s, b in self.breakers.items()}
+            return {
+                f'system="{escape_label(name)}"': float(BREAKER_STATES[system.breaker.state])
+                for name, system in self.systems.items()
+            }
 
         def triggers_up() -> dict[str, float]:
             # 1 while a flow's schedule or queue consumer runs; 0 once it stopped (see /readyz)
@@ -333,6 +396,10 @@ class Daemon:
         self.metrics.gauges["inbox_items"] = depth
         self.metrics.gauges["breaker_state"] = breakers
         self.metrics.gauges["trigger_up"] = triggers_up
+
+    @property
+    def connections(self) -> dict[str, Connection]:
+        return {name: system.connection for name, system in self.systems.items()}
 
     def _consumes(self, flow: str) -> bool:
         event = self.client.flows[flow].flow.trigger.event
@@ -362,6 +429,7 @@ class Daemon:
     async def _start_primary(self, url: str) -> None:
         await self.open_connections()
         self.store = store = open_store(url, durability=durability(self.client))
+        self.inbox = inbox = Inbox(store)
         if self.owner_lock is not None:
             recovered = store.requeue_inflight()
             if recovered:
@@ -373,10 +441,11 @@ class Daemon:
                 if reclaimable(worker, os.getpid()):
                     recovered = store.requeue_inflight(worker)
                     self.log.warning("recovered", items=recovered, worker=worker, reason="its process is gone")
-        self._wire_triggers(store)
-        self._gauges(store)
+        self._bind_flows(inbox)
+        self._depth = store.depth_by_flow()  # the first value, before the loop refreshes it
+        self._gauges()
         self.pool = WorkerPool(
-            self._delivery(store),
+            self._delivery(inbox),
             size=self.options.workers,
             flows=self.flow_names,
             lease=self.options.lease,
@@ -394,23 +463,21 @@ class Daemon:
                 metrics=self.metrics,
                 log=self.log,
                 keep_fds=() if self.owner_lock is None else (self.owner_lock,),
-                give_back=functools.partial(self.pool.delivery.commits.run, store.requeue_inflight),
+                give_back=functools.partial(inbox.run, store.requeue_inflight),
             )
             await self.delivery.start()
-        self._tasks.append(asyncio.create_task(self._prune_loop(store), name="prune"))
-        self._tasks.append(asyncio.create_task(self._heartbeat(store), name="heartbeat"))
+        self._tasks.append(asyncio.create_task(self._prune_loop(inbox), name="prune"))
+        self._tasks.append(asyncio.create_task(self._heartbeat(inbox, self.pool.name), name="heartbeat"))
         if self.options.schedules:
             for name, schedule in self.schedules.items():
                 task = asyncio.create_task(schedule.loop(self._stop_event), name=f"schedule-{name}")
                 task.add_done_callback(functools.partial(self._schedule_ended, name))
                 self._tasks.append(task)
-        for name in self.flow_names:
-            compiled = self.client.flows[name]
-            event = compiled.flow.trigger.event
-            if event is not None and event.system is not None and event.queue is not None:
-                connection = self.connections[event.system]
+        for name, bound in self.bound.items():
+            if bound.queue is not None and bound.source is not None:
+                consumer = bound.source.consumer
                 task = asyncio.create_task(
-                    consume_queue(compiled, connection, event.queue, store, self.metrics), name=f"consume-{name}"
+                    consume_queue(bound.compiled, consumer, bound.queue, inbox, self.metrics), name=f"consume-{name}"
                 )
                 task.add_done_callback(functools.partial(self._consumer_ended, name))
                 self._tasks.append(task)
@@ -440,13 +507,12 @@ class Daemon:
             loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
         )
 
-    def _delivery(self, store: StateStore) -> Delivery:
+    def _delivery(self, inbox: Inbox) -> Delivery:
         return Delivery(
             self.client,
-            store,
-            self.connections,
-            self.budgets,
-            self.breakers,
+            inbox,
+            self.systems,
+            self.registry,
             self.metrics,
             self.log,
             spec_version=self.spec_version,
@@ -460,8 +526,9 @@ class Daemon:
         await self.link.open()
         await self.open_connections()
         self.store = store = open_store(self.state_url, durability=durability(self.client))
+        self.inbox = inbox = Inbox(store)
         self.pool = WorkerPool(
-            self._delivery(store),
+            self._delivery(inbox),
             size=self.options.workers,
             flows=self.flow_names,
             lease=self.options.lease,
@@ -502,8 +569,8 @@ class Daemon:
             await self._runner.cleanup()
         for connection in self.connections.values():
             await connection.close()
-        if self.pool is not None:
-            self.pool.delivery.commits.close()  # a batch still committing finishes before the store closes
+        if self.inbox is not None:
+            self.inbox.close()  # a batch still committing finishes before the store closes
         if self.link is not None:
             await self.link.close()  # the last counts go to the primary after the drain
         if self.store is not None and not self.delivery_only and self.pool is not None:
@@ -534,9 +601,10 @@ class Daemon:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
         else:
             loop.add_signal_handler(signal.SIGINT, self._stop_event.set)
-        await self.start()
-        await self._stop_event.wait()
-        await self.stop()
+        with routed(self.log):  # the connectors' and libraries' loggers write into the daemon's JSON log
+            await self.start()
+            await self._stop_event.wait()
+            await self.stop()
 
 
 def run_daemon(main: Coroutine[Any, Any, T]) -> T:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -15,8 +16,62 @@ from engine.connector import Limits, parse_duration
 __all__ = ["Backoff", "Breaker", "Budget"]
 
 
+Priority = Literal["realtime", "batch"]
+
+
+class _Slots:
+    """A counting semaphore whose real-time waiters are served before its batch waiters.
+
+    A cart asking for a contract price waits for the next free slot ahead of the catalog pass's writes,
+    never behind them (and never 503 while batch work merely fills the slots).
+    """
+
+    def __init__(self, size: int) -> None:
+        self.free = size
+        self.held: dict[str, int] = {"realtime": 0, "batch": 0}  # slots in use, by who holds them
+        self._waiting: dict[str, deque[asyncio.Future[None]]] = {"realtime": deque(), "batch": deque()}
+
+    def locked(self) -> bool:
+        return self.free <= 0
+
+    async def acquire(self, priority: Priority) -> None:
+        ahead = (
+            self._waiting["realtime"]
+            if priority == "realtime"
+            else [*self._waiting["realtime"], *self._waiting["batch"]]
+        )
+        if self.free > 0 and not any(not f.done() for f in ahead):
+            self.free -= 1
+            self.held[priority] += 1
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting[priority].append(future)
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self.held[priority] += 1
+                self.release(priority)  # the slot was handed over as the waiter gave up: pass it on
+            raise
+        self.held[priority] += 1
+
+    def release(self, priority: Priority) -> None:
+        self.held[priority] -= 1
+        for queue in (self._waiting["realtime"], self._waiting["batch"]):
+            while queue:
+                waiter = queue.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)  # the slot goes straight to the waiter
+                    return
+        self.free += 1
+
+
 class Budget:
-    """A system's ``limits:``: at most ``concurrency`` calls in flight and ``rate`` calls per second."""
+    """A system's ``limits:``: at most ``concurrency`` calls in flight and ``rate`` calls per second.
+
+    Real-time calls (request triggers) go ahead of batch work on the same budget: they are served first
+    when a slot frees, and take a rate token before batch callers waiting for one.
+    """
 
     def __init__(
         self, limits: Limits | None, *, clock: Callable[[], float] = time.monotonic, share: tuple[int, int] = (0, 1)
@@ -37,7 +92,7 @@ class Budget:
         self.timeout = parse_duration(limits.timeout) if limits and limits.timeout else 30.0
         # the longest Retry-After this system may impose on a record (and every newer change of its key)
         self.max_retry_after = parse_duration(limits.max_retry_after if limits else Limits().max_retry_after)
-        self._slots = asyncio.Semaphore(self.concurrency)
+        self._slots = _Slots(self.concurrency)
         self._clock = clock
         self._tokens = float(self.rate or 0)
         self._last = clock()
@@ -50,12 +105,19 @@ class Budget:
         self._last = now
 
     def try_now(self) -> bool:
-        """Whether a call could start right now, without waiting (request triggers answer 503 if not)."""
+        """Whether a call could start right now, without waiting."""
         self._refill()
         return not self._slots.locked() and (self.rate is None or self._tokens >= 1)
 
-    async def _take_token(self) -> None:
+    async def _take_token(self, priority: Priority) -> None:
         if self.rate is None:
+            return
+        if priority == "realtime":  # not in the batch callers' line: the next token is its
+            self._refill()
+            while self._tokens < 1:
+                await asyncio.sleep((1 - self._tokens) / self.rate)
+                self._refill()
+            self._tokens -= 1
             return
         async with self._lock:
             while True:
@@ -65,11 +127,18 @@ class Budget:
                     return
                 await asyncio.sleep((1 - self._tokens) / self.rate)
 
+    def full_of(self, priority: Priority) -> bool:
+        """Whether every slot is taken and only by calls of ``priority`` (none will free for a later one soon)."""
+        return self._slots.locked() and self._slots.held[priority] >= self.concurrency
+
     @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        async with self._slots:
-            await self._take_token()
+    async def slot(self, priority: Priority = "batch") -> AsyncIterator[None]:
+        await self._slots.acquire(priority)
+        try:
+            await self._take_token(priority)
             yield
+        finally:
+            self._slots.release(priority)
 
 
 def _rate_per_second(text: str) -> float:
@@ -118,6 +187,14 @@ class Breaker:
         self.failures = 0
         self.opened_at = None
         self.current_cooldown = 0.0
+        self.trial_running = False
+
+    def abandon(self) -> None:
+        """A trial call ended without an answer either way (a bug, a cancel): let the next call be the trial.
+
+        Without this, an unexpected exception during the half-open trial left ``trial_running`` set and the
+        breaker refused every call until the daemon restarted.
+        """
         self.trial_running = False
 
     def failure(self) -> None:

@@ -1,34 +1,30 @@
-"""`seamline run --once`: one batch pass of schedule flows, for cron-style use, with progress and a summary.
+"""`seamline run --once`: one batch pass of schedule flows, for cron-style use.
 
-``--dry-run`` reads and transforms but writes nothing anywhere (no target, no inbox, no cursor):
-it prints what each target would be sent.
+This module runs the pass and returns what happened as data (:class:`OnceSummary`, :class:`DryRun`); it
+tells a :class:`OnceProgress` how far it got; the command line renders both (tables, a progress bar, JSON).
+
+``--dry-run`` reads and transforms but writes nothing anywhere (no target, no inbox, no cursor, no file
+moved): it reports what each target would be sent and what would be refused.
 """
 
 from __future__ import annotations
 
 import asyncio
-import io
-import json
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Protocol
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
-
-from engine.connector import default_registry
 from engine.errors import TerminalError, TransientError, UsageError
 from engine.runtime.daemon import Daemon, DaemonOptions
 from engine.runtime.identity import fields
+from engine.runtime.logs import routed
 from engine.runtime.triggers import read_page
 from engine.runtime.worker import Delivery
 from engine.state import InboxItem
-from engine.transform import canonical_json
 
-__all__ = ["OnceSummary", "run_once"]
+__all__ = ["OUTCOME_COLUMNS", "SKIP_REASONS", "DryRun", "OnceProgress", "OnceSummary", "run_once"]
 
 
 OUTCOME_COLUMNS = ("read", "records", "delivered", "skipped", "dead_lettered", "rejected", "pending")
@@ -47,6 +43,9 @@ class OnceSummary:
 
     rows: dict[str, dict[str, int]]
     seconds: float
+    client: str = ""
+    deadline: float = 0.0
+    read_errors: dict[str, str] = field(default_factory=dict)  # flow -> why reading its source failed
 
     @property
     def ok(self) -> bool:
@@ -57,66 +56,103 @@ class OnceSummary:
         )
 
 
+@dataclass
+class DryRun(OnceSummary):
+    """What a real pass would do: the payloads it would send, the records it would refuse or reject."""
+
+    writes: list[dict[str, Any]] = field(default_factory=list)  # {flow, target, key, payload}
+    refused: list[dict[str, Any]] = field(default_factory=list)  # {flow, key, reason}
+    rejected: list[dict[str, Any]] = field(default_factory=list)  # {flow, key, reason}
+    failed: list[dict[str, Any]] = field(default_factory=list)  # {flow, reason}: the source could not be read
+
+
+class OnceProgress(Protocol):
+    """How far a pass got, for whoever shows it (the command line's progress bar)."""
+
+    def reading(self, flow: str) -> None: ...
+
+    def read(self, flow: str, rows: int) -> None: ...
+
+    def delivering(self, total: int) -> None: ...
+
+    def delivered(self, done: int) -> None: ...
+
+
+class _Quiet:
+    def reading(self, flow: str) -> None:
+        return None
+
+    def read(self, flow: str, rows: int) -> None:
+        return None
+
+    def delivering(self, total: int) -> None:
+        return None
+
+    def delivered(self, done: int) -> None:
+        return None
+
+
 async def run_once(
     spec: Path,
     options: DaemonOptions,
     *,
     dry_run: bool,
-    console: Console,
+    progress: OnceProgress | None = None,
     environ: Mapping[str, str] | None = None,
     deadline: float = 600.0,
-    fmt: str = "text",
+    log_stream: IO[str] | None = None,
 ) -> OnceSummary:
+    """One pass of the spec's schedule flows (the chosen ones): read, deliver until done or ``deadline``."""
     started = time.perf_counter()
+    shown = progress if progress is not None else _Quiet()
     options.serve_http = False
     options.schedules = False
-    daemon = Daemon(spec, options, environ=environ, log_stream=io.StringIO())  # the table speaks
+    # The summary is the caller's to render; the log (warnings by default from the CLI) goes to stderr.
+    daemon = Daemon(spec, options, environ=environ, log_stream=log_stream)
     chosen = [n for n in daemon.flow_names if daemon.client.flows[n].flow.trigger.schedule is not None]
     if not chosen:
         raise UsageError("--once runs schedule flows; none selected" + (f" (got {', '.join(daemon.flow_names)})"))
     daemon.flow_names = chosen
-    if dry_run:
-        return await _dry_run(daemon, console, started, fmt)
+    with routed(daemon.log):  # the connectors' and libraries' lines join the same log, masked
+        if dry_run:
+            return await _dry_run(daemon, started)
+        return await _one_pass(daemon, chosen, shown, started, deadline)
+
+
+async def _one_pass(
+    daemon: Daemon, chosen: list[str], shown: OnceProgress, started: float, deadline: float
+) -> OnceSummary:
     await daemon.start()
     rows: dict[str, dict[str, int]] = {}
+    errors: dict[str, str] = {}
     try:
-        with _progress(console) as progress:
-            for name in chosen:
-                task = progress.add_task(f"reading {name}", total=None)
-                schedule = daemon.schedules[name]
-                counts = await schedule.run_once()
-                progress.update(task, description=f"read {name}: {counts['read']} records", total=1, completed=1)
-                rows[name] = {
-                    "read": counts["read"],
-                    "records": counts["records"],
-                    "new": counts["new"],
-                    "rejected": counts["rejected"],
-                    "failed": 1 if schedule.last_error else 0,
-                }
-                if schedule.last_error:
-                    console.print(f"[red]{name}: reading the source failed[/red]: {schedule.last_error}")
-            total = sum(r["new"] for r in rows.values())
-            task = progress.add_task("delivering", total=total or 1)
-            until = time.monotonic() + deadline
-            while time.monotonic() < until:
-                # Counters, not a COUNT of the inbox: the store is only asked once they say every record is done.
-                done = sum(_finished(daemon, n) for n in chosen)
-                progress.update(task, completed=min(done, total) if total else 1)
-                if done >= total and _nothing_open(daemon, chosen):
-                    break
-                await asyncio.sleep(0.05)
+        for name in chosen:
+            shown.reading(name)
+            schedule = daemon.schedules[name]
+            counts = await schedule.run_once()
+            shown.read(name, counts["read"])
+            rows[name] = {
+                "read": counts["read"],
+                "records": counts["records"],
+                "new": counts["new"],
+                "rejected": counts["rejected"],
+                "failed": 1 if schedule.last_error else 0,
+            }
+            if schedule.last_error:
+                errors[name] = schedule.last_error
+        total = sum(r["new"] for r in rows.values())
+        shown.delivering(total)
+        until = time.monotonic() + deadline
+        while time.monotonic() < until:
+            # Counters, not a COUNT of the inbox: the store is only asked once they say every record is done.
+            done = sum(_finished(daemon, n) for n in chosen)
+            shown.delivered(min(done, total))
+            if done >= total and await _nothing_open(daemon, chosen):
+                break
+            await asyncio.sleep(0.05)
     finally:
         await _finish(daemon, chosen, rows)
-    summary = OnceSummary(rows, time.perf_counter() - started)
-    console.print(_table(summary))
-    for name, row in rows.items():
-        if row.get("pending"):
-            console.print(
-                f"[red]{name}: the pass stopped after {deadline:g} s with {row['pending']} record(s) pending[/red]"
-            )
-        if row.get("rejected") or row.get("dead_lettered"):
-            console.print(f"{name}: see the reasons with: seamline dlq list {daemon.client.client} --flow {name}")
-    return summary
+    return OnceSummary(rows, time.perf_counter() - started, daemon.client.client, deadline, errors)
 
 
 def _finished(daemon: Daemon, flow: str) -> int:
@@ -126,13 +162,16 @@ def _finished(daemon: Daemon, flow: str) -> int:
     return int(m.get("records/delivered", flow) + skipped + m.get("records/dead_lettered", flow))
 
 
-def _nothing_open(daemon: Daemon, chosen: list[str]) -> bool:
-    assert daemon.store is not None
-    return all(d["pending"] == 0 and d["inflight"] == 0 for d in (daemon.store.depth(n) for n in chosen))
+async def _nothing_open(daemon: Daemon, chosen: list[str]) -> bool:
+    """Asked only once the counters say every record is done (no COUNT on the hot path), through the inbox."""
+    assert daemon.inbox is not None
+    inbox = daemon.inbox
+    depths = [await inbox.run(inbox.store.depth, n) for n in chosen]
+    return all(d["pending"] == 0 and d["inflight"] == 0 for d in depths)
 
 
 async def _finish(daemon: Daemon, chosen: list[str], rows: dict[str, dict[str, int]]) -> None:
-    store = daemon.store
+    inbox = daemon.inbox
     m = daemon.metrics
     for name in chosen:
         row = rows.setdefault(name, {"read": 0, "records": 0, "new": 0, "rejected": 0, "failed": 0})
@@ -142,49 +181,19 @@ async def _finish(daemon: Daemon, chosen: list[str], rows: dict[str, dict[str, i
         for reason in SKIP_REASONS:
             row[f"skipped_{reason}"] = int(m.get(f"skips/{reason}", name))
         row["skipped"] = sum(row[f"skipped_{reason}"] for reason in SKIP_REASONS)
-        if store is not None:
-            row["pending"] = store.depth(name)["pending"]
+        if inbox is not None:
+            row["pending"] = (await inbox.run(inbox.store.depth, name))["pending"]
             schedule = daemon.schedules.get(name)
             if schedule is not None and schedule.last_run:
                 failed = row.get("failed", 0)
                 partial = any(row.get(c, 0) for c in ("dead_lettered", "rejected", "pending"))
                 status = "failed" if failed else "partial" if partial else "ok"
                 counts = {**schedule.last_counts, **{k: v for k, v in row.items() if k != "failed"}}
-                store.finish_run(schedule.last_run, status, counts)
+                await inbox.run(inbox.store.finish_run, schedule.last_run, status, counts)
     await daemon.stop()
 
 
-def _progress(console: Console) -> Progress:
-    return Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
-    )
-
-
-def _table(summary: OnceSummary) -> Table:
-    table = Table(title=f"seamline run --once ({summary.seconds:.1f} s)")
-    table.add_column("flow")
-    for column in OUTCOME_COLUMNS:
-        table.add_column(column.replace("_", " "), justify="right")
-    for flow, row in summary.rows.items():
-        table.add_row(flow, *(str(row.get(c, 0)) for c in OUTCOME_COLUMNS))
-    reasons = [
-        f"{flow}: skipped "
-        + ", ".join(f"{row[f'skipped_{r}']} as {r}" for r in SKIP_REASONS if row.get(f"skipped_{r}"))
-        for flow, row in summary.rows.items()
-        if row.get("skipped")
-    ]
-    if reasons:
-        table.caption = "; ".join(reasons)
-    return table
-
-
-async def _dry_run(daemon: Daemon, console: Console, started: float, fmt: str = "text") -> OnceSummary:
+async def _dry_run(daemon: Daemon, started: float) -> DryRun:
     """Read and deliver on the same code as a real pass, writing nothing anywhere.
 
     Nothing at the source changes (a file drop's files stay where they are), no state file is opened or
@@ -196,10 +205,9 @@ async def _dry_run(daemon: Daemon, console: Console, started: float, fmt: str = 
     sink: list[tuple[str, str, Any]] = []
     delivery = Delivery(
         daemon.client,
-        _NoStore(),
-        daemon.connections,
-        daemon.budgets,
-        daemon.breakers,
+        _NoInbox(),  # type: ignore[arg-type]
+        daemon.systems,
+        daemon.registry,
         daemon.metrics,
         daemon.log,
         spec_version=daemon.spec_version,
@@ -207,7 +215,7 @@ async def _dry_run(daemon: Daemon, console: Console, started: float, fmt: str = 
     )
     rows: dict[str, dict[str, int]] = {}
     report: dict[str, Any] = {"writes": [], "refused": [], "rejected": [], "failed": []}
-    registry = default_registry()
+    registry = daemon.registry
     try:
         for name in daemon.flow_names:
             compiled = daemon.client.flows[name]
@@ -219,20 +227,25 @@ async def _dry_run(daemon: Daemon, console: Console, started: float, fmt: str = 
             options: dict[str, Any] = {"preview": True} if kind is not None and kind.read_moves else {}
             if source.group_by is not None and kind is not None and kind.keeps_groups:
                 options["group_by"] = fields(source.group_by)
-            connection = daemon.connections[source.system]
+            system = daemon.systems[source.system]
             where = f"schedule:{source.system}.{source.read}"
             # a source that does not keep groups together in its pages is read whole first, as a real pass does
             collect = source.group_by is not None and "group_by" not in options
             held: list[Any] = []
             try:
-                async for page in connection.read(
+                pages = system.source.read(
                     source.read,
                     since=None,
                     cursor_field=source.cursor,
                     page_size=source.page_size or 100,
                     filter=source.filter,
                     **options,
-                ):
+                )
+                while True:
+                    async with system.call():  # the source's breaker and budget, as a real pass reads
+                        page = await anext(pages, None)
+                    if page is None:
+                        break
                     if collect:
                         held.extend(page)
                     else:
@@ -245,28 +258,15 @@ async def _dry_run(daemon: Daemon, console: Console, started: float, fmt: str = 
     finally:
         for connection in daemon.connections.values():
             await connection.close()
-    summary = OnceSummary(rows, time.perf_counter() - started)
-    if fmt == "json":
-        console.print_json(json.dumps({"dry_run": True, "flows": rows, **report}, default=str))
-        return summary
-    for write in report["writes"]:
-        console.print(
-            f"{write['flow']} -> {write['target']}: {canonical_json(write['payload'], indent=None)}", markup=False
-        )
-    for refusal in report["refused"] + report["rejected"]:
-        console.print(f"[red]would dead-letter[/red] {refusal['flow']}: {refusal['reason']}")
-    for failure in report["failed"]:
-        console.print(f"[red]cannot read[/red] {failure['flow']}: {failure['reason']}")
-    table = Table(title="seamline run --once --dry-run (nothing was written)")
-    for column in ("flow", "read", "records", "would write", "refused", "rejected", "skipped", "failed"):
-        table.add_column(column, justify="left" if column == "flow" else "right")
-    for flow, row in rows.items():
-        table.add_row(
-            flow, *(str(row[c]) for c in ("read", "records", "would_write", "refused", "rejected", "skipped", "failed"))
-        )
-    console.print(table)
-    console.print("dry run: nothing was written (no target, no inbox, no cursor, no file moved)")
-    return summary
+    return DryRun(
+        rows,
+        time.perf_counter() - started,
+        daemon.client.client,
+        writes=report["writes"],
+        refused=report["refused"],
+        rejected=report["rejected"],
+        failed=report["failed"],
+    )
 
 
 async def _dry_page(
@@ -302,8 +302,8 @@ async def _dry_page(
             row["skipped"] += 1
 
 
-class _NoStore:
-    """A dry run's store: there is none, and nothing may reach it."""
+class _NoInbox:
+    """A dry run's inbox: there is none, and nothing may reach it."""
 
     def __getattr__(self, name: str) -> Any:
         raise RuntimeError(f"a dry run touched the state store ({name}); it must write nothing")

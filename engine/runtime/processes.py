@@ -170,6 +170,8 @@ class DeliveryProcesses:
             str(part),
             "--delivery-channel",
             str(channel),
+            "--log-level",
+            self.log.level,
             *flows,
         ]
 

@@ -23,10 +23,9 @@ from zoneinfo import ZoneInfo
 
 from croniter import croniter  # type: ignore[import-untyped]
 
-from engine.connector import REJECT_HEADER, Connection, Message, ReadItem, parse_duration
+from engine.connector import REJECT_HEADER, Consumer, Message, ReadItem, parse_duration
 from engine.errors import TerminalError, TransformError, TransientError
 from engine.flow import CompiledFlow
-from engine.runtime.guards import Breaker, Budget
 from engine.runtime.identity import (
     GROUP_ROWS,
     MAX_DEPTH,
@@ -37,11 +36,13 @@ from engine.runtime.identity import (
     pick,
     too_deep,
 )
+from engine.runtime.inbox import Inbox
 from engine.runtime.logs import JsonLog
 from engine.runtime.metrics import Metrics
+from engine.runtime.system import BreakerOpen, OverBudget, System
 from engine.runtime.worker import count_outcome
 from engine.spec.model import Schedule
-from engine.state import NewItem, StateStore
+from engine.state import NewItem
 from engine.transform import canonical
 
 __all__ = [
@@ -166,8 +167,8 @@ def count_received(metrics: Metrics, flow: str, added: int, offered: int) -> Non
         count_outcome(metrics, flow, "skipped", "duplicate", offered - added)
 
 
-def enqueue_event(
-    store: StateStore,
+async def enqueue_event(
+    inbox: Inbox,
     flow: CompiledFlow,
     body: bytes,
     *,
@@ -186,11 +187,11 @@ def enqueue_event(
     """
     items = None if rejected else event_items(flow, body, source=source, message_id=message_id, headers=headers)
     if items is None:
-        reject_event(
-            store, flow, body, rejected or not_json(body), source=source, metrics=metrics, message_id=message_id
+        await reject_event(
+            inbox, flow, body, rejected or not_json(body), source=source, metrics=metrics, message_id=message_id
         )
         return 0
-    added = store.enqueue(items)
+    added = await inbox.put(items)
     count_received(metrics, flow.name, added, len(items))
     return added
 
@@ -208,13 +209,13 @@ def not_json(body: bytes) -> str:
     return "message is not a JSON record"
 
 
-def reject_event(
-    store: StateStore, flow: CompiledFlow, body: bytes, reason: str, *, source: str, metrics: Metrics, message_id: str
+async def reject_event(
+    inbox: Inbox, flow: CompiledFlow, body: bytes, reason: str, *, source: str, metrics: Metrics, message_id: str
 ) -> None:
     """A message that never became a record, straight to dead letters (outcome: rejected at read)."""
     raw = {"raw": body.decode("utf-8", errors="replace")}
     identity = identify_event(flow.flow, raw, message_id=message_id)
-    if store.reject(NewItem(flow.name, identity.dedupe, identity.business, raw, source), reason):
+    if await inbox.reject(NewItem(flow.name, identity.dedupe, identity.business, raw, source), reason):
         metrics.inc("failed", flow.name)
         metrics.inc("dead_lettered", flow.name)
         count_outcome(metrics, flow.name, "rejected")
@@ -266,9 +267,8 @@ def _later(a: str, b: str) -> bool:
 @dataclass
 class ScheduleTrigger:
     flow: CompiledFlow
-    connection: Connection
-    budget: Budget
-    store: StateStore
+    system: System  # the source: each page is read inside its breaker, budget and timeout
+    inbox: Inbox
     metrics: Metrics
     log: JsonLog
     keeps_groups: bool = False  # the connector keeps a group's rows in one page (it takes group_by)
@@ -297,11 +297,11 @@ class ScheduleTrigger:
         flow = self.flow.flow
         source = flow.source
         assert source is not None and source.read is not None and flow.trigger.schedule is not None
-        run_id = self.last_run = self.store.start_run(self.flow.name, "schedule")
+        run_id = self.last_run = await self.inbox.run(self.inbox.store.start_run, self.flow.name, "schedule")
         self.last_error = ""
         counts = {"read": 0, "records": 0, "new": 0, "duplicates": 0, "rejected": 0, "pages": 0}
         self.last_counts = counts
-        cursor = self.store.get_cursor(self.flow.name)
+        cursor = await self.inbox.run(self.inbox.store.get_cursor, self.flow.name)
         since = _first_read_since(cursor, flow.trigger.schedule)
         group_by = fields(source.group_by)
         # A group may span pages of a source that does not keep groups together: the pass is collected first,
@@ -312,7 +312,7 @@ class ScheduleTrigger:
         where = f"schedule:{source.system}.{source.read}"
         try:
             options: dict[str, Any] = {"group_by": group_by} if group_by and self.keeps_groups else {}
-            pages = self.connection.read(
+            pages = self.system.source.read(
                 source.read,
                 since=since,
                 cursor_field=source.cursor,
@@ -320,15 +320,20 @@ class ScheduleTrigger:
                 filter=source.filter,
                 **options,
             )
-            async for page in pages:
+            while True:
+                # each page is one call of the source: its breaker, a slot and a rate token of its limits
+                async with self.system.call():
+                    page = await anext(pages, None)
+                if page is None:
+                    break
                 counts["pages"] += 1
                 if collect:
                     held.extend(page)
                     counts["read"] += len(page)
                     continue
-                cursor = self._store_page(page, where, counts, cursor)
+                cursor = await self._store_page(page, where, counts, cursor)
             if collect:
-                cursor = self._store_page(held, where, counts, cursor, count_read=False)
+                cursor = await self._store_page(held, where, counts, cursor, count_read=False)
         except (TransientError, TerminalError) as exc:
             status = "failed"
             self.last_error = str(exc)
@@ -336,11 +341,11 @@ class ScheduleTrigger:
         finally:
             if status == "ok" and counts["rejected"]:
                 status = "partial"
-            self.store.finish_run(run_id, status, counts)
+            await self.inbox.run(self.inbox.store.finish_run, run_id, status, counts)
         self.log.info("schedule_pass", flow=self.flow.name, status=status, **counts)
         return counts
 
-    def _store_page(
+    async def _store_page(
         self, page: list[Any], where: str, counts: dict[str, int], cursor: str | None, *, count_read: bool = True
     ) -> str | None:
         """One page into the inbox (its rejected rows into dead letters), then the cursor; returns the cursor."""
@@ -351,13 +356,13 @@ class ScheduleTrigger:
             counts["read"] += read.rows
         counts["records"] += len(read.items)
         for item, reason in read.rejected:
-            if self.store.reject(item, reason):
+            if await self.inbox.reject(item, reason):
                 counts["rejected"] += 1
                 count_outcome(self.metrics, self.flow.name, "rejected")
                 self.metrics.inc("dead_lettered", self.flow.name)
                 self.log.warning("rejected_at_read", flow=self.flow.name, key=item.business_key, reason=reason)
         _warn_same_version(self.log, self.flow.name, read.items)
-        added = self.store.enqueue(read.items)
+        added = await self.inbox.put(read.items)
         counts["new"] += added
         counts["duplicates"] += len(read.items) - added
         count_received(self.metrics, self.flow.name, added, len(read.items))
@@ -365,7 +370,7 @@ class ScheduleTrigger:
             rows = [entry.data if isinstance(entry, ReadItem) else entry for entry in page]
             cursor = _max_cursor(cursor, rows, source.cursor)
             if cursor is not None:
-                self.store.set_cursor(self.flow.name, cursor)  # only after the page is stored
+                await self.inbox.run(self.inbox.store.set_cursor, self.flow.name, cursor)  # after the page is stored
         return cursor
 
     async def loop(self, stopping: asyncio.Event) -> None:
@@ -419,15 +424,16 @@ class RequestResult:
 
 
 class RequestHandler:
-    """A request trigger: the caller waits while seamline asks the source, so the answer must be quick or clear."""
+    """A request trigger: the caller waits while seamline asks the source, so the answer must be quick or clear.
 
-    def __init__(
-        self, flow: CompiledFlow, connection: Connection, budget: Budget, breaker: Breaker, metrics: Metrics
-    ) -> None:
+    The call goes through the source's :class:`~engine.runtime.system.System` as a real-time call: ahead of
+    batch work on the same budget, waiting for a slot at most the trigger's timeout; an open breaker or no
+    slot within it is a 503 with Retry-After, no answer within it a 504.
+    """
+
+    def __init__(self, flow: CompiledFlow, system: System, metrics: Metrics) -> None:
         self.flow = flow
-        self.connection = connection
-        self.budget = budget
-        self.breaker = breaker
+        self.system = system
         self.metrics = metrics
         trigger = flow.flow.trigger.request
         assert trigger is not None and flow.flow.source is not None and flow.flow.source.call is not None
@@ -457,29 +463,26 @@ class RequestHandler:
             asked = self.flow.shape_request(request, record_id=cache_key[:80])
         except TransformError as exc:
             return RequestResult(400, {"error": f"the request cannot be shaped for the source: {exc}"})
-        if not self.breaker.allow():
-            retry = max(1, int(self.breaker.remaining() + 0.999))
+        started = time.monotonic()
+        try:
+            async with self.system.call(priority="realtime", wait=self.timeout, timed=False):
+                left = max(0.001, self.timeout - (time.monotonic() - started))  # the slot's wait counts too
+                async with asyncio.timeout(left):
+                    response = await self.system.caller.call(self.operation, asked, timeout=left)
+        except BreakerOpen as exc:
+            retry = max(1, int(exc.remaining + 0.999))
             return RequestResult(
                 503, {"error": "the system is unavailable (circuit open)"}, {"Retry-After": str(retry)}
             )
-        if not self.budget.try_now():
+        except OverBudget:
             return RequestResult(503, {"error": "the system is over its request budget"}, {"Retry-After": "1"})
-        try:
-            async with self.budget.slot():
-                response = await asyncio.wait_for(
-                    self.connection.call(self.operation, asked, timeout=self.timeout), timeout=self.timeout
-                )
         except TimeoutError:
-            self.breaker.failure()
             return RequestResult(504, {"error": f"no answer from the system within {self.timeout:g}s"})
         except TransientError as exc:
-            self.breaker.failure()
             after = str(int(exc.retry_after)) if exc.retry_after else "1"
             return RequestResult(503, {"error": str(exc)}, {"Retry-After": after})
         except TerminalError as exc:
-            self.breaker.success()
             return RequestResult(502, {"error": str(exc)})
-        self.breaker.success()
         try:
             answer = self.flow.transform(response, record_id=cache_key[:80])
         except TransformError as exc:
@@ -491,14 +494,12 @@ class RequestHandler:
         return RequestResult(200, answer, {"X-Seamline-Cache": "miss"})
 
 
-async def consume_queue(
-    flow: CompiledFlow, connection: Connection, queue: str, store: StateStore, metrics: Metrics
-) -> None:
+async def consume_queue(flow: CompiledFlow, consumer: Consumer, queue: str, inbox: Inbox, metrics: Metrics) -> None:
     """An event trigger on a queue: each message is stored before the connector acknowledges it."""
 
     async def handler(message: Message) -> None:
-        enqueue_event(
-            store,
+        await enqueue_event(
+            inbox,
             flow,
             message.body,
             source=f"queue:{queue}",
@@ -508,4 +509,4 @@ async def consume_queue(
             headers=message.headers,
         )
 
-    await connection.consume(queue, handler)
+    await consumer.consume(queue, handler)

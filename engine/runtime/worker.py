@@ -25,16 +25,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.connector import Connection, EffectFinder, ExistenceChecker, default_registry, parse_duration
+from engine.connector import Registry, parse_duration
 from engine.errors import TerminalError, TransformError, TransientError
 from engine.flow import CompiledClient, CompiledFlow, CompiledTarget
-from engine.runtime.commits import GroupCommit
-from engine.runtime.guards import Backoff, Breaker, Budget
+from engine.runtime.guards import Backoff
 from engine.runtime.identity import fields, older, pick
+from engine.runtime.inbox import Inbox
 from engine.runtime.logs import JsonLog
 from engine.runtime.metrics import Metrics
+from engine.runtime.system import BreakerOpen, System
 from engine.spec.model import Target
-from engine.state import Delivered, Finished, InboxItem, Remember, StateStore
+from engine.state import Delivered, Finished, InboxItem, Remember
 
 __all__ = ["Delivery", "Outcome", "WorkerPool", "count_outcome"]
 
@@ -57,20 +58,15 @@ class Delivery:
     """Everything one item needs on its way to its targets."""
 
     client: CompiledClient
-    store: StateStore
-    connections: Mapping[str, Connection]
-    budgets: Mapping[str, Budget]
-    breakers: Mapping[str, Breaker]
+    inbox: Inbox  # every store call goes through it, on the store's thread
+    systems: Mapping[str, System]  # every call of a system goes through its System (breaker, budget, timeout)
+    registry: Registry  # the connector kinds: which writes must happen once
     metrics: Metrics
     log: JsonLog
     spec_version: str = ""
     backoff: Backoff = field(default_factory=Backoff)
     dry_run_sink: list[tuple[str, str, Any]] | None = None  # when set, writes are collected, not sent
-    commits: GroupCommit = field(init=False)
     _once_only: dict[tuple[str, str], bool] = field(init=False, default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.commits = GroupCommit(self.store)
 
     async def process(self, item: InboxItem) -> Outcome:
         flow = self.client.flows.get(item.flow)
@@ -80,7 +76,9 @@ class Delivery:
         if event is not None and event.group_by is not None and event.window is not None:
             # the other parts of the group that came within its window join it, in one transaction
             before = _rows(item.payload)
-            item = await self.commits.run(self.store.absorb, item, parse_duration(event.window), fields(event.group_by))
+            item = await self.inbox.run(
+                self.inbox.store.absorb, item, parse_duration(event.window), fields(event.group_by)
+            )
             if _rows(item.payload) > before:
                 count_outcome(self.metrics, item.flow, "skipped", "merged", _rows(item.payload) - before)
         if older(item.version, item.latest):
@@ -112,14 +110,14 @@ class Delivery:
             remember = self._remember_target(item, target)
             if position < len(pending) - 1:
                 # Recorded at once: a later target's failure must never make this one be written twice.
-                await self.commits.run(_record, self.store, outcome, remember)
+                await self.inbox.record(outcome, remember)
             else:
                 last, last_remember = outcome, remember  # the last target's entry shares the item's transaction
         if self.dry_run_sink is not None:
             return Outcome("done") if wrote or not pending else Outcome("skipped", "nothing to write for any target")
         remember = self._remember_item(item, last_remember)
         outcome_text = "delivered" if wrote or not pending else "skipped: nothing to write for any target"
-        await self.commits.finish(Finished(item.id, last, remember, outcome_text))
+        await self.inbox.finish(Finished(item.id, last, remember, outcome_text))
         if outcome_text == "delivered":
             self.metrics.observe("latency", item.flow, max(0.0, time.time() - item.created_at))
             count_outcome(self.metrics, item.flow, "delivered")
@@ -144,7 +142,7 @@ class Delivery:
     async def _skip(self, item: InboxItem, kind: str, reason: str) -> Outcome:
         if self.dry_run_sink is not None:
             return Outcome("skipped", reason)
-        await self.commits.finish(Finished(item.id, outcome=f"skipped: {reason}"))
+        await self.inbox.finish(Finished(item.id, outcome=f"skipped: {reason}"))
         self.metrics.inc("skipped", item.flow)
         count_outcome(self.metrics, item.flow, "skipped", kind)
         if kind == "stale":
@@ -156,7 +154,7 @@ class Delivery:
         cached = self._once_only.get((spec.system, spec.write))
         if cached is None:
             options = self.client.report.systems.get(spec.system)
-            kind = default_registry().get(options.connector) if options is not None else None
+            kind = self.registry.get(options.connector) if options is not None else None
             cached = kind is not None and kind.is_once_only(spec.write, options)
             self._once_only[(spec.system, spec.write)] = cached
         return cached
@@ -178,55 +176,45 @@ class Delivery:
         if payload is None:
             return Delivered(item.flow, item.key, target.label, "skipped: nothing to write")
         key = _key_of(payload, spec.key)
-        connection = self.connections[spec.system]
+        system = self.systems[spec.system]
         if self.dry_run_sink is not None:
-            return await self._dry_run(item, target, connection, payload, key)
-        breaker = self.breakers[spec.system]
-        if not breaker.allow():
-            wait = max(breaker.remaining(), 0.2)
-            await self.commits.run(_retry_later, self.store, item.id, wait, f"{spec.system}: circuit open", False)
-            return Outcome("retry", "breaker open")
+            return await self._dry_run(item, target, system, payload, key)
         once = self.is_once_only(spec)
         idempotency_key = f"{item.key}#{target.label}"
         sent = False
         try:
             if target.depends_on_existence:
-                payload = await self._fields_for(item, target, connection, payload, key)
-            check = getattr(connection, "check", None)
-            if check is not None:
-                check(spec.write, payload)  # the target's schema: a bad payload never leaves
+                payload = await self._fields_for(item, target, system, payload, key)
+            if system.checker is not None:  # the target's schema: a bad payload never leaves (not the system's fault)
+                system.checker.check(spec.write, payload)
             if once and target.label in item.intents:
-                found = await self._find_effect(item, target, connection, payload, key, idempotency_key)
+                found = await self._find_effect(item, target, system, payload, key, idempotency_key)
                 if found is not None:
-                    breaker.success()
                     self.log.info("effect_found", flow=item.flow, key=item.key, target=target.label, receipt=found)
                     return Delivered(item.flow, item.key, target.label, found, once_only=True)
             elif once:
                 # Committed before the write leaves: a crash from here on finds the mark and asks the target.
-                await self.commits.run(self.store.mark_intent, item.flow, item.key, target.label)
+                await self.inbox.run(self.inbox.store.mark_intent, item.flow, item.key, target.label)
             # A connection that gathers concurrent writes into one request (Magento bulk) bounds its own
             # requests; holding a concurrency slot per waiting record would cap every batch at that limit.
-            gathers = getattr(connection, "gathers_writes", None)
-            gathering = gathers is not None and gathers(spec.write, spec.mode)
-            async with contextlib.nullcontext() if gathering else self.budgets[spec.system].slot():
-                # asyncio.timeout, not wait_for: the same TimeoutError without a task per write.
-                async with asyncio.timeout(self.budgets[spec.system].timeout):
-                    sent = True
-                    receipt = await connection.write(
-                        spec.write, payload, key=key, mode=spec.mode, idempotency_key=idempotency_key
-                    )
+            gathering = system.gathering is not None and system.gathering.gathers_writes(spec.write, spec.mode)
+            async with system.call(slot=not gathering):
+                sent = True
+                receipt = await system.target.write(
+                    spec.write, payload, key=key, mode=spec.mode, idempotency_key=idempotency_key
+                )
+        except BreakerOpen as exc:  # never called: the item waits out the breaker, no attempt counted
+            await self.inbox.retry(item.id, exc.remaining, str(exc), count_attempt=False)
+            return Outcome("retry", "breaker open")
         except (TimeoutError, TransientError) as exc:
-            breaker.failure()
             reason = f"{target.label}: {exc}" if str(exc) else f"{target.label}: timed out"
             return await self._retry_or_give_up(item, target, spec, reason, getattr(exc, "retry_after", None))
         except TerminalError as exc:
-            breaker.success()  # the system answered: it is up, the record is what is wrong
             if once and sent:
                 # the target refused the write: it had no effect, there is nothing to ask about later
-                await self.commits.run(self.store.clear_intent, item.flow, item.key, target.label)
+                await self.inbox.run(self.inbox.store.clear_intent, item.flow, item.key, target.label)
             return await self._dead(item, f"{target.label}: {exc}", "terminal", target.label)
         except _Unknown as exc:
-            breaker.success()
             return await self._dead(
                 item,
                 f"{target.label}: outcome unknown: this once-only write was sent before without an answer (a crash "
@@ -234,12 +222,11 @@ class Delivery:
                 "unknown",
                 target.label,
             )
-        breaker.success()
         self.metrics.inc("written", item.flow)
         return Delivered(item.flow, item.key, target.label, receipt, once_only=once)
 
     async def _dry_run(
-        self, item: InboxItem, target: CompiledTarget, connection: Connection, payload: Any, key: Any
+        self, item: InboxItem, target: CompiledTarget, system: System, payload: Any, key: Any
     ) -> Outcome | None:
         """What would be sent, after the same shaping and pre-send check as a real write; nothing is written.
 
@@ -250,10 +237,9 @@ class Delivery:
         assert spec is not None and self.dry_run_sink is not None
         try:
             if target.depends_on_existence:
-                payload = await self._fields_for(item, target, connection, payload, key)
-            check = getattr(connection, "check", None)
-            if check is not None:
-                check(spec.write, payload)
+                payload = await self._fields_for(item, target, system, payload, key)
+            if system.checker is not None:
+                system.checker.check(spec.write, payload)
         except (TimeoutError, TransientError) as exc:
             return Outcome("retry", f"{target.label}: {exc or 'timed out'}")
         except TerminalError as exc:
@@ -261,17 +247,15 @@ class Delivery:
         self.dry_run_sink.append((item.flow, target.label, payload))
         return None
 
-    async def _fields_for(
-        self, item: InboxItem, target: CompiledTarget, connection: Connection, payload: Any, key: Any
-    ) -> Any:
+    async def _fields_for(self, item: InboxItem, target: CompiledTarget, system: System, payload: Any, key: Any) -> Any:
         """The payload without its create-only fields when the target has the record, or its update-only ones
         when it does not. The connector says (Magento's GET of the SKU); else the ledger (delivered before)."""
         spec = target.target
         assert spec is not None
         exists: bool | None = None
-        if isinstance(connection, ExistenceChecker):
-            async with self.budgets[spec.system].slot(), asyncio.timeout(self.budgets[spec.system].timeout):
-                exists = await connection.exists(spec.write, payload, key=key)
+        if system.existence is not None:
+            async with system.call():
+                exists = await system.existence.exists(spec.write, payload, key=key)
         if exists is None:
             exists = target.label in item.known
         return target.for_existence(payload, exists)
@@ -280,7 +264,7 @@ class Delivery:
         self,
         item: InboxItem,
         target: CompiledTarget,
-        connection: Connection,
+        system: System,
         payload: Any,
         key: Any,
         idempotency_key: str,
@@ -291,13 +275,14 @@ class Delivery:
         """
         spec = target.target
         assert spec is not None
-        if not isinstance(connection, EffectFinder):
+        finder = system.effects
+        if finder is None:
             raise _Unknown(f"the {spec.system} connector cannot check whether it has this {spec.write} already")
-        async with self.budgets[spec.system].slot(), asyncio.timeout(self.budgets[spec.system].timeout):
-            try:
-                return await connection.find_effect(spec.write, payload, key=key, idempotency_key=idempotency_key)
-            except TerminalError as exc:
-                raise _Unknown(str(exc)) from None
+        try:
+            async with system.call():
+                return await finder.find_effect(spec.write, payload, key=key, idempotency_key=idempotency_key)
+        except TerminalError as exc:
+            raise _Unknown(str(exc)) from None
 
     async def _retry_or_give_up(
         self, item: InboxItem, target: CompiledTarget, spec: Target, reason: str, retry_after: float | None
@@ -306,15 +291,13 @@ class Delivery:
             return await self._dead(
                 item, f"gave up after {item.attempts + 1} attempts: {reason}", "exhausted", target.label
             )
-        cap = self.budgets[spec.system].max_retry_after
+        cap = self.systems[spec.system].budget.max_retry_after
         if retry_after is not None and retry_after > cap:
             self.log.warning(
                 "retry_after_capped", flow=item.flow, key=item.key, target=target.label, asked=retry_after, cap=cap
             )
             retry_after = cap
-        await self.commits.run(
-            _retry_later, self.store, item.id, self.backoff.delay(item.attempts, retry_after), reason, True
-        )
+        await self.inbox.retry(item.id, self.backoff.delay(item.attempts, retry_after), reason)
         self.metrics.inc("failed", item.flow)
         self.metrics.inc("retried", item.flow)
         self.log.warning("retry", flow=item.flow, key=item.key, target=target.label, reason=reason)
@@ -323,7 +306,7 @@ class Delivery:
     async def _dead(self, item: InboxItem, reason: str, kind: str, target: str = "") -> Outcome:
         if self.dry_run_sink is not None:
             return Outcome("dead", reason)  # a dry run tells; it stores nothing
-        await self.commits.run(_dead_letter, self.store, item.id, reason, kind, target, self.spec_version)
+        await self.inbox.dead(item.id, reason, kind=kind, target=target, spec_version=self.spec_version)
         self.metrics.inc("failed", item.flow)
         self.metrics.inc("dead_lettered", item.flow)
         count_outcome(self.metrics, item.flow, "dead_lettered")
@@ -333,20 +316,6 @@ class Delivery:
 
 class _Unknown(Exception):
     """A once-only write's earlier outcome is unknown and the target cannot say."""
-
-
-def _record(store: StateStore, entry: Delivered, remember: Remember | None) -> None:
-    store.record_delivery(
-        entry.flow, entry.key, entry.target, entry.response, remember=remember, once_only=entry.once_only
-    )
-
-
-def _retry_later(store: StateStore, item_id: int, delay: float, error: str, count_attempt: bool) -> None:
-    store.retry_later(item_id, delay, error, count_attempt=count_attempt)
-
-
-def _dead_letter(store: StateStore, item_id: int, reason: str, kind: str, target: str, version: str) -> int:
-    return store.dead_letter(item_id, reason, error_kind=kind, target=target, spec_version=version)
 
 
 def _rows(payload: Any) -> int:
@@ -412,7 +381,7 @@ class WorkerPool:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _claim(self) -> None:
-        store = self.delivery.store
+        inbox = self.delivery.inbox
         while not self._stopping.is_set():
             held = self._ready.qsize() + self.in_flight
             room = self.hold - held
@@ -423,13 +392,13 @@ class WorkerPool:
                 await self._freed.wait()
                 continue
             try:
-                items = await self.delivery.commits.run(store.claim, self.name, room, self.lease, self.flows)
+                items = await inbox.claim(self.name, room, self.lease, self.flows)
             except Exception as exc:  # a store busy past its lock timeout, or gone for a while: try again soon
                 self.delivery.log.error("claim_failed", worker=self.name, error=str(exc))
                 await asyncio.sleep(max(self.idle, 1.0))
                 continue
             if self._stopping.is_set():
-                store.release([i.id for i in items])
+                await inbox.release([i.id for i in items])
                 return
             for item in items:
                 self._ready.put_nowait(item)
@@ -439,30 +408,31 @@ class WorkerPool:
                     await asyncio.wait_for(self.wakeup.wait(), timeout=self.idle)
 
     async def _run(self) -> None:
-        store = self.delivery.store
+        inbox = self.delivery.inbox
         while True:
             item = await self._ready.get()
             self._freed.set()
             if item is None:
                 return  # stop() queued one of these per worker
             if self._stopping.is_set():
-                store.release([item.id])  # claimed, never started: back at once, no attempt counted
+                await inbox.release([item.id])  # claimed, never started: back at once, no attempt counted
                 continue
             self.in_flight += 1
             try:
                 await self.delivery.process(item)
             except Exception as exc:  # a bug must not kill the worker; the lease returns the item
                 self.delivery.log.error("worker_error", flow=item.flow, key=item.key, error=repr(exc))
-                store.retry_later(item.id, 5.0, f"internal error: {exc!r}")
+                with contextlib.suppress(Exception):  # a store gone too: the lease returns the item
+                    await inbox.retry(item.id, 5.0, f"internal error: {exc!r}")
             finally:
                 self.in_flight -= 1
                 self._freed.set()
 
     async def drain(self) -> None:
         """Work until the inbox has nothing ready for these flows (run --once)."""
-        store = self.delivery.store
+        inbox = self.delivery.inbox
         while True:
-            depth = store.depth()
+            depth = await inbox.run(inbox.store.depth)
             if depth["pending"] == 0 and depth["inflight"] == 0 and self.in_flight == 0:
                 return
             await asyncio.sleep(0.02)

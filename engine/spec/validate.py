@@ -361,7 +361,7 @@ class _Checker:
         if trigger is not None and trigger.event is not None and trigger.event.system is not None:
             event_path = (*path, "trigger", "event", "system")
             kind, _ = self.system_ref(trigger.event.system, declared, event_path)
-            if kind is not None and not kind.events:
+            if kind is not None and not kind.consumes:
                 self.error(
                     f"system '{trigger.event.system}' ({kind.name}) cannot feed an event trigger; "
                     "use a queue system (amqp) or a webhook path",
@@ -439,8 +439,8 @@ class _Checker:
         system: str,
     ) -> None:
         valid = kind.operations(capability, options)  # type: ignore[arg-type]
-        if capability == "write" and kind.name == "amqp":
-            return  # an AMQP target names its routing key; any is valid
+        if capability == "write" and kind.any_write:
+            return  # the target names free text (an AMQP routing key); any is valid
         if op in valid:
             return
         verb = {"read": "read", "write": "write", "call": "call"}[capability]
@@ -661,7 +661,6 @@ def _served_paths(trigger: Trigger, path: JsonPath) -> list[tuple[JsonPath, str]
 
 
 def _capability_hint(kind: ConnectorKind, capability: str) -> str:
-    if kind.name in ("http", "file"):
-        where = "endpoints" if kind.name == "http" else "drops"
-        return f"declare it under the system's {where}:"
+    if kind.operations_in:
+        return f"declare it under the system's {kind.operations_in}:"
     return f"connector '{kind.name}' does not support {capability}"

@@ -6,6 +6,10 @@
   ``sqlite:///:memory:`` for throwaway runs;
 - ``postgresql://user@host:5432/db?schema=acme`` for replicas sharing state; each client lives in
   its own schema, created on first use.
+
+The store knows no system. A connector that keeps tables of its own (the embedded queue) opens the
+same database with ``open_database(url)``: a connection made as the store makes its own, transactions,
+and the lock schema changes take; the tables and their migrations are the connector's.
 """
 
 from __future__ import annotations
@@ -15,10 +19,12 @@ import functools
 import os
 import re
 import sqlite3
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from engine.errors import UsageError
@@ -29,7 +35,6 @@ from engine.state.base import (
     Finished,
     InboxItem,
     NewItem,
-    QueueMessage,
     Remember,
     ReplayRecord,
     RunRecord,
@@ -44,13 +49,14 @@ __all__ = [
     "Finished",
     "InboxItem",
     "NewItem",
-    "QueueMessage",
     "Remember",
     "ReplayRecord",
     "RunRecord",
+    "SqlDatabase",
     "StateStore",
     "default_state_url",
     "hold_sqlite_owner",
+    "open_database",
     "open_store",
     "state_exists",
     "stored_version",
@@ -144,11 +150,105 @@ def open_store(
     survives a crash of the process but not of the machine (``synchronous=NORMAL``; the spec's
     ``state.durability``).
     """
+    shown, dialect, connect, begin = _sql_parts(url, lock_timeout, durability)
+    return SqlStore(shown, dialect, connect, clock=clock, begin=begin)
+
+
+class SqlDatabase:
+    """The database a state URL names, for a connector that keeps tables of its own there (the embedded queue).
+
+    It knows no table. It opens one connection as the store opens its own (SQLite: WAL, the durability asked
+    for, a write waits ``lock_timeout`` for another writer; PostgreSQL: the client's schema, created on first
+    use, on the search path), runs one transaction at a time on it, and takes the lock every schema change in
+    that database is made under (the store's migrations take the same one): a connector's migrations and the
+    store's never run at once.
+    """
+
+    def __init__(
+        self, url: str, dialect: Dialect, connect: Callable[[], Any], begin: Callable[[Any], None] | None = None
+    ) -> None:
+        self.url = url  # passwords masked
+        self.dialect = dialect
+        self._begin = begin
+        self._conn = connect()
+        self._lock = threading.RLock()
+
+    def sql(self, text: str) -> str:
+        """``text`` with its ``?`` placeholders written as the dialect writes them."""
+        return text.replace("?", self.dialect.placeholder) if self.dialect.placeholder != "?" else text
+
+    def in_(self, column: str, values: Sequence[Any]) -> tuple[str, tuple[Any, ...]]:
+        """``column IN (...)`` for ``values`` and its parameters (PostgreSQL: ``= ANY(%s)``, one text whatever the
+        count, so psycopg prepares it once)."""
+        if self.dialect.name == "postgres":
+            return f"{column} = ANY(%s)", (list(values),)
+        return f"{column} IN ({', '.join('?' for _ in values)})", tuple(values)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Any]:
+        """A cursor inside a transaction, committed when the block ends and rolled back when it raises.
+
+        SQLite: BEGIN IMMEDIATE, the write lock taken up front (waiting up to ``lock_timeout`` for it).
+        """
+        with self._lock:
+            cur = self._conn.cursor()
+            try:
+                if self._begin is not None:
+                    self._begin(cur)
+                yield cur
+                self._conn.commit()
+            except BaseException:
+                self._conn.rollback()
+                raise
+            finally:
+                cur.close()
+
+    def lock_schema(self, cur: Any) -> None:
+        """Hold, until the transaction ends, the lock schema changes in this database are made under.
+
+        PostgreSQL: the advisory lock the store's migrations take (SqlStore._lock_migrations), per schema;
+        SQLite: nothing more, BEGIN IMMEDIATE already serialises every writer of the file.
+        """
+        if self.dialect.name == "postgres":
+            cur.execute("SELECT pg_advisory_xact_lock(hashtextextended('seamline-migrate:' || current_schema(), 0))")
+
+    def has_table(self, cur: Any, name: str) -> bool:
+        """Whether this database (PostgreSQL: the URL's schema) has a table ``name``."""
+        if self.dialect.name == "postgres":
+            cur.execute(
+                "SELECT 1 FROM information_schema.tables WHERE table_schema = current_schema() AND table_name = %s",
+                (name,),
+            )
+        else:
+            cur.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,))
+        return cur.fetchone() is not None
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+def open_database(
+    url: str, *, lock_timeout: float = 30.0, durability: Literal["full", "relaxed"] = "full"
+) -> SqlDatabase:
+    """The database the state URL ``url`` names, opened as :func:`open_store` opens it, without the store's tables.
+
+    For a connector that keeps tables of its own beside the store's (it creates and migrates them itself).
+    """
+    shown, dialect, connect, begin = _sql_parts(url, lock_timeout, durability)
+    return SqlDatabase(shown, dialect, connect, begin)
+
+
+def _sql_parts(
+    url: str, lock_timeout: float, durability: str
+) -> tuple[str, Dialect, Callable[[], Any], Callable[[Any], None] | None]:
+    """(the URL as shown, the dialect, how to connect, how to begin a transaction) for a state URL."""
     scheme = url.split(":", 1)[0].lower()
     if scheme == "sqlite":
-        return _open_sqlite(url, clock, lock_timeout, durability)
+        begin = functools.partial(_begin_immediate, lock_timeout)
+        return url, SQLITE, _sqlite_connect(url, lock_timeout, durability), begin
     if scheme in ("postgresql", "postgres"):
-        return _open_postgres(url, clock)
+        return _mask(url), POSTGRES, _postgres_connect(url), None
     raise UsageError(f"state URL '{_mask(url)}' has an unknown scheme; use sqlite:///path.db or postgresql://...")
 
 
@@ -199,9 +299,7 @@ def _mask(url: str) -> str:
     return url
 
 
-def _open_sqlite(
-    url: str, clock: Callable[[], float], lock_timeout: float = 30.0, durability: str = "full"
-) -> StateStore:
+def _sqlite_connect(url: str, lock_timeout: float = 30.0, durability: str = "full") -> Callable[[], sqlite3.Connection]:
     path = _sqlite_path(url)
     if path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -214,14 +312,14 @@ def _open_sqlite(
         # commit: what was acknowledged survives a power cut. NORMAL syncs only at checkpoints: it survives
         # any crash of the process (kill -9), but a power cut can lose the last commits.
         conn.execute(f"PRAGMA synchronous={synchronous}")
-        # Every statement runs inside BEGIN IMMEDIATE (SqlStore._tx), and only that can find the write lock
-        # taken; _begin_immediate waits for it in short steps. SQLite's own busy handler sleeps 1 ms, then
-        # 2, 5, 10 ... while a transaction here holds the lock for ~0.1-0.3 ms: with several processes on
-        # one file (run --processes) it left each waiting most of the time.
+        # Every statement runs inside BEGIN IMMEDIATE (SqlStore._tx, SqlDatabase.transaction), and only that
+        # can find the write lock taken; _begin_immediate waits for it in short steps. SQLite's own busy
+        # handler sleeps 1 ms, then 2, 5, 10 ... while a transaction here holds the lock for ~0.1-0.3 ms:
+        # with several processes on one file (run --processes) it left each waiting most of the time.
         conn.execute("PRAGMA busy_timeout=0")
         return conn
 
-    return SqlStore(url, SQLITE, connect, clock=clock, begin=functools.partial(_begin_immediate, lock_timeout))
+    return connect
 
 
 def _begin_immediate(lock_timeout: float, cur: sqlite3.Cursor) -> None:
@@ -254,7 +352,7 @@ def _postgres_dsn(url: str) -> tuple[str, str]:
     return urlunsplit(parts._replace(scheme="postgresql", query=rest)), schema
 
 
-def _open_postgres(url: str, clock: Callable[[], float]) -> StateStore:
+def _postgres_connect(url: str) -> Callable[[], Any]:
     try:
         import psycopg
     except ImportError:  # pragma: no cover - psycopg is a dependency; this guards odd installs
@@ -274,4 +372,4 @@ def _open_postgres(url: str, clock: Callable[[], float]) -> StateStore:
         conn.commit()
         return conn
 
-    return SqlStore(_mask(url), POSTGRES, connect, clock=clock)
+    return connect

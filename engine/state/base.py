@@ -32,7 +32,7 @@ The record model (DESIGN.md §2a) is kept here without knowing any system:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -43,7 +43,6 @@ __all__ = [
     "Finished",
     "InboxItem",
     "NewItem",
-    "QueueMessage",
     "Remember",
     "ReplayRecord",
     "RunRecord",
@@ -171,18 +170,6 @@ class RunRecord:
     finished_at: float | None
     status: str
     counts: dict[str, int] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class QueueMessage:
-    """A message of the embedded queue as ``receive`` hands it out: hidden from others until acked or its lease ends."""
-
-    id: int
-    queue: str
-    message_id: str
-    body: bytes
-    headers: dict[str, Any]
-    attempts: int  # deliveries so far, this one included
 
 
 class StateStore(Protocol):
@@ -335,31 +322,13 @@ class StateStore(Protocol):
 
     def runs(self, flow: str | None = None, limit: int = 20) -> list[RunRecord]: ...
 
-    # the embedded queue -----------------------------------------------------------------------
-    def publish(self, queue: str, body: bytes, message_id: str, headers: Mapping[str, Any] | None = None) -> bool:
-        """Add a message durably; False when ``message_id`` was already published to ``queue``."""
-        ...
-
-    def receive(self, queue: str, limit: int, lease: float) -> list[QueueMessage]:
-        """Up to ``limit`` messages, oldest first, each hidden for ``lease`` seconds unless acked before."""
-        ...
-
-    def ack(self, message_ids: Sequence[int]) -> None: ...
-
-    def nack(self, message_id: int, delay: float) -> None:
-        """Give a received message back, visible again after ``delay`` seconds."""
-        ...
-
-    def queue_depth(self, queue: str) -> dict[str, int]:
-        """Messages of ``queue``: ready, unacked (received, lease running) and acked."""
-        ...
-
     # retention --------------------------------------------------------------------------------
     def prune(self, before: float, *, chunk: int = 5000) -> dict[str, int]:
         """Delete finished work older than ``before`` (epoch seconds); returns how many rows per kind.
 
-        Delivered inbox items with their ledger entries, acked queue messages, replayed dead letters,
-        finished runs, key state (a key's last version and targets) not touched since. Open and dead
-        items, and dead letters not replayed, are never deleted.
+        Delivered inbox items with their ledger entries, replayed dead letters, finished runs, key state (a
+        key's last version and targets) not touched since. Open and dead items, and dead letters not
+        replayed, are never deleted. (A connector's own tables are its own to prune: the embedded queue's
+        acked messages, connectors/queue.)
         """
         ...

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
@@ -22,7 +22,6 @@ from engine.state.base import (
     Finished,
     InboxItem,
     NewItem,
-    QueueMessage,
     Remember,
     ReplayRecord,
     RunRecord,
@@ -109,6 +108,10 @@ MIGRATIONS: list[list[str]] = [
         # v4: the embedded durable queue (connectors/queue): event flows on one machine without a broker.
         # A received message is hidden until available_at (its lease); ack sets acked_at, and the row
         # stays so a message id published again is recognised.
+        # Kept as it shipped (a shipped step is never edited), but the table is no longer the store's: the
+        # queue connector owns it from here on. Its own first migration (connectors/queue/store.py, recorded in
+        # seamline_queue_schema) adopts the table this step made, messages and all, and the store never reads,
+        # writes or prunes it.
         """CREATE TABLE queue_messages (
             id {id},
             queue TEXT NOT NULL,
@@ -174,6 +177,18 @@ MIGRATIONS: list[list[str]] = [
         "autovacuum_vacuum_cost_delay = 0, autovacuum_analyze_scale_factor = 0.05, fillfactor = 80)",
     ],
 ]
+
+
+def _if_absent(statement: str) -> str:
+    """A step's CREATE TABLE / CREATE INDEX as CREATE ... IF NOT EXISTS (the shipped text of a step never changes).
+
+    A connector that keeps its own table in the same database may have created one of the store's old tables
+    first (the embedded queue's ``queue_messages``, which store step v4 created before the queue owned it).
+    """
+    for kind in ("CREATE TABLE ", "CREATE INDEX "):
+        if statement.startswith(kind) and not statement.startswith(kind + "IF NOT EXISTS"):
+            return kind + "IF NOT EXISTS " + statement[len(kind) :]
+    return statement
 
 
 class NewerStore(SeamlineError):
@@ -306,7 +321,7 @@ class SqlStore:
                     if dialect and dialect != self.dialect.name:
                         continue
                     cur.execute(
-                        (body or statement).format(
+                        _if_absent(body or statement).format(
                             id=self.dialect.id_column, real=self.dialect.real, blob=self.dialect.blob
                         )
                     )
@@ -978,79 +993,6 @@ class SqlStore:
                 for r in cur.fetchall()
             ]
 
-    # -- the embedded queue --------------------------------------------------------------------
-    def publish(self, queue: str, body: bytes, message_id: str, headers: Mapping[str, Any] | None = None) -> bool:
-        now = self._clock()
-        with self._tx() as cur:
-            cur.execute(
-                self._sql(
-                    "INSERT INTO queue_messages (queue, message_id, body, headers, available_at, created_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (queue, message_id) DO NOTHING"
-                ),
-                (queue, message_id, body, json.dumps(dict(headers or {})), now, now),
-            )
-            return bool(cur.rowcount > 0)
-
-    def receive(self, queue: str, limit: int, lease: float) -> list[QueueMessage]:
-        now = self._clock()
-        with self._tx() as cur:
-            cur.execute(
-                self._sql(
-                    "SELECT i.id FROM queue_messages i WHERE i.queue = ? AND i.acked_at IS NULL "
-                    f"AND i.available_at <= ? ORDER BY i.available_at, i.id LIMIT ?{self.dialect.skip_locked}"
-                ),
-                (queue, now, limit),
-            )
-            ids = [int(row[0]) for row in cur.fetchall()]
-            if not ids:
-                return []
-            marks = ", ".join("?" for _ in ids)
-            cur.execute(
-                self._sql(f"UPDATE queue_messages SET available_at = ?, attempts = attempts + 1 WHERE id IN ({marks})"),
-                (now + lease, *ids),
-            )
-            cur.execute(
-                self._sql(
-                    "SELECT id, queue, message_id, body, headers, attempts FROM queue_messages "
-                    f"WHERE id IN ({marks}) ORDER BY id"
-                ),
-                ids,
-            )
-            return [
-                QueueMessage(int(r[0]), r[1], r[2], bytes(r[3]), json.loads(r[4]), int(r[5])) for r in cur.fetchall()
-            ]
-
-    def ack(self, message_ids: Sequence[int]) -> None:
-        if not message_ids:
-            return
-        marks = ", ".join("?" for _ in message_ids)
-        with self._tx() as cur:
-            cur.execute(
-                self._sql(f"UPDATE queue_messages SET acked_at = ? WHERE id IN ({marks}) AND acked_at IS NULL"),
-                (self._clock(), *message_ids),
-            )
-
-    def nack(self, message_id: int, delay: float) -> None:
-        with self._tx() as cur:
-            cur.execute(
-                self._sql("UPDATE queue_messages SET available_at = ? WHERE id = ? AND acked_at IS NULL"),
-                (self._clock() + delay, message_id),
-            )
-
-    def queue_depth(self, queue: str) -> dict[str, int]:
-        now = self._clock()
-        with self._tx() as cur:
-            cur.execute(
-                self._sql(
-                    "SELECT CASE WHEN acked_at IS NOT NULL THEN 'acked' WHEN available_at <= ? THEN 'ready' "
-                    "ELSE 'unacked' END AS state, COUNT(*) FROM queue_messages WHERE queue = ? GROUP BY state"
-                ),
-                (now, queue),
-            )
-            counts = {state: 0 for state in ("ready", "unacked", "acked")}
-            counts.update({row[0]: int(row[1]) for row in cur.fetchall()})
-            return counts
-
     # -- retention -----------------------------------------------------------------------------
     def prune(self, before: float, *, chunk: int = 5000) -> dict[str, int]:
         """Delete finished work older than ``before``, a chunk per transaction (writers never wait long)."""
@@ -1060,8 +1002,6 @@ class SqlStore:
             "AND NOT EXISTS (SELECT 1 FROM inbox i WHERE i.flow = l.flow AND i.key = l.key "
             "AND i.status IN ('pending', 'inflight', 'dead')) LIMIT ?)",
             "inbox": "DELETE FROM inbox WHERE id IN (SELECT id FROM inbox WHERE status = 'done' AND created_at < ? "
-            "LIMIT ?)",
-            "queue": "DELETE FROM queue_messages WHERE id IN (SELECT id FROM queue_messages WHERE acked_at < ? "
             "LIMIT ?)",
             "dead_letters": "DELETE FROM dead_letters WHERE id IN (SELECT id FROM dead_letters "
             "WHERE replayed_at < ? LIMIT ?)",

@@ -19,15 +19,19 @@ from __future__ import annotations
 
 import errno
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from connectors.file import CONNECTOR as FILE
 from connectors.file import FileOptions
 from connectors.file.client import Disk, FileConnection
+from engine.conformance import write_through
 from engine.connector import ConnectContext, Connection
+
+KIND = FILE
 
 
 class FlakyDisk(Disk):
@@ -46,7 +50,10 @@ class FlakyDisk(Disk):
 @dataclass
 class FileHarness:
     root: Path
+    kind = KIND
     entity: str = "orders"
+    read_entity: str = "orders"
+    queue: str = "orders"
     disk: FlakyDisk = field(default_factory=FlakyDisk)
     nested_next: bool = False
 
@@ -54,17 +61,21 @@ class FileHarness:
     def directory(self) -> Path:
         return self.root / "erp-inbound"
 
-    def connect(self) -> Connection:
-        options = FileOptions.model_validate(
+    def options(self) -> FileOptions:
+        return FileOptions.model_validate(
             {
                 "connector": "file",
                 "directory": str(self.directory),
+                "poll": "100ms",
+                "settle": "100ms",
                 "drops": {
                     "orders": {"pattern": "ORDERS_*.csv", "format": "csv", "delimiter": ";", "decimal_comma": True}
                 },
             }
         )
-        return FileConnection(options, ConnectContext(system="erp", client="conformance"), disk=self.disk)
+
+    def connect(self) -> Connection:
+        return FileConnection(self.options(), ConnectContext(system="erp", client="conformance"), disk=self.disk)
 
     def record(self, n: int) -> Any:
         record: dict[str, Any] = {"number": f"SO-{n:04d}", "customer": "Müller GmbH", "total": 12.5 * (n + 1)}
@@ -87,6 +98,17 @@ class FileHarness:
 
     def start(self) -> None:
         (self.root / "unmounted").rename(self.directory)
+
+    # -- read and consume: the drop is read back (and archived) as the ERP's outbound folder would be --
+    def seed(self, numbers: Iterable[int]) -> None:
+        write_through(self, numbers)
+
+    def publish(self, numbers: Iterable[int]) -> None:
+        write_through(self, numbers)
+
+    def which(self, data: Any) -> int | None:
+        number = data.get("number", "") if isinstance(data, dict) else ""
+        return int(number.removeprefix("SO-")) if number.startswith("SO-") else None
 
 
 @contextmanager

@@ -1,27 +1,42 @@
-"""The magento connector's conformance harness: FakeMagento with an integration's OAuth 1.0a keys."""
+"""The magento connector's conformance harness: FakeMagento with an integration's OAuth 1.0a keys.
+
+The fake (:mod:`connectors.magento.fake`) is a real HTTP server that behaves like Magento 2.4's REST
+API and holds every request body to Magento's published schema. Writes are ``products`` (``PUT
+/V1/products/{sku}``); the read is ``products`` too (``GET /V1/products`` with searchCriteria, pages
+sorted on the product id), over products the harness puts in with the fake's own ``seed`` (held to the
+same schema, not logged as writes): record n is SKU ``CONF-<n>``. Failures are the fake's knobs: a 503
+with Retry-After (transient), a 400 (terminal); stop and start close the listening socket (and the
+open keep-alive connections) and open it again on the same port, the catalog kept.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import re
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from connectors.magento import CONNECTOR as MAGENTO
+from connectors.magento import MagentoOptions
 from connectors.magento.fake import FakeMagento
 from engine.connector import ConnectContext, Connection
 
+KIND = MAGENTO
 KEYS = ("conformance-ck", "conformance-cs", "conformance-at", "conformance-ats")
+SKU = re.compile(r"^CONF-(\d{4})$")
 
 
 @dataclass
 class MagentoHarness:
     fake: FakeMagento
+    kind = KIND
     entity: str = "products"
+    read_entity: str = "products"
 
-    def connect(self) -> Connection:
+    def options(self) -> MagentoOptions:
         names = ("consumer_key", "consumer_secret", "access_token", "access_token_secret")
-        options = MAGENTO.options.model_validate(
+        return MagentoOptions.model_validate(
             {
                 "connector": "magento",
                 "url": self.fake.url,
@@ -29,8 +44,9 @@ class MagentoHarness:
                 "limits": {"timeout": "5s"},
             }
         )
-        assert MAGENTO.connect is not None
-        return MAGENTO.connect(options, ConnectContext(system="shop", client="conformance"))
+
+    def connect(self) -> Connection:
+        return MAGENTO.open(self.options(), ConnectContext(system="shop", client="conformance"))
 
     def record(self, n: int) -> Any:
         return {
@@ -55,6 +71,14 @@ class MagentoHarness:
 
     def start(self) -> None:
         self.fake.start()
+
+    # -- read -----------------------------------------------------------------------------------
+    def seed(self, numbers: Iterable[int]) -> None:
+        self.fake.seed({"products": [self.record(n) for n in numbers]})
+
+    def which(self, data: Any) -> int | None:
+        match = SKU.match(str(data.get("sku"))) if isinstance(data, dict) else None
+        return int(match.group(1)) if match else None
 
 
 @contextmanager

@@ -9,30 +9,36 @@ from __future__ import annotations
 
 import sqlite3
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from connectors.queue import CONNECTOR as QUEUE
-from engine.connector import ConnectContext, Connection
-from engine.state import open_store
+from connectors.queue.store import open_queue
+from engine.conformance import write_through
+from engine.connector import ConnectContext, Connection, SystemOptions
+
+KIND = QUEUE
 
 
 @dataclass
 class QueueHarness:
     path: Path
+    kind = KIND
     entity: str = "orders"
+    queue: str = "orders"
     _lock: sqlite3.Connection | None = None
     _poison: set[int] = field(default_factory=set)
 
-    def connect(self) -> Connection:
-        options = QUEUE.options.model_validate(
+    def options(self) -> SystemOptions:
+        return QUEUE.options.model_validate(
             {"connector": "queue", "url": f"sqlite:///{self.path}", "queues": ["orders"], "lock_timeout": "200ms"}
         )
-        assert QUEUE.connect is not None
-        return QUEUE.connect(options, ConnectContext(system="bus", client="conformance"))
+
+    def connect(self) -> Connection:
+        return QUEUE.open(self.options(), ConnectContext(system="bus", client="conformance"))
 
     def record(self, n: int) -> Any:
         if n in self._poison:
@@ -41,11 +47,11 @@ class QueueHarness:
         return {"number": f"SO-{n:04d}", "lines": [{"sku": "A", "qty": n}]}
 
     def applied(self) -> int:
-        store = open_store(f"sqlite:///{self.path}")
+        queue = open_queue(f"sqlite:///{self.path}")
         try:
-            return sum(store.queue_depth(self.entity).values())
+            return sum(queue.depth(self.entity).values())
         finally:
-            store.close()
+            queue.close()
 
     def fail_next(self, kind: Literal["transient", "terminal"]) -> None:
         if kind == "transient":
@@ -65,12 +71,20 @@ class QueueHarness:
             self._lock.close()
             self._lock = None
 
+    # -- consume: producers put messages on the queue as a write does ----------------------------
+    def publish(self, numbers: Iterable[int]) -> None:
+        write_through(self, numbers)
+
+    def which(self, data: Any) -> int | None:
+        number = data.get("number", "") if isinstance(data, dict) else ""
+        return int(number.removeprefix("SO-")) if number.startswith("SO-") else None
+
 
 @contextmanager
 def harness() -> Iterator[QueueHarness]:
     with tempfile.TemporaryDirectory(prefix="queue-conformance-") as tmp:
         path = Path(tmp) / "queue.db"
-        open_store(f"sqlite:///{path}").close()  # the tables exist before anything holds the lock
+        open_queue(f"sqlite:///{path}").close()  # the table exists before anything holds the lock
         running = QueueHarness(path)
         try:
             yield running

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import socket
 import subprocess
 import time
@@ -26,9 +27,10 @@ from pamqp.header import ContentHeader, ProtocolHeader
 from connectors.amqp import CONNECTOR as AMQP
 from connectors.amqp import AmqpOptions
 from connectors.amqp.client import REASON_HEADER, SOURCE_QUEUE_HEADER, AmqpConnection, redact_url, unparsable
-from engine.connector import ConnectContext, Message, default_registry
+from engine.connector import ConnectContext, Message, default_registry, roles_of
 from engine.errors import TerminalError, TransientError
 from engine.flow import load_client
+from engine.runtime.inbox import Inbox
 from engine.runtime.metrics import Metrics
 from engine.runtime.triggers import consume_queue
 from engine.state import open_store
@@ -53,8 +55,7 @@ CLOSED_PORT_URL = "amqp://seamline:s3cret-Pa55@127.0.0.1:1/"  # nothing listens 
 def connect(url: str = BROKER_URL, masked: list[str] | None = None, **options: Any) -> AmqpConnection:
     validated = AmqpOptions.model_validate({"connector": "amqp", "url": url, "limits": {"timeout": "5s"}, **options})
     mask = masked.append if masked is not None else (lambda _value: None)
-    assert AMQP.connect is not None
-    connection = AMQP.connect(validated, ConnectContext(system="bus", client="test", mask=mask))
+    connection = AMQP.open(validated, ConnectContext(system="bus", client="test", mask=mask))
     assert isinstance(connection, AmqpConnection)
     return connection
 
@@ -247,7 +248,7 @@ def names() -> Iterator[dict[str, str]]:
 
 def test_the_connector_is_registered_and_runnable() -> None:
     kind = default_registry().get("amqp")
-    assert kind is AMQP and kind.runnable and kind.events
+    assert kind is AMQP and kind.runnable and kind.consumes
 
 
 def test_pure_helpers() -> None:
@@ -270,11 +271,8 @@ def test_connect_sends_nothing_close_twice_and_secrets_stay_hidden(caplog: pytes
             await connection.write("stock", {"sku": "A"}, key="A", mode="upsert", idempotency_key="k1")
         assert "s3cret-Pa55" not in str(refused.value)
         assert "amqp://seamline:***@127.0.0.1:1/" in str(refused.value)
-        with pytest.raises(TerminalError, match="cannot be read"):
-            async for _page in connection.read("stock", since=None, cursor_field=None, page_size=10, filter=None):
-                pass
-        with pytest.raises(TerminalError, match="no synchronous calls"):
-            await connection.call("price", {}, timeout=1)
+        # a queue is written and consumed; it has no Source or Caller role (a flow asking for one is refused at bind)
+        assert roles_of(connection) == {"write", "consume"}
         await connection.close()
         await connection.close()
         with pytest.raises(TransientError, match="closed"):
@@ -894,7 +892,7 @@ flows:
             await publish(range(300))
             await publish_raw(queue, b"<not json/>", message_id="garbage")
             consumer = RestartAfter(connect(prefetch=20), after=100)
-            task = asyncio.create_task(consume_queue(flow, consumer, queue, store, metrics))  # type: ignore[arg-type]
+            task = asyncio.create_task(consume_queue(flow, consumer, queue, Inbox(store), metrics))  # type: ignore[arg-type]
             try:
                 await wait_until(consumer.restarted.is_set, "the restart after the 100th stored message", 120)
                 await publish(range(300, 500))
@@ -977,3 +975,53 @@ flows:
     finally:
         store.close()
     assert "guest:guest@" not in daemon.log_path.read_text(encoding="utf-8")
+
+
+@pytest.mark.rabbitmq
+def test_the_daemon_log_is_one_json_stream_through_a_broker_drop(
+    broker: None, names: dict[str, str], tmp_path: Path
+) -> None:
+    """Was: connector warnings came out as plain text beside the JSON log, info lines were dropped and a
+    broker dropping its connections printed aiormq's tracebacks. Now every line is JSON, bound and masked."""
+    source, target = names["queue"], names["other"]
+    (tmp_path / "seamline.yaml").write_text(
+        f"""\
+seamline: 1
+client: amqplog
+systems:
+  bus: {{ connector: amqp, url: "{{{{ secret.AMQP_URL }}}}" }}
+flows:
+  relay:
+    trigger: {{ event: {{ system: bus, queue: {source}, id: sku }} }}
+    transform: '{{ "sku": sku }}'
+    target: {{ system: bus, write: {target}, key: sku }}
+""",
+        encoding="utf-8",
+    )
+    daemon = DaemonProcess(tmp_path, tmp_path / "state.db", env={"AMQP_URL": BROKER_URL}, workers=2)
+    relayed: set[str] = set()
+
+    def relayed_so_far() -> int:
+        relayed.update(m.message_id or "" for m in asyncio.run(take_all(target)))
+        return len(relayed)
+
+    asyncio.run(declare_queue(source))
+    asyncio.run(declare_queue(target))
+    try:
+        daemon.start()
+        asyncio.run(publish_raw(source, json.dumps({"sku": "A"}).encode(), message_id="a"))
+        wait_for(lambda: relayed_so_far() >= 1, 30, "the first message relayed")
+        subprocess.run(["rabbitmqctl", "close_all_connections", "test"], check=True, capture_output=True)
+        asyncio.run(publish_raw(source, json.dumps({"sku": "B"}).encode(), message_id="b"))
+        wait_for(lambda: relayed_so_far() >= 2, 60, "the message after the drop relayed")
+        assert daemon.terminate() == 0
+    finally:
+        daemon.stop()
+    text = daemon.log_path.read_text(encoding="utf-8")
+    records = [json.loads(line) for line in text.splitlines()]  # every line is JSON: no plain text
+    assert "Traceback" not in text
+    assert "guest:guest@" not in text
+    connector = [r for r in records if r["event"] == "connector_log"]
+    assert any(r["level"] == "info" and r["system"] == "bus" and "consuming queue" in r["message"] for r in connector)
+    assert any(r["level"] == "warning" and r["system"] == "bus" and "reconnecting" in r["message"] for r in connector)
+    assert all(re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$", r["ts"]) for r in records)

@@ -30,6 +30,7 @@ from engine.cli import main
 from engine.connector import ConnectContext, Message, ReadItem
 from engine.errors import TerminalError, TransientError
 from engine.flow import CompiledFlow, load_client
+from engine.runtime.inbox import Inbox
 from engine.runtime.metrics import Metrics
 from engine.runtime.triggers import consume_queue
 from engine.state import StateStore, open_store
@@ -53,8 +54,7 @@ def open_files(directory: Path, drops: dict[str, Any], **options: Any) -> FileCo
     validated = FileOptions.model_validate(
         {"connector": "file", "directory": str(directory), "poll": "10ms", "drops": drops, **options}
     )
-    assert CONNECTOR.connect is not None
-    connection = CONNECTOR.connect(validated, ConnectContext(system="erp_files", client="filetest"))
+    connection = CONNECTOR.open(validated, ConnectContext(system="erp_files", client="filetest"))
     assert isinstance(connection, FileConnection)
     return connection
 
@@ -158,7 +158,7 @@ class Runtime:
 
     def consume(self, flow: str, queue: str, connection: FileConnection | None = None) -> asyncio.Task[None]:
         return asyncio.create_task(
-            consume_queue(self.flow(flow), connection or self.connection(), queue, self.store, self.metrics)
+            consume_queue(self.flow(flow), connection or self.connection(), queue, Inbox(self.store), self.metrics)
         )
 
     def inbox_rows(self, flow: str) -> list[tuple[str, Any, str]]:
@@ -562,9 +562,10 @@ def test_a_change_notice_at_the_moment_of_a_cancel_does_not_swallow_it(tmp_path:
     """Stopping the event path must stop it, even when a notice arrives in the same turn of the loop
     (asyncio.wait_for on Python 3.11 returned normally then, and the consumer polled on for good)."""
     from connectors.file.client import _Watch
+    from engine.connector import system_log
 
     async def scenario() -> None:
-        watch = _Watch(tmp_path, enabled=False)
+        watch = _Watch(tmp_path, enabled=False, log=system_log("file", "drops"))
         waiting = asyncio.create_task(watch.changed(10))
         await asyncio.sleep(0)  # waiting for a notice
         watch._event.set()  # a notice ...

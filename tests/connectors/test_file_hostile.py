@@ -43,8 +43,7 @@ def open_files(directory: Path, drops: dict[str, Any], **options: Any) -> FileCo
     validated = FileOptions.model_validate(
         {"connector": "file", "directory": str(directory), "poll": "10ms", "drops": drops, **options}
     )
-    assert CONNECTOR.connect is not None
-    connection = CONNECTOR.connect(validated, ConnectContext(system="erp_files", client="filetest"))
+    connection = CONNECTOR.open(validated, ConnectContext(system="erp_files", client="filetest"))
     assert isinstance(connection, FileConnection)
     return connection
 

@@ -26,7 +26,7 @@ import pytest
 from connectors.http import CONNECTOR, HttpOptions
 from connectors.http.client import HttpConnection, oauth1_authorization, oauth1_base_string, server_message
 from connectors.http.fake import FakeHttpServer, FakeRequest, FakeResponse
-from engine.connector import ConnectContext
+from engine.connector import ConnectContext, roles_of
 from engine.errors import TerminalError, TransientError
 
 T = TypeVar("T")
@@ -87,18 +87,19 @@ def ids(pages: list[list[Any]]) -> list[int]:
 
 def test_the_kind_is_runnable_and_connect_opens_an_http_connection(fake: FakeHttpServer) -> None:
     assert CONNECTOR.runnable
-    assert CONNECTOR.connect is not None
-    conn = CONNECTOR.connect(options(fake.url), ConnectContext(system="erp", client="acme"))
+    conn = CONNECTOR.open(options(fake.url), ConnectContext(system="erp", client="acme"))
     assert isinstance(conn, HttpConnection)
     run(conn.close())
 
 
-def test_consume_says_http_has_no_queues(fake: FakeHttpServer) -> None:
-    async def handler(_message: Any) -> None:
-        return None
+def test_an_http_system_is_read_written_and_called_but_has_no_queue(fake: FakeHttpServer) -> None:
+    """No consume() that only says "cannot": the kind is no Consumer, so `validate` refuses a queue trigger on it."""
 
-    with pytest.raises(TerminalError, match="http systems have no queues; use a webhook event trigger"):
-        with_conn(fake.url, lambda c: c.consume("erp.stock", handler))
+    async def roles(conn: HttpConnection) -> frozenset[str]:
+        return roles_of(conn)
+
+    assert with_conn(fake.url, roles) == {"read", "write", "call"}
+    assert not CONNECTOR.consumes
 
 
 # -- auth -------------------------------------------------------------------------------------

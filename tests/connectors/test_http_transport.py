@@ -1,18 +1,19 @@
-"""The http connector's wire (connectors/http/transport.py) against raw answers from a real socket."""
+"""The http connector over the HTTP kit's session and wire, against raw answers from a real socket."""
 
 from __future__ import annotations
 
 import asyncio
 import gzip
 import json
+import logging
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
-import httpx
 import pytest
 
 from connectors.http import HttpOptions
 from connectors.http.client import HttpConnection
+from connectors.kit.http.wire import Answer as WireAnswer
 from engine.connector import ConnectContext
 from engine.errors import TerminalError, TransientError
 
@@ -98,21 +99,44 @@ def test_a_server_that_never_answers_is_a_transient_timeout() -> None:
     asyncio.run(scenario())
 
 
-def test_another_httpx_transport_can_be_passed_in() -> None:
-    seen: list[httpx.Request] = []
+class Recorder:
+    """A stand-in for the kit's pool: records each request and answers it from ``reply``."""
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        return httpx.Response(400, json={"message": "Invalid %1", "parameters": ["sku"]})
+    def __init__(self, reply: Callable[[str, str, dict[str, str], bytes | None], WireAnswer]) -> None:
+        self.reply = reply
+        self.seen: list[tuple[str, str, dict[str, str], bytes | None]] = []
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        headers: Iterable[tuple[str, str]],
+        body: bytes | None,
+        *,
+        connect: float | None = None,
+        read: float | None = None,
+        pool: float | None = None,
+    ) -> WireAnswer:
+        fields = dict(headers)
+        self.seen.append((method, url, fields, body))
+        return self.reply(method, url, fields, body)
+
+    async def aclose(self) -> None:
+        pass
+
+
+def test_another_transport_can_be_passed_in() -> None:
+    body = json.dumps({"message": "Invalid %1", "parameters": ["sku"]}).encode()
+    recorder = Recorder(lambda *_: WireAnswer(400, "Bad Request", [("Content-Type", "application/json")], body))
 
     async def scenario() -> None:
-        async with _connection("http://erp.invalid", transport=httpx.MockTransport(handler)) as connection:
+        async with _connection("http://erp.invalid", transport=recorder) as connection:
             with pytest.raises(TerminalError, match="Invalid sku"):
                 await connection.write("put", {"id": 7}, key=7, mode="upsert", idempotency_key="k")
 
     asyncio.run(scenario())
-    assert [str(r.url) for r in seen] == ["http://erp.invalid/items/7"]
-    assert seen[0].headers["Idempotency-Key"] == "k"
+    assert [url for _, url, _, _ in recorder.seen] == ["http://erp.invalid/items/7"]
+    assert recorder.seen[0][2]["idempotency-key"] == "k"
 
 
 def _answer(status: str, body: bytes = b"", **headers: str) -> bytes:
@@ -133,10 +157,23 @@ ANSWERS = {
 }
 
 
+AUTHS = {
+    "bearer": {"bearer": {"token": "s3cret-token"}},
+    "oauth1": {
+        "oauth1": {
+            "consumer_key": "ck",
+            "consumer_secret": "cs-secret",
+            "access_token": "at-token",
+            "access_token_secret": "ats-secret",
+        }
+    },
+}
+
+
 @pytest.mark.parametrize("case", sorted(ANSWERS))
-def test_a_write_answers_the_same_on_the_direct_path_and_through_httpx_model(case: str) -> None:
-    """Writes over the default pool skip httpx's Request/Response; another transport keeps them.
-    What is sent and everything the caller sees must not tell the two apart."""
+def test_a_write_takes_one_path_whatever_the_auth_or_the_log_level(case: str) -> None:
+    """There is one write path: what is sent and everything the caller sees is the same at DEBUG as at
+    INFO, and with a signed auth as with a static one (only the Authorization value differs)."""
     heads: list[dict[str, str]] = []
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -148,10 +185,10 @@ def test_a_write_answers_the_same_on_the_direct_path_and_through_httpx_model(cas
         await writer.drain()
         writer.close()
 
-    async def write(**kwargs: object) -> str:
+    async def write(auth: str) -> str:
         server, url = await _serve(answer)
-        extra = {"auth": {"bearer": {"token": "s3cret-token"}}, "headers": {"X-Tenant": "acme"}}
-        async with server, _connection(url, extra=extra, **kwargs) as connection:
+        extra = {"auth": AUTHS[auth], "headers": {"X-Tenant": "acme"}}
+        async with server, _connection(url, extra=extra) as connection:
             try:
                 return await connection.write(
                     "put", {"id": "a/b", "n": 1}, key="a/b", mode="upsert", idempotency_key="k1"
@@ -159,24 +196,53 @@ def test_a_write_answers_the_same_on_the_direct_path_and_through_httpx_model(cas
             except (TerminalError, TransientError) as exc:
                 return f"{type(exc).__name__}: {exc} retry_after={getattr(exc, 'retry_after', None)}"
 
-    direct = asyncio.run(write())
-    modelled = asyncio.run(write(transport=httpx.AsyncHTTPTransport()))
-    assert direct == modelled
-    assert "s3cret-token" not in direct
-    ours = ("line", "authorization", "idempotency-key", "content-type", "accept", "user-agent", "x-tenant", "body")
-    assert {k: heads[0].get(k) for k in ours} == {k: heads[1].get(k) for k in ours}
+    logger = logging.getLogger("seamline.connectors.http")
+    outcomes = []
+    for level in (logging.INFO, logging.DEBUG):
+        logger.setLevel(level)
+        try:
+            outcomes += [asyncio.run(write("bearer")), asyncio.run(write("oauth1"))]
+        finally:
+            logger.setLevel(logging.NOTSET)
+    assert len(set(outcomes)) == 1, outcomes
+    assert "s3cret-token" not in outcomes[0]
+    ours = ("line", "idempotency-key", "content-type", "accept", "user-agent", "x-tenant", "body")
+    assert all({k: head.get(k) for k in ours} == {k: heads[0].get(k) for k in ours} for head in heads)
     assert heads[0]["line"] == "PUT /items/a%2Fb HTTP/1.1" and heads[0]["authorization"] == "Bearer s3cret-token"
+    assert heads[1]["authorization"].startswith("OAuth ") and heads[2]["authorization"] == heads[0]["authorization"]
 
 
-def test_a_write_the_server_never_takes_fails_the_same_on_both_paths() -> None:
+def test_a_write_the_server_never_takes_fails_the_same_at_any_log_level() -> None:
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
 
-    async def write(**kwargs: object) -> str:
-        async with _connection(f"http://127.0.0.1:{port}", **kwargs) as connection:
+    async def write() -> str:
+        async with _connection(f"http://127.0.0.1:{port}") as connection:
             with pytest.raises(TransientError) as caught:
                 await connection.write("put", {"id": 7}, key=7, mode="upsert", idempotency_key="k")
-        return str(caught.value).split(" (", 1)[0]
+        return str(caught.value)
 
-    assert asyncio.run(write()) == asyncio.run(write(transport=httpx.AsyncHTTPTransport()))
+    logger = logging.getLogger("seamline.connectors.http")
+    texts = []
+    for level in (logging.INFO, logging.DEBUG):
+        logger.setLevel(level)
+        try:
+            texts.append(asyncio.run(write()))
+        finally:
+            logger.setLevel(logging.NOTSET)
+    assert texts[0] == texts[1] and "could not connect to 127.0.0.1" in texts[0]
+
+
+def test_the_auth_header_replaces_a_default_header_of_the_same_name_in_any_case() -> None:
+    recorder = Recorder(lambda *_: WireAnswer(204, "No Content", [], b""))
+    extra = {"auth": {"bearer": {"token": "tok-123456"}}, "headers": {"AUTHORIZATION": "Basic old", "X-A": "1"}}
+
+    async def scenario() -> None:
+        async with _connection("http://erp.invalid", extra=extra, transport=recorder) as connection:
+            await connection.write("put", {"id": 7}, key=7, mode="upsert", idempotency_key="k")
+
+    asyncio.run(scenario())
+    (_, _, headers, _) = recorder.seen[0]
+    assert headers["authorization"] == "Bearer tok-123456" and headers["x-a"] == "1"
+    assert [name for name in headers if name.lower() == "authorization"] == ["authorization"]

@@ -20,7 +20,7 @@ import pytest
 from connectors.magento import CONNECTOR, MagentoOptions
 from connectors.magento.client import READS, MagentoConnection, magento_time, reference_of
 from connectors.magento.fake import FakeMagento
-from engine.connector import ConnectContext
+from engine.connector import ConnectContext, roles_of
 from engine.errors import TerminalError, TransientError
 from tests.connectors.magento_oracle import held_to_the_full_schema
 
@@ -48,8 +48,7 @@ def options(shop: FakeMagento, **extra: Any) -> MagentoOptions:
 
 def connection(shop: FakeMagento, masked: list[str] | None = None, **extra: Any) -> MagentoConnection:
     mask: Callable[[str], None] = masked.append if masked is not None else (lambda _v: None)
-    assert CONNECTOR.connect is not None
-    conn = CONNECTOR.connect(options(shop, **extra), ConnectContext(system="commerce", client="acme", mask=mask))
+    conn = CONNECTOR.open(options(shop, **extra), ConnectContext(system="commerce", client="acme", mask=mask))
     assert isinstance(conn, MagentoConnection)
     return conn
 
@@ -103,8 +102,8 @@ def test_the_kind_is_runnable_and_connecting_sends_nothing(shop: FakeMagento) ->
 def test_the_connector_implements_what_its_kind_declares() -> None:
     from connectors.magento.client import _shapes
 
-    assert set(_shapes()) == set(CONNECTOR.writes)
-    assert set(READS) == set(CONNECTOR.reads)
+    assert set(_shapes()) == CONNECTOR.operations("write")
+    assert set(READS) == CONNECTOR.operations("read")
 
 
 def test_unknown_entities_and_modes_are_terminal_with_the_nearest_name(shop: FakeMagento) -> None:
@@ -117,8 +116,7 @@ def test_unknown_entities_and_modes_are_terminal_with_the_nearest_name(shop: Fak
             await write(conn, "products", PRODUCT, mode="upsrt")
         with pytest.raises(TerminalError, match="only products are disabled"):
             await write(conn, "customers", {"email": "a@b.c"}, mode="delete")
-        with pytest.raises(TerminalError, match="have no queues"):
-            await conn.consume("q", lambda _m: asyncio.sleep(0))
+        assert roles_of(conn) == {"read", "write"}  # no consume or call to refuse: it has no such role
 
     with_conn(shop, scenario)
     assert sent(shop) == []

@@ -47,8 +47,7 @@ def connection(shop: FakeMagento, **extra: Any) -> MagentoConnection:
     options = MagentoOptions.model_validate(
         {"connector": "magento", "url": shop.url, "auth": {"bearer": {"token": TOKEN}}, **extra}
     )
-    assert CONNECTOR.connect is not None
-    conn = CONNECTOR.connect(options, ConnectContext(system="commerce", client="acme"))
+    conn = CONNECTOR.open(options, ConnectContext(system="commerce", client="acme"))
     assert isinstance(conn, MagentoConnection)
     return conn
 
@@ -109,7 +108,7 @@ def line(order: dict[str, Any], index: int, qty: float) -> dict[str, Any]:
 
 def test_the_once_only_writes_are_the_ones_that_add_to_an_order() -> None:
     assert CONNECTOR.once_only == {"order-comments", "invoices", "shipments", "credit-memos"}
-    assert CONNECTOR.once_only <= CONNECTOR.writes
+    assert CONNECTOR.once_only <= CONNECTOR.operations("write")
     assert not CONNECTOR.is_once_only("order-status")  # it reads the order and does only what is missing
     assert not CONNECTOR.is_once_only("products")
 
@@ -316,7 +315,7 @@ def test_the_golden_order_documents_still_pass_the_check(shop: FakeMagento) -> N
         data = json.loads(snapshot.read_text(encoding="utf-8"))
         for target, record in data.items() if isinstance(data, dict) else []:
             entity = target.split(".", 1)[-1].split(" (")[0]  # "commerce.products (when new)" -> products
-            if target.startswith("commerce.") and entity in CONNECTOR.writes and isinstance(record, dict):
+            if target.startswith("commerce.") and entity in CONNECTOR.operations("write") and isinstance(record, dict):
                 conn.check(entity, record)
                 checked += 1
     run(conn.close())

@@ -65,8 +65,7 @@ def _connection(shop: FakeMagento) -> MagentoConnection:
     options = MagentoOptions.model_validate(
         {"connector": "magento", "url": shop.url, "auth": {"bearer": {"token": TOKEN}}, "b2b": "yes"}
     )
-    assert CONNECTOR.connect is not None
-    conn = CONNECTOR.connect(options, ConnectContext(system="commerce", client="golden"))
+    conn = CONNECTOR.open(options, ConnectContext(system="commerce", client="golden"))
     assert isinstance(conn, MagentoConnection)
     return conn
 

@@ -8,6 +8,7 @@ started again: every event reaches the target exactly once.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 import time
 from collections import Counter
@@ -20,6 +21,7 @@ import pytest
 from connectors.http.fake import FakeHttpServer
 from connectors.queue import CONNECTOR as QUEUE
 from connectors.queue import QueueOptions
+from connectors.queue.store import open_queue
 from engine.connector import ConnectContext, Message
 from engine.errors import TerminalError
 from engine.state import open_store
@@ -93,9 +95,61 @@ def test_events_through_the_embedded_queue_survive_kill_9_exactly_once(tmp_path:
     applied = Counter(w["path"] for w in shop.writes("/stock/") if not w["duplicate"] and int(w["status"]) < 300)
     assert len(applied) == total
     assert set(applied.values()) == {1}
-    queue = open_store(f"sqlite:///{tmp_path / 'queue.db'}")
+    queue = open_queue(f"sqlite:///{tmp_path / 'queue.db'}")
     try:
-        assert queue.queue_depth("stock.changed") == {"ready": 0, "unacked": 0, "acked": total}
+        assert queue.depth("stock.changed") == {"ready": 0, "unacked": 0, "acked": total}
+    finally:
+        queue.close()
+
+
+UPGRADE_SPEC = """\
+seamline: 1
+client: upgraded
+systems:
+  bus:
+    connector: queue
+    queues: [stock.changed]
+    poll: 20ms
+  shop:
+    connector: http
+    url: "{{ env.SHOP_URL }}"
+    endpoints:
+      stock: { path: "/stock/{sku}", method: PUT }
+flows:
+  inventory:
+    trigger: { event: { system: bus, queue: stock.changed, id: sku } }
+    target: { system: shop, write: stock, key: sku }
+"""
+
+
+def test_a_message_an_older_seamline_left_in_the_daemons_own_store_is_delivered_after_the_upgrade(
+    tmp_path: Path, shop: FakeHttpServer
+) -> None:
+    """The queue in the daemon's own state database (no url): before the queue owned its table, the store made it
+    (its migration v4) and published into it. The upgraded daemon's queue adopts the table, messages and all."""
+    (tmp_path / "seamline.yaml").write_text(UPGRADE_SPEC, encoding="utf-8")
+    state = tmp_path / "state.db"
+    open_store(f"sqlite:///{state}").close()  # the store's schema as it ships (its v4 makes queue_messages)
+    old = sqlite3.connect(state)  # what the older seamline's store.publish wrote, and a message it had acked
+    insert = (
+        "INSERT INTO queue_messages (queue, message_id, body, headers, available_at, created_at, acked_at) "
+        "VALUES ('stock.changed', ?, ?, '{}', 0, 0, ?)"
+    )
+    old.execute(insert, ("left", b'{"sku": "LEFT", "qty": 3}', None))
+    old.execute(insert, ("done", b'{"sku": "DONE", "qty": 1}', time.time()))  # recent: the start-up prune keeps it
+    old.commit()
+    old.close()
+    daemon = DaemonProcess(tmp_path, state, env={"SHOP_URL": shop.url})
+    try:
+        daemon.start()
+        wait_for(lambda: shop.resource("/stock/LEFT") is not None, 30, "the message left unacked, delivered")
+        time.sleep(0.3)
+    finally:
+        daemon.stop()
+    assert shop.resource("/stock/DONE") is None  # acked before the upgrade: never again
+    queue = open_queue(f"sqlite:///{state}")
+    try:
+        assert queue.depth("stock.changed") == {"ready": 0, "unacked": 0, "acked": 2}
     finally:
         queue.close()
 
@@ -104,8 +158,7 @@ def _connection(tmp_path: Path, **options: object) -> tuple[QueueOptions, object
     parsed = QueueOptions.model_validate(
         {"connector": "queue", "url": f"sqlite:///{tmp_path / 'q.db'}", "queues": ["q"], "poll": "10ms", **options}
     )
-    assert QUEUE.connect is not None
-    return parsed, QUEUE.connect(parsed, ConnectContext(system="bus", client="t"))
+    return parsed, QUEUE.open(parsed, ConnectContext(system="bus", client="t"))
 
 
 def test_a_message_the_handler_refuses_comes_back_and_the_stream_goes_on(tmp_path: Path) -> None:
@@ -147,3 +200,38 @@ def test_an_unknown_queue_and_a_record_that_is_not_json_are_terminal(tmp_path: P
         await connection.close()  # type: ignore[attr-defined]
 
     asyncio.run(scenario())
+
+
+def test_prune_deletes_this_systems_acked_messages_before_the_cutoff(tmp_path: Path) -> None:
+    """What the runtime calls with its state.retention cutoff; a message still unacked is never deleted."""
+    _, connection = _connection(tmp_path)
+    other = open_queue(f"sqlite:///{tmp_path / 'q.db'}")
+    other.publish("not-mine", b"{}", "x")
+    other.ack([m.id for m in other.receive("not-mine", 10, lease=30)])
+
+    async def scenario() -> dict[str, int]:
+        for n in range(3):
+            await connection.write("q", {"n": n}, key=n, mode="upsert", idempotency_key=f"m{n}")  # type: ignore[attr-defined]
+        handled: list[str] = []
+
+        async def handler(message: Message) -> None:
+            handled.append(message.message_id)
+
+        consumer = asyncio.create_task(connection.consume("q", handler))  # type: ignore[attr-defined]
+        for _ in range(200):
+            if len(handled) == 3:
+                break
+            await asyncio.sleep(0.01)
+        consumer.cancel()
+        await asyncio.gather(consumer, return_exceptions=True)
+        await connection.write("q", {"n": 3}, key=3, mode="upsert", idempotency_key="m3")  # type: ignore[attr-defined]
+        counts: dict[str, int] = await connection.prune(time.time() + 1)  # type: ignore[attr-defined]
+        await connection.close()  # type: ignore[attr-defined]
+        return counts
+
+    assert asyncio.run(scenario()) == {"queue": 3}
+    try:
+        assert other.depth("q") == {"ready": 1, "unacked": 0, "acked": 0}  # m3, never received
+        assert other.depth("not-mine")["acked"] == 1  # another system's queue in the same database
+    finally:
+        other.close()

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import pytest
 from pydantic import ValidationError
 
+from connectors.kit.http.auth import TokenAuth
 from connectors.salesforce import CONNECTOR, SalesforceOptions
 from connectors.salesforce.client import SalesforceConnection, soql_datetime, soql_literal
 from connectors.salesforce.fake import FakeSalesforce, SObjectField
@@ -27,6 +28,13 @@ from engine.runtime.triggers import shift_cursor
 
 T = TypeVar("T")
 CLIENT, SECRET = "crm-app", "very-secret-client-value"
+
+
+async def session_token(conn: SalesforceConnection) -> str:
+    """The connection's session token, fetched now if it has none yet (the kit's token cache)."""
+    auth = conn.http.auth
+    assert isinstance(auth, TokenAuth)
+    return await auth.cache.get()
 
 
 @pytest.fixture
@@ -87,8 +95,8 @@ def raises(
 
 
 def test_the_kind_is_runnable_and_connect_sends_nothing(org: FakeSalesforce) -> None:
-    assert CONNECTOR.runnable and CONNECTOR.connect is not None
-    conn = CONNECTOR.connect(options(org), ConnectContext(system="crm", client="acme"))
+    assert CONNECTOR.runnable
+    conn = CONNECTOR.open(options(org), ConnectContext(system="crm", client="acme"))
     assert isinstance(conn, SalesforceConnection)
     run(conn.close())
     run(conn.close())
@@ -292,7 +300,7 @@ def test_an_unknown_field_is_terminal(org: FakeSalesforce) -> None:
 )
 def test_a_busy_org_is_transient(org: FakeSalesforce, status: int, code: str | None, retry_after: str | None) -> None:
     async def action(conn: SalesforceConnection) -> str:
-        await conn._access_token()  # the session exists; the failure lands on the write
+        await session_token(conn)  # the session exists; the failure lands on the write
         org.fail_next(1, status=status, error_code=code, retry_after=retry_after)
         with pytest.raises(TransientError) as caught:
             await upsert(conn, "accounts", {"Name": "A"}, key="A-1")
@@ -326,7 +334,7 @@ def test_an_unreachable_org_is_transient(org: FakeSalesforce) -> None:
 
 def test_a_dropped_connection_and_a_slow_org_are_transient(org: FakeSalesforce) -> None:
     async def action(conn: SalesforceConnection) -> None:
-        await conn._access_token()
+        await session_token(conn)
         org.drop_next(1)
         with pytest.raises(TransientError):
             await upsert(conn, "accounts", {"Name": "A"}, key="A-1")
@@ -367,7 +375,7 @@ def test_an_expired_session_is_renewed_once(org: FakeSalesforce) -> None:
 
 def test_a_401_after_a_fresh_token_is_a_clear_terminal_error(org: FakeSalesforce) -> None:
     async def action(conn: SalesforceConnection) -> None:
-        await conn._access_token()
+        await session_token(conn)
         org.fail_next(2, status=401, only="/services/data/")
         await upsert(conn, "accounts", {"Name": "A"}, key="A-1")
 
@@ -576,7 +584,7 @@ def test_a_full_batch_leaves_at_once_and_one_key_keeps_its_order(org: FakeSalesf
 
 def test_a_failed_batch_fails_each_of_its_writes(org: FakeSalesforce) -> None:
     async def action(conn: SalesforceConnection) -> list[Any]:
-        await conn._access_token()
+        await session_token(conn)
         org.fail_next(1, status=503, retry_after="4", only="/services/data/")
         writes = [upsert(conn, "accounts", {"Name": f"A{n}"}, key=f"A-{n}") for n in range(3)]
         return await asyncio.gather(*writes, return_exceptions=True)

@@ -50,7 +50,7 @@ def exists(fake: FakeSalesforce, entity: str, record: dict[str, Any], key: Any =
 
 def test_every_write_is_an_upsert_by_external_id_so_none_is_once_only() -> None:
     assert CONNECTOR.once_only == frozenset()
-    assert not any(CONNECTOR.is_once_only(entity) for entity in CONNECTOR.writes)
+    assert not any(CONNECTOR.is_once_only(entity) for entity in CONNECTOR.operations("write"))
 
 
 def test_the_connection_checks_existence_and_finds_no_effects(org: FakeSalesforce) -> None:

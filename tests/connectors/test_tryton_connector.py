@@ -14,16 +14,16 @@ import contextlib
 import json
 import os
 import sqlite3
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine, Iterable, Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
 
-import httpx
 import pytest
 from click.testing import CliRunner
 
 from connectors.http.fake import FakeHttpServer
+from connectors.kit.http.wire import Answer
 from connectors.tryton import CONNECTOR, TrytonOptions
 from connectors.tryton.client import TrytonConnection
 from connectors.tryton.devserver import RpcClient, TrytonServer, TrytonUnavailable, ensure_install
@@ -57,8 +57,7 @@ def connect(server: TrytonServer, masked: list[str] | None = None, **extra: Any)
     context = ConnectContext(
         system="erp", client="test", mask=(masked.append if masked is not None else lambda _: None)
     )
-    assert CONNECTOR.connect is not None
-    connection = CONNECTOR.connect(options(server, **extra), context)
+    connection = CONNECTOR.open(options(server, **extra), context)
     assert isinstance(connection, TrytonConnection)
     return connection
 
@@ -499,53 +498,75 @@ def test_a_flow_dead_letters_the_order_tryton_refuses_and_delivers_the_others(
 # -- how Tryton's answers are classified (an in-process fake of the protocol) -----------------------------------
 
 
-def _fake_tryton(answer: httpx.Response) -> httpx.MockTransport:
-    def handle(request: httpx.Request) -> httpx.Response:
-        method = json.loads(request.content)["method"]
-        if method == "common.db.login":
-            return httpx.Response(200, json={"id": 1, "result": [7, "session-token-123", None]})
-        if method == "model.res.user.get_preferences":
-            return httpx.Response(200, json={"id": 1, "result": {"company": 1, "language": "en"}})
-        return answer
+class _FakeTryton:
+    """An in-process stand-in for the kit's pool: logs in, then gives every call ``answer``."""
 
-    return httpx.MockTransport(handle)
+    def __init__(self, answer: Answer) -> None:
+        self.answer = answer
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        headers: Iterable[tuple[str, str]],
+        body: bytes | None,
+        *,
+        connect: float | None = None,
+        read: float | None = None,
+        pool: float | None = None,
+    ) -> Answer:
+        called = json.loads(body or b"{}")["method"]
+        if called == "common.db.login":
+            return _answer(200, json_body={"id": 1, "result": [7, "session-token-123", None]})
+        if called == "model.res.user.get_preferences":
+            return _answer(200, json_body={"id": 1, "result": {"company": 1, "language": "en"}})
+        return self.answer
+
+    async def aclose(self) -> None:
+        pass
+
+
+def _answer(status: int, *, json_body: Any = None, text: str = "", headers: dict[str, str] | None = None) -> Answer:
+    content = json.dumps(json_body).encode() if json_body is not None else text.encode()
+    kind = "application/json" if json_body is not None else "text/html"
+    return Answer(status, "", [("Content-Type", kind), *(headers or {}).items()], content)
 
 
 @pytest.mark.parametrize(
     ("answer", "kind", "words"),
     [
         (
-            httpx.Response(200, json={"id": 1, "error": ["UserError", ["The sale has no lines.", "Add one.", None]]}),
+            _answer(200, json_body={"id": 1, "error": ["UserError", ["The sale has no lines.", "Add one.", None]]}),
             TerminalError,
             "Tryton refused it: The sale has no lines. (Add one.)",
         ),
         (
-            httpx.Response(200, json={"id": 1, "error": ["UserWarning", ["sale_42", "The stock is short.", ""]]}),
+            _answer(200, json_body={"id": 1, "error": ["UserWarning", ["sale_42", "The stock is short.", ""]]}),
             TerminalError,
             "Tryton stopped on a warning: The stock is short.",
         ),
         (
-            httpx.Response(200, json={"id": 1, "error": ["ConcurrencyException", "Records were modified"]}),
+            _answer(200, json_body={"id": 1, "error": ["ConcurrencyException", "Records were modified"]}),
             TransientError,
             "someone else changed the record",
         ),
         (
-            httpx.Response(200, json={"id": 1, "error": ["database is locked", "Traceback ..."]}),
+            _answer(200, json_body={"id": 1, "error": ["database is locked", "Traceback ..."]}),
             TransientError,
             "database is busy",
         ),
         (
-            httpx.Response(200, json={"id": 1, "error": ["division by zero", "Traceback ..."]}),
+            _answer(200, json_body={"id": 1, "error": ["division by zero", "Traceback ..."]}),
             TerminalError,
             "Tryton failed: division by zero",
         ),
-        (httpx.Response(503, headers={"Retry-After": "4"}), TransientError, "503"),
-        (httpx.Response(403, text="<html>Forbidden</html>"), TerminalError, "over RPC"),
-        (httpx.Response(404, text="<html>Not Found</html>"), TerminalError, "no database 'erp'"),
-        (httpx.Response(200, text="<html>not json</html>"), TerminalError, "not JSON"),
+        (_answer(503, headers={"Retry-After": "4"}), TransientError, "503"),
+        (_answer(403, text="<html>Forbidden</html>"), TerminalError, "over RPC"),
+        (_answer(404, text="<html>Not Found</html>"), TerminalError, "no database 'erp'"),
+        (_answer(200, text="<html>not json</html>"), TerminalError, "not JSON"),
     ],
 )
-def test_trytons_answers_are_classified(answer: httpx.Response, kind: type[Exception], words: str) -> None:
+def test_trytons_answers_are_classified(answer: Answer, kind: type[Exception], words: str) -> None:
     opts = TrytonOptions.model_validate(
         {
             "connector": "tryton",
@@ -556,7 +577,7 @@ def test_trytons_answers_are_classified(answer: httpx.Response, kind: type[Excep
     )
 
     async def scenario() -> None:
-        connection = TrytonConnection(opts, ConnectContext(system="erp", client="t"), transport=_fake_tryton(answer))
+        connection = TrytonConnection(opts, ConnectContext(system="erp", client="t"), transport=_FakeTryton(answer))
         async with connection:
             await connection.call("party", {"email": "a@example.com"}, timeout=5)
 
@@ -564,7 +585,7 @@ def test_trytons_answers_are_classified(answer: httpx.Response, kind: type[Excep
         run(scenario())
     assert type(raised.value) is kind and words in str(raised.value), str(raised.value)
     assert "session-token-123" not in str(raised.value) and "pw-123456" not in str(raised.value)
-    if answer.status_code == 503:
+    if answer.status == 503:
         assert isinstance(raised.value, TransientError) and raised.value.retry_after == 4.0
 
 

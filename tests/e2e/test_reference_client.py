@@ -1,6 +1,6 @@
 """The reference client end to end: a real Tryton, FakeMagento, FakeSalesforce and the daemon as a subprocess.
 
-``engine.demo.run_scenario`` drives sample traffic through every flow of ``specs/demo``; these tests
+``seamline_demo.run_scenario`` drives sample traffic through every flow of ``specs/demo``; these tests
 check each outcome, and that each record was applied once at each target (the fakes' write logs).
 """
 
@@ -18,7 +18,7 @@ import pytest
 
 from connectors.magento.fake import FakeMagento
 from connectors.salesforce.fake import FakeSalesforce
-from engine.demo import DemoSystems, FlowResult, run_scenario, wait_until
+from seamline_demo import DemoSystems, FlowResult, run_scenario, wait_until
 from tests.runtime.harness import DaemonProcess
 from tests.tryton_server import TrytonServer
 
@@ -214,7 +214,7 @@ def test_inventory_over_rabbitmq(stack: Stack) -> None:
     daemon = start_daemon(stack, ROOT / "specs" / "demo-rabbitmq")
     try:
         demo = systems(stack, daemon)
-        from engine.demo import count_stock
+        from seamline_demo import count_stock
 
         result = count_stock(demo, "WIDGET-2", 61.0)
     finally:

@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from connectors.http.fake import FakeHttpServer
+from connectors.queue.store import open_queue
 from engine.runtime.daemon import Daemon, DaemonOptions
 from engine.state import open_store
 from tests.runtime.harness import DaemonProcess, wait_for
@@ -134,7 +135,7 @@ def test_deeply_nested_json_on_the_embedded_queue_is_a_dead_letter_not_a_message
     trigger: { event: { system: bus, queue: stock.changed, id: sku } }
     target: { system: shop, write: stock, key: sku }
 """
-    bus = open_store(f"sqlite:///{queue_db}")
+    bus = open_queue(f"sqlite:///{queue_db}")
     bus.publish("stock.changed", DEEP, "deep-1")
     bus.publish("stock.changed", json.dumps({"sku": "AFTER", "qty": 2}).encode(), "next-1")
     bus.close()
@@ -147,9 +148,9 @@ def test_deeply_nested_json_on_the_embedded_queue_is_a_dead_letter_not_a_message
     asyncio.run(scenario())
     (letter,) = letters(tmp_path)
     assert "nested deeper" in letter.reason
-    bus = open_store(f"sqlite:///{queue_db}")
+    bus = open_queue(f"sqlite:///{queue_db}")
     try:
-        assert bus.queue_depth("stock.changed") == {"ready": 0, "unacked": 0, "acked": 2}  # nothing given back
+        assert bus.depth("stock.changed") == {"ready": 0, "unacked": 0, "acked": 2}  # nothing given back
     finally:
         bus.close()
 

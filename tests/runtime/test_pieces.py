@@ -10,9 +10,9 @@ import pytest
 
 from engine.connector import Limits
 from engine.errors import UsageError
-from engine.runtime.commits import GroupCommit
 from engine.runtime.guards import Backoff, Breaker, Budget
 from engine.runtime.identity import identify
+from engine.runtime.inbox import Inbox
 from engine.runtime.triggers import shift_cursor
 from engine.secrets import Masker, render_values
 from engine.spec.model import Flow
@@ -175,16 +175,16 @@ def test_schedule_next_fire_from_cron_and_interval() -> None:
 
 def test_group_commit_gathers_one_tick_into_one_transaction(tmp_path: Path) -> None:
     store = open_store(f"sqlite:///{tmp_path / 'state.db'}")
-    commits = GroupCommit(store)
+    commits = Inbox(store)
 
     def item(n: int) -> NewItem:
         return NewItem("f", f"k{n}", f"k{n}", {"n": n}, "test")
 
     async def scenario() -> list[int]:
         return await asyncio.gather(
-            commits.enqueue([item(1), item(2)]),
-            commits.enqueue([item(2), item(3)]),  # k2 is already in the same batch: not new
-            commits.enqueue([item(1)]),
+            commits.put([item(1), item(2)]),
+            commits.put([item(2), item(3)]),  # k2 is already in the same batch: not new
+            commits.put([item(1)]),
         )
 
     assert asyncio.run(scenario()) == [2, 1, 0]
@@ -208,12 +208,12 @@ def test_group_commit_gathers_one_tick_into_one_transaction(tmp_path: Path) -> N
 
 def test_group_commit_failure_reaches_every_waiter_and_acknowledges_none(tmp_path: Path) -> None:
     store = open_store(f"sqlite:///{tmp_path / 'state.db'}")
-    commits = GroupCommit(store)
+    commits = Inbox(store)
     store.close()  # every transaction now fails
 
     async def scenario() -> list[object]:
         return await asyncio.gather(
-            commits.enqueue([NewItem("f", "k1", "k1", {}, "test")]), commits.finish(Finished(1)), return_exceptions=True
+            commits.put([NewItem("f", "k1", "k1", {}, "test")]), commits.finish(Finished(1)), return_exceptions=True
         )
 
     outcomes = asyncio.run(scenario())
@@ -244,13 +244,14 @@ def test_a_claim_the_store_refuses_is_logged_and_the_workers_go_on_once_it_answe
     import json
     import sqlite3
 
+    from connectors.http import CONNECTOR as HTTP
     from connectors.http import HttpOptions
-    from connectors.http import connect as http_connect
     from connectors.http.fake import FakeHttpServer
-    from engine.connector import ConnectContext
+    from engine.connector import ConnectContext, default_registry
     from engine.flow import load_client
     from engine.runtime.logs import JsonLog
     from engine.runtime.metrics import Metrics
+    from engine.runtime.system import System
     from engine.runtime.worker import Delivery, WorkerPool
 
     state = tmp_path / "state.db"
@@ -261,11 +262,11 @@ def test_a_claim_the_store_refuses_is_logged_and_the_workers_go_on_once_it_answe
         (tmp_path / "seamline.yaml").write_text(CLAIM_SPEC.format(url=shop.url), encoding="utf-8")
         client = load_client(tmp_path / "seamline.yaml", environ={})
         options = HttpOptions.model_validate(client.report.merged.data["systems"]["shop"])
-        connection = http_connect(options, ConnectContext(system="shop", client="claimtest"))
+        connection = HTTP.open(options, ConnectContext(system="shop", client="claimtest"))
         log = JsonLog("claimtest", Masker(), stream)
-        delivery = Delivery(
-            client, store, {"shop": connection}, {"shop": Budget(None)}, {"shop": Breaker()}, Metrics("c"), log
-        )
+        inbox = Inbox(store)
+        systems = {"shop": System("shop", connection, Budget(None), Breaker())}
+        delivery = Delivery(client, inbox, systems, default_registry(), Metrics("c"), log)
         blocker = sqlite3.connect(state, isolation_level=None)
         blocker.execute("BEGIN IMMEDIATE")  # another writer holds the file: every claim times out
 
@@ -284,7 +285,7 @@ def test_a_claim_the_store_refuses_is_logged_and_the_workers_go_on_once_it_answe
             await connection.close()
 
         asyncio.run(scenario())
-        delivery.commits.close()
+        inbox.close()
         failed = [json.loads(line) for line in stream.getvalue().splitlines() if '"claim_failed"' in line]
         assert failed and "locked" in str(failed[0]["error"])
         assert sorted(w["path"] for w in shop.writes("/stock/")) == [f"/stock/S{n}" for n in range(5)]

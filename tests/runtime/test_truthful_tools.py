@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import json
 import os
@@ -19,6 +20,7 @@ import httpx
 import pytest
 
 from connectors.http.fake import FakeHttpServer
+from engine.connector import Source
 from engine.runtime.daemon import Daemon, DaemonOptions
 from engine.spec.model import Flow
 
@@ -85,11 +87,14 @@ def gauge(daemon: Daemon, name: str, **labels: str) -> float | None:
     return None
 
 
-class _Broken:
+class _Broken(Source):
     """A source connection with a bug: its read raises what no connector may raise."""
 
     def read(self, *_args: Any, **_kwargs: Any) -> Any:
         raise RuntimeError("a bug in the connector")
+
+    async def close(self) -> None:
+        pass
 
 
 def test_a_schedule_pass_that_breaks_is_logged_counted_and_the_next_pass_still_runs(
@@ -100,12 +105,13 @@ def test_a_schedule_pass_that_breaks_is_logged_counted_and_the_next_pass_still_r
     async def scenario() -> None:
         async with running(tmp_path, SPEC, {"ERP_URL": erp.url, "SHOP_URL": shop.url}) as daemon:
             schedule = daemon.schedules["catalog"]
-            healthy = schedule.connection
-            schedule.connection = _Broken()  # type: ignore[assignment]
+            healthy = schedule.system
+            # The same system (its budget and breaker) around a connection whose read has a bug.
+            schedule.system = dataclasses.replace(healthy, connection=_Broken())
             await asyncio.sleep(0.35)
             assert any(e["event"] == "schedule_error" and "a bug" in e["error"] for e in events(daemon))
             assert (gauge(daemon, "seamline_schedule_errors_total", flow="catalog") or 0) >= 2
-            schedule.connection = healthy
+            schedule.system = healthy
             erp.seed("/products", [{"id": "A", "sku": "A", "changed": "2025-01-01T00:00:00Z"}])
             deadline = time.monotonic() + 5
             while not shop.writes("/products/A") and time.monotonic() < deadline:

@@ -168,32 +168,6 @@ def test_a_claim_carries_the_targets_already_delivered_and_completion_records_th
     assert store.deliveries("orders") == 2
 
 
-def test_queue_publish_receive_ack_and_redelivery(store: StateStore, clock: Clock) -> None:
-    assert store.publish("stock", b'{"sku": "A"}', "m1", {"source": "wms"})
-    assert not store.publish("stock", b'{"sku": "A"}', "m1")  # the same message id is recognised
-    assert store.publish("stock", b"\xff not utf-8", "m2")
-    assert store.publish("other", b"{}", "m1")  # ids are per queue
-    first = store.receive("stock", 10, lease=30)
-    assert [(m.message_id, m.body, m.attempts) for m in first] == [
-        ("m1", b'{"sku": "A"}', 1),
-        ("m2", b"\xff not utf-8", 1),
-    ]
-    assert first[0].headers == {"source": "wms"}
-    assert store.receive("stock", 10, lease=30) == []  # leased: hidden from other consumers
-    store.ack([first[0].id])
-    store.nack(first[1].id, delay=5)
-    assert store.queue_depth("stock") == {"ready": 0, "unacked": 1, "acked": 1}
-    clock.now += 6
-    (again,) = store.receive("stock", 10, lease=30)
-    assert (again.message_id, again.attempts) == ("m2", 2)
-    clock.now += 31  # a consumer that died holding it: the lease ends and it comes back
-    (third,) = store.receive("stock", 10, lease=30)
-    assert (third.message_id, third.attempts) == ("m2", 3)
-    store.ack([third.id])
-    clock.now += 60
-    assert store.receive("stock", 10, lease=30) == []
-
-
 def test_cursors(store: StateStore) -> None:
     assert store.get_cursor("catalog") is None
     store.set_cursor("catalog", "2025-01-01T00:00:00Z")
@@ -346,8 +320,6 @@ def test_prune_deletes_finished_work_older_than_the_cutoff_and_nothing_open(stor
     store.complete(old_done.id, delivery=Delivered("orders", "old-done", "erp.sales", "201"))
     store.record_delivery("orders", "old-open", "erp.sales", "201")  # its other target still fails: kept
     store.dead_letter(old_dead.id, "bad", error_kind="terminal")
-    store.publish("q", b"{}", "m-old")
-    store.ack([m.id for m in store.receive("q", 10, lease=30)])
     run = store.start_run("orders", "batch")
     store.finish_run(run, "ok", {})
     clock.now += 40 * 86400
@@ -357,7 +329,7 @@ def test_prune_deletes_finished_work_older_than_the_cutoff_and_nothing_open(stor
     store.complete(new_done.id, delivery=Delivered("orders", "new-done", "erp.sales", "201"))
 
     counts = store.prune(clock.now - 30 * 86400, chunk=1)  # chunk 1: the loop goes round
-    assert counts == {"ledger": 1, "inbox": 1, "queue": 1, "dead_letters": 0, "runs": 1, "key_state": 0}
+    assert counts == {"ledger": 1, "inbox": 1, "dead_letters": 0, "runs": 1, "key_state": 0}
     assert store.delivered("orders", "new-done", "erp.sales")
     assert not store.delivered("orders", "old-done", "erp.sales")
     assert store.delivered("orders", "old-open", "erp.sales")

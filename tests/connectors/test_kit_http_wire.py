@@ -1,4 +1,4 @@
-"""The lean HTTP/1.1 client under the http connector (connectors/http/wire.py), against real sockets.
+"""The HTTP kit's lean HTTP/1.1 client (connectors/kit/http/wire.py), against real sockets.
 
 Each server here is an asyncio server written for the case: it answers exactly the bytes the case
 needs (chunked, close-delimited, interim 100, silence, a dropped connection), and counts connections.
@@ -16,11 +16,10 @@ import zlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import httpx
 import pytest
 
-from connectors.http.transport import PooledTransport, translate
-from connectors.http.wire import (
+from connectors.kit.http.session import Request, transport_error
+from connectors.kit.http.wire import (
     AnswerTimedOut,
     BadAnswer,
     ConnectFailed,
@@ -449,17 +448,16 @@ def test_waiting_too_long_for_a_free_connection_says_the_request_was_not_sent() 
             with pytest.raises(PoolTimedOut, match=r"all 1 connections stayed busy for 0\.1s"):
                 await pool.request("GET", server.url, [], None, pool=0.1)
             await busy
-            await pool.aclose()
-            transport = PooledTransport(max_connections=1)
-            busy = asyncio.create_task(transport.exchange("GET", server.url, [], None, {}))
+            busy = asyncio.create_task(pool.request("GET", server.url, [], None))
             await asyncio.sleep(0.05)
-            request = httpx.Request("GET", server.url, extensions={"timeout": {"pool": 0.1}})
-            with pytest.raises(httpx.PoolTimeout) as caught:
-                await transport.handle_async_request(request)
-            error = translate(caught.value, request, where="erp: GET /")
-            assert isinstance(error, TransientError) and "not sent" in str(error)
+            with pytest.raises(PoolTimedOut) as caught:
+                await pool.request("GET", server.url, [], None, pool=0.1)
+            error = transport_error(caught.value, Request("GET", server.url + "/", {}, None, 0.1), "erp")
+            assert isinstance(error, TransientError) and str(error) == (
+                "erp: GET /: not sent: every connection to the system stayed busy for 0.1s"
+            )
             await busy
-            await transport.aclose()
+            await pool.aclose()
 
     run(scenario)
 

@@ -26,6 +26,8 @@ from typing import Any, Protocol
 
 import httpx
 
+from engine.errors import SeamlineError
+
 __all__ = ["DemoReport", "DemoSystems", "FlowResult", "TrytonRpc", "demo_env", "run_demo", "run_scenario"]
 
 DEADLINE = 30.0
@@ -432,8 +434,24 @@ class DaemonProcess:
             self.process.wait()
 
 
+class DemoUnavailable(SeamlineError):
+    """A system the demo needs cannot be had on this machine (Tryton not installable); the message says what to do."""
+
+
 def run_demo(specs: Path, workdir: Path, *, amqp_url: str | None, say: Callable[[str], None]) -> DemoReport:
-    """Start Tryton, the Magento and Salesforce fakes and the daemon; run the scenario; stop everything."""
+    """Start Tryton, the Magento and Salesforce fakes and the daemon; run the scenario; stop everything.
+
+    DemoUnavailable when Tryton cannot be had (no PyPI here, say), with what to install.
+    """
+    from connectors.tryton.devserver import TrytonUnavailable
+
+    try:
+        return _run_demo(specs, workdir, amqp_url=amqp_url, say=say)
+    except TrytonUnavailable as exc:
+        raise DemoUnavailable(f"the demo needs Tryton and could not get it:\n{exc}") from exc
+
+
+def _run_demo(specs: Path, workdir: Path, *, amqp_url: str | None, say: Callable[[str], None]) -> DemoReport:
     from connectors.magento.fake import FakeMagento
     from connectors.salesforce.fake import FakeSalesforce
     from connectors.tryton import devserver
