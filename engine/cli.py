@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import wraps
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -50,6 +53,78 @@ def _handle_errors(func: Callable[P, R]) -> Callable[P, R]:
             sys.exit(exc.exit_code)
 
     return wrapper
+
+
+def _format_option(func: Callable[P, R]) -> Callable[P, R]:
+    """``--format table|json`` of the operator commands (json: the JSON API's shapes, ISO-8601 UTC times)."""
+    return click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(["table", "json"]),
+        default="table",
+        show_default=True,
+        help="table for people, json for scripts (the JSON API's shapes, ISO-8601 UTC times).",
+    )(func)
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    """A column of an operator command's table."""
+
+    title: str
+    right: bool = False  # numbers align right
+    cut: bool = False  # long free text (a reason, a key): cut to fit a terminal, never when piped
+
+
+def _when(seconds: float) -> str:
+    """A time for a table, in UTC (the column's title says so): 2026-12-06 02:45:10."""
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _echo_json(document: Any) -> None:
+    click.echo(json.dumps(document, indent=2, ensure_ascii=False, default=str))
+
+
+def _terminal_width() -> int | None:
+    """The terminal's width, or None when the output goes to a pipe or a file (which gets every character)."""
+    if not sys.stdout.isatty():
+        return None
+    return shutil.get_terminal_size().columns
+
+
+def _echo_table(columns: Sequence[Column], rows: Sequence[Sequence[str]]) -> None:
+    """A header row and the rows, columns two spaces apart. On a terminal the ``cut`` columns are shortened (with
+    an ellipsis) to fit its width; piped or redirected, nothing is cut, so a script or grep sees whole values."""
+    cells = [[" ".join(cell.split()) for cell in row] for row in rows]  # a newline in a reason must not break a row
+    widths = [max([len(column.title), *(len(row[i]) for row in cells)]) for i, column in enumerate(columns)]
+    width = _terminal_width()
+    if width is not None:
+        widths = _fit(columns, widths, width)
+    for row in [[c.title for c in columns], *cells]:
+        shown = [_cell(text, widths[i], columns[i].right) for i, text in enumerate(row)]
+        click.echo("  ".join(shown).rstrip())
+
+
+def _fit(columns: Sequence[Column], widths: list[int], width: int) -> list[int]:
+    """Narrow the cuttable columns, the widest first, until the table fits ``width`` (none below its title or 8
+    characters: a table wider than the terminal then wraps rather than showing nothing)."""
+    widths = list(widths)
+    least = [max(len(c.title), 8) if c.cut else w for c, w in zip(columns, widths, strict=True)]
+    over = sum(widths) + 2 * (len(widths) - 1) - width
+    while over > 0:
+        room = [(w - low, i) for i, (w, low) in enumerate(zip(widths, least, strict=True)) if w > low]
+        if not room:
+            break
+        _, widest = max(room)
+        widths[widest] -= 1
+        over -= 1
+    return widths
+
+
+def _cell(text: str, width: int, right: bool) -> str:
+    if len(text) > width:
+        text = text[: max(width - 1, 0)] + "…"
+    return text.rjust(width) if right else text.ljust(width)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -233,6 +308,12 @@ def map_command(
     help="File holding the API token (default: $SEAMLINE_API_TOKEN).",
 )
 @click.option(
+    "--view-token-file",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="File holding a read-only token for the console and the API (default: $SEAMLINE_VIEW_TOKEN): it sees "
+    "everything and changes nothing.",
+)
+@click.option(
     "--state",
     "state_url",
     help="State store URL (default: $SEAMLINE_STATE_URL, the spec's state.url, or sqlite:///.seamline/<client>.db).",
@@ -293,6 +374,7 @@ def run(
     port: int,
     dev: bool,
     token_file: Path | None,
+    view_token_file: Path | None,
     state_url: str | None,
     workers: int,
     processes: int,
@@ -321,10 +403,16 @@ def run(
     if once and processes > 1:
         raise UsageError("--processes is for the daemon; --once runs in one process")
     token = token_file.read_text(encoding="utf-8").strip() if token_file else os.environ.get("SEAMLINE_API_TOKEN")
+    view = (
+        view_token_file.read_text(encoding="utf-8").strip()
+        if view_token_file
+        else os.environ.get("SEAMLINE_VIEW_TOKEN")
+    )
     options = DaemonOptions(
         host=host,
         port=port,
         token=token or None,
+        view_token=view or None,
         dev=dev,
         workers=workers,
         flows=list(flows) or None,
@@ -359,24 +447,44 @@ def run(
 @click.argument("client")
 @click.option("--flow", "flow_name")
 @click.option("--limit", default=20, show_default=True, type=int)
+@_format_option
 @click.option("--state", "state_url")
 @click.option("--specs", "specs_dir", type=click.Path(path_type=Path), default=Path("specs"), show_default=True)
 @_handle_errors
-def runs(client: str, flow_name: str | None, limit: int, state_url: str | None, specs_dir: Path) -> None:
-    """Recent batch runs of CLIENT's flows."""
-    from datetime import datetime
+def runs(client: str, flow_name: str | None, limit: int, fmt: str, state_url: str | None, specs_dir: Path) -> None:
+    """Recent batch runs of CLIENT's flows, newest first."""
+    from engine.runtime.views import run_json
 
     with _operator_store(client, specs_dir, state_url, read_only=True) as store:
         records = store.runs(flow_name, limit)
+    if fmt == "json":
+        _echo_json({"runs": [run_json(r) for r in records]})
+        return
     if not records:
         click.echo("no runs yet")
         return
-    click.echo(f"{'id':>5}  {'flow':<20} {'kind':<9} {'started':<19}  {'took':>7}  {'status':<7} counts")
-    for r in records:
-        took = f"{r.finished_at - r.started_at:.1f}s" if r.finished_at else "running"
-        started = datetime.fromtimestamp(r.started_at).strftime("%Y-%m-%d %H:%M:%S")
-        counts = " ".join(f"{k}={v}" for k, v in sorted(r.counts.items()) if v or k == "read")
-        click.echo(f"{r.id:>5}  {r.flow:<20} {r.kind:<9} {started:<19}  {took:>7}  {r.status:<7} {counts}")
+    columns = (
+        Column("id", right=True),
+        Column("flow"),
+        Column("kind"),
+        Column("started (UTC)"),
+        Column("took", right=True),
+        Column("status"),
+        Column("counts", cut=True),
+    )
+    rows = [
+        [
+            str(r.id),
+            r.flow,
+            r.kind,
+            _when(r.started_at),
+            f"{r.finished_at - r.started_at:.1f}s" if r.finished_at else "running",
+            r.status,
+            " ".join(f"{k}={v}" for k, v in sorted(r.counts.items()) if v or k == "read"),
+        ]
+        for r in records
+    ]
+    _echo_table(columns, rows)
 
 
 @contextmanager
@@ -519,6 +627,141 @@ def fake(kind: str | None, args: tuple[str, ...]) -> None:
     raise SystemExit(main_of(list(args)))
 
 
+DEFAULT_URL = "http://127.0.0.1:8700"
+
+
+class DaemonSaidNo(SeamlineError):
+    """The running daemon could not be reached, or did not do what it was asked (busy, refused, unknown)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _DaemonApi:
+    """A client of a running daemon's JSON API (engine/runtime/admin_api.py) for ``trigger`` and ``reload``."""
+
+    url: str
+    token: str | None
+
+    @classmethod
+    def for_client(cls, client: str, url: str | None, token_file: Path | None, specs_dir: Path) -> _DaemonApi:
+        """The daemon at ``url`` ($SEAMLINE_URL, else the default port on loopback), once it says it runs ``client``:
+        a command meant for one client never acts on another client's daemon."""
+        token = token_file.read_text(encoding="utf-8").strip() if token_file else os.environ.get("SEAMLINE_API_TOKEN")
+        api = cls((url or os.environ.get("SEAMLINE_URL") or DEFAULT_URL).rstrip("/"), token or None)
+        expected = _client_name(client, specs_dir)
+        running = api.call("GET", "/api/spec", timeout=10)[1].get("client")
+        if running != expected:
+            raise DaemonSaidNo(
+                f"the daemon at {api.url} runs client '{running}', not '{expected}': pass the URL of {expected}'s "
+                "daemon with --url (or $SEAMLINE_URL)"
+            )
+        return api
+
+    def call(self, method: str, path: str, *, timeout: float) -> tuple[int, dict[str, Any]]:
+        """(status, JSON body) of one call; a daemon that does not answer, refuses the token or answers something
+        other than this API's JSON is a :class:`DaemonSaidNo` saying what to do."""
+        import httpx
+
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        try:
+            answer = httpx.request(method, self.url + path, headers=headers, timeout=timeout)
+        except httpx.TimeoutException:
+            raise DaemonSaidNo(
+                f"the daemon at {self.url} did not answer {method} {path} within {timeout:g} s"
+            ) from None
+        except httpx.TransportError:
+            raise DaemonSaidNo(
+                f"no seamline daemon answers at {self.url}: is it running? pass --url (or set $SEAMLINE_URL)"
+            ) from None
+        if answer.status_code == 401:
+            raise DaemonSaidNo(
+                f"the daemon at {self.url} refused the API token: set $SEAMLINE_API_TOKEN or pass --token-file with "
+                "the token the daemon runs with"
+            )
+        try:
+            body = answer.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict) or (answer.status_code == 404 and "status" not in body):
+            raise DaemonSaidNo(
+                f"the server at {self.url} answered {method} {path} with HTTP {answer.status_code}, not as a seamline "
+                "daemon's operator API does (an older seamline, or another server on that port?)"
+            )
+        return answer.status_code, body
+
+
+def _client_name(client: str, specs_dir: Path) -> str:
+    """The client a CLIENT argument names: the spec's ``client:`` where a spec is found for it, else the name."""
+    try:
+        path = _client_spec_path(client, specs_dir)
+    except UsageError:
+        return client
+    merged = resolve_spec(path, str(path))
+    named = merged.data.get("client") if isinstance(merged.data, dict) else None
+    return str(named) if named else client
+
+
+def _daemon_options(func: Callable[P, R]) -> Callable[P, R]:
+    """--url, --token-file and --specs of the commands that talk to a running daemon."""
+    func = click.option(
+        "--specs",
+        "specs_dir",
+        type=click.Path(path_type=Path),
+        default=Path("specs"),
+        show_default=True,
+        help="Folder holding one folder per client: where CLIENT's spec (and so its name) is found.",
+    )(func)
+    func = click.option(
+        "--token-file",
+        type=click.Path(path_type=Path, exists=True, dir_okay=False),
+        help="File holding the daemon's API token (default: $SEAMLINE_API_TOKEN).",
+    )(func)
+    return click.option("--url", help=f"The daemon's API (default: $SEAMLINE_URL, else {DEFAULT_URL}).", default=None)(
+        func
+    )
+
+
+@main.command()
+@click.argument("client")
+@click.argument("flow")
+@_daemon_options
+@_handle_errors
+def trigger(client: str, flow: str, url: str | None, token_file: Path | None, specs_dir: Path) -> None:
+    """Start a pass of FLOW's schedule now in CLIENT's running daemon, as its cron would.
+
+    Exit 0 when the pass started; 1 when a pass is running already, the flow is unknown or has no schedule.
+    """
+    from urllib.parse import quote
+
+    api = _DaemonApi.for_client(client, url, token_file, specs_dir)
+    status, body = api.call("POST", f"/api/flows/{quote(flow, safe='')}/run", timeout=30)
+    outcome, message = body.get("status", f"HTTP {status}"), body.get("message") or body.get("error", "")
+    if outcome != "started":
+        raise DaemonSaidNo(f"{outcome}: {message}")
+    click.echo(f"started: {message}; follow it with 'seamline runs {client} --flow {flow}'")
+
+
+@main.command()
+@click.argument("client")
+@_daemon_options
+@_handle_errors
+def reload(client: str, url: str | None, token_file: Path | None, specs_dir: Path) -> None:
+    """Make CLIENT's running daemon load its spec from disk again, without a restart.
+
+    The new spec is validated and its systems opened before anything stops; a broken one is refused with its
+    errors and the running one keeps running (exit 1). Records in flight finish with the version they began with.
+    """
+    api = _DaemonApi.for_client(client, url, token_file, specs_dir)
+    # a reload drains the workers (up to the daemon's drain timeout) before it answers
+    _status, body = api.call("POST", "/api/reload", timeout=300)
+    if not body.get("reloaded"):
+        errors = "".join(f"\n  {error}" for error in body.get("errors", []))
+        raise DaemonSaidNo(f"reload refused: {body.get('message') or body.get('error', '')}{errors}")
+    if body.get("spec_version") == body.get("previous"):
+        click.echo(f"unchanged: {body.get('message', '')}")
+    else:
+        click.echo(f"reloaded: {body.get('message', '')} (was {body.get('previous')})")
+
+
 @main.group()
 def dlq() -> None:
     """Dead letters: records that could not be delivered, with their reasons; replay them after a fix."""
@@ -528,55 +771,81 @@ def dlq() -> None:
 @click.argument("client")
 @click.option("--flow", "flow_name")
 @click.option("--all", "include_replayed", is_flag=True, help="Include letters already replayed.")
+@_format_option
 @click.option("--state", "state_url")
 @click.option("--specs", "specs_dir", type=click.Path(path_type=Path), default=Path("specs"), show_default=True)
 @_handle_errors
 def dlq_list(
-    client: str, flow_name: str | None, include_replayed: bool, state_url: str | None, specs_dir: Path
+    client: str, flow_name: str | None, include_replayed: bool, fmt: str, state_url: str | None, specs_dir: Path
 ) -> None:
-    """List dead letters (id, flow, key, kind, reason)."""
+    """List dead letters, oldest first: id, when, flow, kind, key, target, reason."""
+    from engine.runtime.views import dead_letter_json
+
     with _operator_store(client, specs_dir, state_url, read_only=True) as store:
         letters = store.dead_letters(flow_name, include_replayed=include_replayed)
-    for letter in letters:
-        replayed = " (replayed)" if letter.replayed_at else ""
-        click.echo(
-            f"{letter.id:>5}  {letter.flow:<20} {letter.key:<32} {letter.error_kind:<9} {letter.reason[:160]}{replayed}"
-        )
+    if fmt == "json":
+        _echo_json({"dead_letters": [dead_letter_json(d) for d in letters], "total": len(letters)})
+        return
+    if letters:
+        columns = [
+            Column("id", right=True),
+            Column("created (UTC)"),
+            Column("flow"),
+            Column("kind"),
+            Column("key", cut=True),
+            Column("target"),
+            Column("reason", cut=True),
+        ]
+        rows = [
+            [str(d.id), _when(d.created_at), d.flow, d.error_kind, d.key, d.target or "-", d.reason] for d in letters
+        ]
+        if include_replayed:
+            columns.insert(2, Column("replayed (UTC)"))
+            for row, letter in zip(rows, letters, strict=True):
+                row.insert(2, _when(letter.replayed_at) if letter.replayed_at else "-")
+        _echo_table(columns, rows)
     click.echo(f"{len(letters)} dead letter(s)")
 
 
 @dlq.command("show")
 @click.argument("client")
 @click.argument("letter_id", type=int)
+@_format_option
 @click.option("--state", "state_url")
 @click.option("--specs", "specs_dir", type=click.Path(path_type=Path), default=Path("specs"), show_default=True)
 @_handle_errors
-def dlq_show(client: str, letter_id: int, state_url: str | None, specs_dir: Path) -> None:
+def dlq_show(client: str, letter_id: int, fmt: str, state_url: str | None, specs_dir: Path) -> None:
     """One dead letter in full: reason, target, spec version and the record as it arrived."""
+    from engine.runtime.views import dead_letter_json
+
     with _operator_store(client, specs_dir, state_url, read_only=True) as store:
         found = [d for d in store.dead_letters(include_replayed=True) if d.id == letter_id]
+        superseded = bool(found) and bool(store.superseded([letter_id]))
     if not found:
         raise UsageError(f"no dead letter {letter_id}; see 'seamline dlq list {client}'")
     letter = found[0]
-    click.echo(
-        json.dumps(
-            {
-                "id": letter.id,
-                "flow": letter.flow,
-                "key": letter.key,
-                "business_key": letter.business_key,
-                "kind": letter.error_kind,
-                "target": letter.target,
-                "reason": letter.reason,
-                "spec_version": letter.spec_version,
-                "created_at": letter.created_at,
-                "replayed_at": letter.replayed_at,
-                "record": letter.payload,
-            },
-            indent=2,
-            ensure_ascii=False,
-        )
-    )
+    if fmt == "json":
+        _echo_json({**dead_letter_json(letter, record=True), "superseded": superseded})
+        return
+    fields = {
+        "flow": letter.flow,
+        "business key": letter.business_key,
+        "key": letter.key,
+        "kind": letter.error_kind,
+        "target": letter.target or "-",
+        "reason": letter.reason,
+        "spec version": letter.spec_version or "-",
+        "created": f"{_when(letter.created_at)} UTC",
+        "replayed": f"{_when(letter.replayed_at)} UTC" if letter.replayed_at else "no",
+    }
+    if superseded:
+        fields["superseded"] = "yes: a newer change of this record was delivered since; a replay skips it (--force)"
+    click.echo(f"dead letter {letter.id}")
+    width = max(len(name) for name in fields) + 1
+    for name, value in fields.items():
+        click.echo(f"  {name + ':':<{width}} {value}")
+    click.echo("record:")
+    click.echo(json.dumps(letter.payload, indent=2, ensure_ascii=False))
 
 
 @dlq.command("replay")
@@ -602,62 +871,78 @@ def dlq_replay(
     from engine.flow import load_client
     from engine.runtime.daemon import HEARTBEAT, spec_version
     from engine.runtime.processes import HOST
-    from engine.state import ReplayRecord
+    from engine.runtime.replay import other_versions, replay_dead_letters
 
     if not flow_name and not ids:
         raise UsageError("say which: --flow F, --id N (repeatable), or both")
     on_disk = spec_version(load_client(_client_spec_path(client, specs_dir), environ=dict(os.environ)))
     with _operator_store(client, specs_dir, state_url, read_only=True) as store:
-        for daemon in store.daemons(seen_within=3 * HEARTBEAT):
-            if daemon.spec_version != on_disk:
-                click.echo(
-                    f"warning: the running daemon {daemon.name} runs spec version {daemon.spec_version}, the spec on "
-                    f"disk is {on_disk}: the replayed letters are delivered with the running version, so a fix made "
-                    "on disk (a mapping, a lookup table) is not in effect yet; restart the daemon, then replay",
-                    err=True,
-                )
-        letters = store.dead_letters(flow_name)
-        chosen = [d.id for d in letters if not ids or d.id in ids]
-        stale = [] if force else store.superseded(chosen)
-        count = store.replay(chosen, include_superseded=force)
-        store.record_replay(
-            ReplayRecord(
-                flow_name or "", tuple(chosen), count, len(stale), force, on_disk, f"{getpass.getuser()}@{HOST}"
+        for daemon in other_versions(store, on_disk, seen_within=3 * HEARTBEAT):
+            click.echo(
+                f"warning: the running daemon {daemon.name} runs spec version {daemon.spec_version}, the spec on "
+                f"disk is {on_disk}: the replayed letters are delivered with the running version, so a fix made "
+                f"on disk (a mapping, a lookup table) is not in effect yet; restart the daemon (or 'seamline reload "
+                f"{client}'), then replay",
+                err=True,
             )
+        outcome = replay_dead_letters(
+            store, flow=flow_name, ids=ids, force=force, spec_version=on_disk, by=f"{getpass.getuser()}@{HOST}"
         )
-    click.echo(f"replayed {count} dead letter(s)")
-    if stale:
-        listed = ", ".join(str(i) for i in stale)
+    click.echo(f"replayed {outcome.replayed} dead letter(s)")
+    if outcome.skipped:
+        listed = ", ".join(str(i) for i in outcome.skipped)
         click.echo(
-            f"skipped {len(stale)} superseded (a newer change of the same record was delivered since): {listed}; "
-            "--force replays them anyway"
+            f"skipped {len(outcome.skipped)} superseded (a newer change of the same record was delivered since): "
+            f"{listed}; --force replays them anyway"
         )
+    if outcome.not_found:
+        listed = ", ".join(str(i) for i in outcome.not_found)
+        click.echo(f"not open dead letters (unknown, replayed already, or another flow's): {listed}", err=True)
 
 
 @dlq.command("history")
 @click.argument("client")
 @click.option("--limit", default=20, show_default=True, type=int)
+@_format_option
 @click.option("--state", "state_url")
 @click.option("--specs", "specs_dir", type=click.Path(path_type=Path), default=Path("specs"), show_default=True)
 @_handle_errors
-def dlq_history(client: str, limit: int, state_url: str | None, specs_dir: Path) -> None:
-    """Past replays: when, by whom, which letters, how many went back and how many were skipped."""
-    from datetime import datetime
+def dlq_history(client: str, limit: int, fmt: str, state_url: str | None, specs_dir: Path) -> None:
+    """Past replays, newest first: when, by whom, which letters, how many went back and how many were skipped."""
+    from engine.runtime.views import replay_json
 
     with _operator_store(client, specs_dir, state_url, read_only=True) as store:
         records = store.replays(limit)
+    if fmt == "json":
+        _echo_json({"replays": [replay_json(r) for r in records]})
+        return
     if not records:
         click.echo("no replays yet")
         return
-    click.echo(f"{'id':>4}  {'when':<19}  {'by':<24} {'flow':<16} {'replayed':>8} {'skipped':>7}  spec      letters")
-    for r in records:
-        when = datetime.fromtimestamp(r.at).strftime("%Y-%m-%d %H:%M:%S")
-        letters = ",".join(str(i) for i in r.letters[:12]) + (" ..." if len(r.letters) > 12 else "")
-        forced = " (--force)" if r.forced else ""
-        click.echo(
-            f"{r.id:>4}  {when:<19}  {r.by[:24]:<24} {r.flow or '-':<16} {r.replayed:>8} {r.skipped:>7}  "
-            f"{r.spec_version:<9} {letters}{forced}"
-        )
+    columns = (
+        Column("id", right=True),
+        Column("when (UTC)"),
+        Column("by", cut=True),
+        Column("flow"),
+        Column("replayed", right=True),
+        Column("skipped", right=True),
+        Column("spec"),
+        Column("letters", cut=True),
+    )
+    rows = [
+        [
+            str(r.id),
+            _when(r.at),
+            r.by,
+            r.flow or "-",
+            str(r.replayed),
+            str(r.skipped),
+            r.spec_version or "-",
+            ",".join(str(i) for i in r.letters) + (" (--force)" if r.forced else ""),
+        ]
+        for r in records
+    ]
+    _echo_table(columns, rows)
 
 
 @main.group()
@@ -667,10 +952,11 @@ def state() -> None:
 
 @state.command("version")
 @click.argument("client")
+@_format_option
 @click.option("--state", "state_url")
 @click.option("--specs", "specs_dir", type=click.Path(path_type=Path), default=Path("specs"), show_default=True)
 @_handle_errors
-def state_version(client: str, state_url: str | None, specs_dir: Path) -> None:
+def state_version(client: str, fmt: str, state_url: str | None, specs_dir: Path) -> None:
     """The store's schema version and this seamline's, read without changing the store."""
     from engine.flow import load_client
     from engine.runtime.daemon import resolve_state_url
@@ -680,36 +966,53 @@ def state_version(client: str, state_url: str | None, specs_dir: Path) -> None:
 
     compiled = load_client(_client_spec_path(client, specs_dir), environ=dict(os.environ))
     url = resolve_state_url(compiled, state_url, os.environ, Masker())
+    shown_url = url.split("?")[0]
     found = stored_version(url)
     known = len(MIGRATIONS)
-    click.echo(f"this seamline: schema {known}")
     if found is None:
-        raise NoState(f"no state for client '{compiled.client}' at {url.split('?')[0]}")
-    if found == known:
+        verdict = "missing"
+    elif found == known:
         verdict = "up to date"
     elif found < known:
         verdict = f"older: the daemon migrates it in place when it starts ({known - found} step(s))"
     else:
         verdict = "newer than this seamline: a newer seamline wrote it; upgrade seamline to use it"
-    click.echo(f"the store at {url.split('?')[0]}: schema {found}, {verdict}")
+    if fmt == "json":
+        _echo_json({"seamline_schema": known, "store": shown_url, "store_schema": found, "verdict": verdict})
+    else:
+        click.echo(f"this seamline: schema {known}")
+        if found is not None:
+            click.echo(f"the store at {shown_url}: schema {found}, {verdict}")
+    if found is None:
+        raise NoState(f"no state for client '{compiled.client}' at {shown_url}")
     if found > known:
         sys.exit(1)
 
 
 @state.command("show")
 @click.argument("client")
+@_format_option
 @click.option("--state", "state_url")
 @click.option("--specs", "specs_dir", type=click.Path(path_type=Path), default=Path("specs"), show_default=True)
 @_handle_errors
-def state_show(client: str, state_url: str | None, specs_dir: Path) -> None:
-    """Inbox depth per status, deliveries, and each flow's cursor."""
+def state_show(client: str, fmt: str, state_url: str | None, specs_dir: Path) -> None:
+    """Inbox depth per status, deliveries, and each flow's items and cursor."""
+    from engine.runtime.views import STATUSES, depth_json
+
     with _operator_store(client, specs_dir, state_url, read_only=True) as store:
-        depth, cursors, deliveries = store.depth(), store.cursors(), store.deliveries()
+        depth, per_flow, cursors, deliveries = store.depth(), store.depth_by_flow(), store.cursors(), store.deliveries()
         url = store.url
+    flows = sorted(set(per_flow) | set(cursors))
+    if fmt == "json":
+        shown = [{"flow": f, "inbox": depth_json(per_flow.get(f)), "cursor": cursors.get(f)} for f in flows]
+        _echo_json({"state": url, "inbox": depth_json(depth), "deliveries": deliveries, "flows": shown})
+        return
     click.echo(f"state: {url}")
     click.echo("inbox: " + ", ".join(f"{k}={v}" for k, v in depth.items()) + f"; deliveries={deliveries}")
-    for flow, value in cursors.items():
-        click.echo(f"cursor {flow}: {value}")
+    if flows:
+        columns = (Column("flow"), *(Column(s, right=True) for s in STATUSES), Column("cursor", cut=True))
+        rows = [[f, *(str(depth_json(per_flow.get(f))[s]) for s in STATUSES), cursors.get(f) or "-"] for f in flows]
+        _echo_table(columns, rows)
 
 
 @state.command("reset-cursor")

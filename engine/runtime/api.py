@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from aiohttp import web
 
 from engine.errors import UsageError
+from engine.runtime.admin_api import add_operator_routes
+from engine.runtime.operator import Operator
 
 if TYPE_CHECKING:
     from engine.runtime.triggers import RequestHandler
@@ -34,6 +36,11 @@ class Ingress(Protocol):
     stopped_triggers: dict[str, str]  # flow -> why its schedule or consumer stopped (/readyz degraded)
     body_budget: BodyBudget
     flow_names: list[str]
+    generation: int  # +1 at each reload: the webhook and request paths are looked up again
+
+    async def intake_ready(self) -> None:
+        """Returns when the daemon takes events (at once, unless a reload is swapping its flows)."""
+        ...
 
     @property
     def webhooks(self) -> Mapping[str, str]:
@@ -89,9 +96,13 @@ def check_exposure(host: str, token: str | None, dev: bool) -> None:
 DAEMON: web.AppKey[Ingress] = web.AppKey("daemon")
 
 
-def build_app(daemon: Ingress) -> web.Application:
+def build_app(daemon: Ingress, operator: Operator | None = None) -> web.Application:
+    """The daemon's HTTP API: health, metrics, the flows' webhook and request paths and, given an ``operator``,
+    the operator's JSON API under /api/ (engine.runtime.admin_api)."""
     app = web.Application(middlewares=[_auth], client_max_size=16 * 1024 * 1024)
     app[DAEMON] = daemon
+    if operator is not None:
+        add_operator_routes(app, operator)
 
     async def healthz(_request: web.Request) -> web.Response:
         return _json(200, {"status": "ok"})
@@ -105,12 +116,48 @@ def build_app(daemon: Ingress) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
-    for path, flow_name in daemon.webhooks.items():
-        app.router.add_post(path, _webhook(daemon, flow_name))
-    for path, handler in daemon.requests.items():
-        method = handler.flow.flow.trigger.request.method if handler.flow.flow.trigger.request else "POST"
-        app.router.add_route(method, path, _request(daemon, path))
+    # Webhook and request-trigger paths are looked up per request: a reload may add, move or drop them.
+    app.router.add_route("*", "/{path:.*}", _FlowRoutes(daemon).dispatch)
     return app
+
+
+class _FlowRoutes:
+    """The flows' own paths (webhooks, request triggers), as the daemon runs them now.
+
+    Handlers are made once per daemon generation: a reload that changes a path or its ``max_body`` is
+    served by the next request, and a request arriving during the swap waits for it (``intake_ready``).
+    """
+
+    def __init__(self, daemon: Ingress) -> None:
+        self.daemon = daemon
+        self.generation = -1
+        self.routes: dict[tuple[str, str], Handler] = {}
+        self.paths: set[str] = set()
+
+    def _refresh(self) -> None:
+        daemon = self.daemon
+        routes: dict[tuple[str, str], Handler] = {}
+        for path, flow_name in daemon.webhooks.items():
+            routes[("POST", path)] = _webhook(daemon, flow_name)
+        for path, handler in daemon.requests.items():
+            method = handler.flow.flow.trigger.request.method if handler.flow.flow.trigger.request else "POST"
+            routes[(method, path)] = _request(daemon, path)
+        self.routes, self.paths = routes, {path for _method, path in routes}
+        self.generation = daemon.generation
+
+    async def dispatch(self, request: web.Request) -> web.StreamResponse:
+        await self.daemon.intake_ready()
+        if self.generation != self.daemon.generation:
+            self._refresh()
+        handler = self.routes.get((request.method, request.path))
+        if handler is not None:
+            return await handler(request)
+        if request.path in self.paths:
+            allowed = sorted(method for method, path in self.routes if path == request.path)
+            return _json(
+                405, {"error": f"{request.method} is not served at {request.path}"}, {"Allow": ", ".join(allowed)}
+            )
+        return _json(404, {"error": f"nothing is served at {request.path}"})
 
 
 def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> web.Response:

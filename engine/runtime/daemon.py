@@ -19,7 +19,7 @@ import time
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal, TypeVar
+from typing import IO, TYPE_CHECKING, Any, Literal, TypeVar
 
 from aiohttp import web
 
@@ -32,14 +32,17 @@ from engine.connector import (
     parse_duration,
     parse_size,
 )
-from engine.errors import ServeError, UsageError
-from engine.flow import CompiledClient, load_client
+from engine.errors import SeamlineError, ServeError, Severity, SpecError, UsageError
+from engine.flow import CompiledClient, CompiledFlow, load_client
+from engine.runtime import tracing
+from engine.runtime.alerts import AlertMonitor, monitor_for
 from engine.runtime.api import BodyBudget, build_app, check_exposure
 from engine.runtime.flows import BoundFlow, bind
 from engine.runtime.guards import Backoff, Breaker, Budget
 from engine.runtime.inbox import Inbox
 from engine.runtime.logs import JsonLog, LogLevel, routed
 from engine.runtime.metrics import Metrics, escape_label
+from engine.runtime.operator import FlowInfo, ReloadResult, RunNowResult
 from engine.runtime.processes import (
     DeliveryProcesses,
     Layout,
@@ -60,6 +63,9 @@ from engine.secrets import Masker, render_values
 from engine.spec.model import StateOptions
 from engine.state import StateStore, default_state_url, hold_sqlite_owner, open_store
 
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
+
 __all__ = ["HEARTBEAT", "Daemon", "DaemonOptions", "resolve_state_url", "retention_seconds", "spec_version"]
 
 T = TypeVar("T")
@@ -72,7 +78,8 @@ HEARTBEAT = 30.0  # seconds between a daemon's "I run spec version X" on the sto
 class DaemonOptions:
     host: str = "127.0.0.1"
     port: int = 8700
-    token: str | None = None
+    token: str | None = None  # the operator's: everything, changes included
+    view_token: str | None = None  # read-only: the console and the API's GETs
     dev: bool = False
     workers: int = 8
     flows: list[str] | None = None  # None: every flow
@@ -82,6 +89,7 @@ class DaemonOptions:
     backoff: Backoff = field(default_factory=Backoff)
     serve_http: bool = True
     schedules: bool = True
+    alerts: bool = True  # run the spec's alert rules (not in run --once: a single pass is no watch)
     processes: int = 1  # this one (the primary) and processes-1 delivery processes
     delivery_part: int = 0  # a delivery process's number (1..processes-1); 0 in the primary
     delivery_channel: int | None = None  # set in a delivery process: its socket to the primary
@@ -152,6 +160,7 @@ class Daemon:
         self.log = JsonLog(self.client.client, self.masker, log_stream, level=options.log_level, context=context)
         self.metrics = Metrics(self.client.client)
         self.token = options.token
+        self.view_token = options.view_token
         self.flow_names = self._select_flows(options.flows)
         self.layout = self._plan_layout()
         self.store: StateStore | None = None
@@ -163,7 +172,15 @@ class Daemon:
         self.started = False
         self.stopping = False
         self._stop_event = asyncio.Event()
-        self._tasks: list[asyncio.Task[Any]] = []
+        self._tasks: list[asyncio.Task[Any]] = []  # the daemon's own: prune, heartbeat, alerts, a primary link
+        self._flow_tasks: dict[str, asyncio.Task[Any]] = {}  # each flow's schedule loop or queue consumer
+        self._passes: set[asyncio.Task[Any]] = set()  # run-now passes of flows whose schedule is not looped here
+        self._reloading = asyncio.Lock()
+        self._intake = asyncio.Event()  # clear while a reload swaps the flows: webhooks and requests wait
+        self._intake.set()
+        self.generation = 0  # +1 at each reload: the API's routes follow the flows running now
+        self._alerts: asyncio.Task[None] | None = None
+        self._traces: TracerProvider | None = None  # the provider this daemon configured, if any
         self._runner: web.AppRunner | None = None
         self.spec_version = spec_version(self.client)
         self.state_url = resolve_state_url(self.client, options.state_url, self.environ, self.masker)
@@ -189,10 +206,10 @@ class Daemon:
         limits = {name: getattr(options, "limits", None) for name, options in systems.items()}
         return plan_layout(self.client, self.flow_names, limits, self.options.processes)
 
-    def _systems_needed(self) -> dict[str, set[str]]:
+    def _systems_needed(self, client: CompiledClient, flow_names: list[str]) -> dict[str, set[str]]:
         needed: dict[str, set[str]] = {}
-        for name in self.flow_names:
-            flow = self.client.flows[name].flow
+        for name in flow_names:
+            flow = client.flows[name].flow
             systems = {t.system for t in flow.all_targets()}
             if flow.source is not None and not self.delivery_only:  # a delivery process only writes
                 systems.add(flow.source.system)
@@ -203,27 +220,35 @@ class Daemon:
         return needed
 
     async def open_connections(self) -> None:
+        self.systems = self.open_systems(self.client, self.flow_names, self.layout)
+
+    def open_systems(self, client: CompiledClient, flow_names: list[str], layout: Layout) -> dict[str, System]:
+        """A System for each system ``flow_names`` use: connection (opened, nothing sent yet), budget, breaker.
+
+        Raises UsageError naming the systems whose connector cannot run; nothing stays open then.
+        """
         registry = self.registry
-        raw_systems = self.client.report.merged.data.get("systems", {})
+        raw_systems = client.report.merged.data.get("systems", {})
         blocked: list[str] = []
-        for system, flows in sorted(self._systems_needed().items()):
-            options = self.client.report.systems[system]
+        systems: dict[str, System] = {}
+        for system, flows in sorted(self._systems_needed(client, flow_names).items()):
+            options = client.report.systems[system]
             kind = registry.get(options.connector)
             if kind is None or not kind.runnable:
                 blocked.append(f"{system} ({options.connector}) used by {', '.join(sorted(flows))}")
                 continue
             rendered = render_values(raw_systems[system], masker=self.masker, environ=self.environ, where=system)
             live_options = kind.options.model_validate(rendered)
-            declared_in = Path(self.client.report.merged.origin(("systems", system))).parent
+            declared_in = Path(client.report.merged.origin(("systems", system))).parent
             context = ConnectContext(
                 system=system,
-                client=self.client.client,
+                client=client.client,
                 mask=self.masker.add,
                 base_dir=str(declared_in),
                 state_url=self.state_url,
             )
-            share = self.layout.share(system, self.options.delivery_part)
-            self.systems[system] = System(
+            share = layout.share(system, self.options.delivery_part)
+            systems[system] = System(
                 system,
                 kind.open(live_options, context),
                 Budget(live_options.limits, share=share),
@@ -231,11 +256,13 @@ class Daemon:
                 kind=kind.name,
             )
         if blocked:
+            # Connections are opened lazily (nothing was sent); closing them is only tidy, and a close is async.
             raise UsageError(
                 "these systems' connectors cannot run yet in this version: "
                 + "; ".join(blocked)
                 + ". Run the other flows with --flow."
             )
+        return systems
 
     def _bind_flows(self, inbox: Inbox | None) -> None:
         """Each flow bound to its systems once (a delivery process, ``inbox`` None, binds targets only)."""
@@ -405,8 +432,104 @@ class Daemon:
         event = self.client.flows[flow].flow.trigger.event
         return event is not None and event.system is not None
 
+    # -- operations (engine.runtime.operator.Operator) ---------------------------------------------
+    @property
+    def client_name(self) -> str:
+        return self.client.client
+
+    def spec_version_on_disk(self) -> str | None:
+        try:
+            return spec_version(load_client(self.spec, environ=self.environ, registry=self.registry))
+        except SeamlineError:
+            return None
+
+    def flows(self) -> list[FlowInfo]:
+        return [flow_info(self.client.flows[name]) for name in self.flow_names]
+
+    async def intake_ready(self) -> None:
+        """Returns at once, or when a reload has swapped the flows (a webhook never meets half a swap)."""
+        await self._intake.wait()
+
+    async def run_now(self, flow: str) -> RunNowResult:
+        bound = self.bound.get(flow)
+        if bound is None:
+            running = ", ".join(self.flow_names) or "none"
+            return RunNowResult(flow, "unknown", f"no flow '{flow}' runs in this daemon (running: {running})")
+        schedule = bound.schedule
+        if schedule is None:
+            trigger = flow_info(bound.compiled).trigger
+            return RunNowResult(flow, "not_a_schedule", f"flow '{flow}' is started by its {trigger}, not a schedule")
+        loop = self._flow_tasks.get(flow)
+        if loop is not None and not loop.done():
+            if not schedule.request_pass():
+                return RunNowResult(
+                    flow, "busy", f"a pass of '{flow}' is running; it reads everything since its cursor"
+                )
+        else:  # schedules are not looped here (or the loop stopped): run one pass beside the rest
+            if schedule.running or any(not task.done() for task in self._passes if task.get_name() == flow):
+                return RunNowResult(
+                    flow, "busy", f"a pass of '{flow}' is running; it reads everything since its cursor"
+                )
+            task = asyncio.create_task(self._one_pass(schedule), name=flow)
+            self._passes.add(task)
+            task.add_done_callback(self._passes.discard)
+        self.log.info("run_now", flow=flow)
+        return RunNowResult(flow, "started", f"a pass of '{flow}' started")
+
+    async def _one_pass(self, schedule: ScheduleTrigger) -> None:
+        schedule.running = True
+        try:
+            await schedule.run_once()
+        except Exception as exc:  # logged and counted as the loop does
+            self.metrics.inc("schedule_errors", schedule.flow.name)
+            self.log.error("schedule_error", flow=schedule.flow.name, error=f"{type(exc).__name__}: {exc}")
+        finally:
+            schedule.running = False
+
+    async def reload(self) -> ReloadResult:
+        """Load and validate the spec on disk; refuse a broken one (the old keeps running), else drain and swap.
+
+        The new spec's systems are opened (nothing is sent) before anything stops, so a spec that cannot run is
+        refused with the old one untouched. Records in the workers' hands finish with the version they started
+        with; webhooks and request triggers arriving during the swap wait for it (bounded by their timeouts).
+        """
+        async with self._reloading:
+            previous = self.spec_version
+            try:
+                client = await asyncio.to_thread(load_client, self.spec, environ=self.environ, registry=self.registry)
+                version = spec_version(client)
+                if version == previous:
+                    return ReloadResult(
+                        True,
+                        previous,
+                        previous,
+                        message=f"the spec on disk is version {previous}, the one running: nothing to reload",
+                    )
+                successor = _Successor.plan(self, client)
+                monitor = successor.alert_monitor() if self.options.alerts else None  # a missing secret refuses it
+                successor.open_connections()
+            except SeamlineError as exc:
+                errors = _reasons(exc)
+                self.log.error("reload_refused", spec_version=previous, errors=list(errors))
+                return ReloadResult(
+                    False, previous, previous, errors, f"the spec on disk was refused; version {previous} keeps running"
+                )
+            self._intake.clear()
+            try:
+                await self._stop_flows()
+                successor.install()
+                assert self.inbox is not None
+                await self._start_flows(self.inbox)
+                self._start_alerts(monitor)
+            finally:
+                self._intake.set()
+            self.log.info("reloaded", spec_version=self.spec_version, previous=previous, flows=self.flow_names)
+            return ReloadResult(True, self.spec_version, previous, message=f"now running version {self.spec_version}")
+
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
+        # Off unless the OTEL_* variables ask; a provider installed by the program embedding us is left alone.
+        self._traces = tracing.configure(self.environ, client=self.client.client)
         if self.delivery_only:
             await self._start_delivery_process()
             return
@@ -427,6 +550,8 @@ class Daemon:
             raise
 
     async def _start_primary(self, url: str) -> None:
+        # First: a notifier whose secret is missing stops the start, not a night.
+        monitor = monitor_for(self) if self.options.alerts else None
         await self.open_connections()
         self.store = store = open_store(url, durability=durability(self.client))
         self.inbox = inbox = Inbox(store)
@@ -441,48 +566,15 @@ class Daemon:
                 if reclaimable(worker, os.getpid()):
                     recovered = store.requeue_inflight(worker)
                     self.log.warning("recovered", items=recovered, worker=worker, reason="its process is gone")
-        self._bind_flows(inbox)
         self._depth = store.depth_by_flow()  # the first value, before the loop refreshes it
         self._gauges()
-        self.pool = WorkerPool(
-            self._delivery(inbox),
-            size=self.options.workers,
-            flows=self.flow_names,
-            lease=self.options.lease,
-            name=delivery_worker(0, os.getpid()),
-        )
-        self.pool.start()
-        if self.options.processes > 1:
-            self.delivery = DeliveryProcesses(
-                self.spec,
-                self.layout,
-                state_url=url,
-                workers=self.options.workers,
-                lease=self.options.lease,
-                environ=self.environ,
-                metrics=self.metrics,
-                log=self.log,
-                keep_fds=() if self.owner_lock is None else (self.owner_lock,),
-                give_back=functools.partial(inbox.run, store.requeue_inflight),
-            )
-            await self.delivery.start()
+        await self._start_flows(inbox)
+        assert self.pool is not None
         self._tasks.append(asyncio.create_task(self._prune_loop(inbox), name="prune"))
         self._tasks.append(asyncio.create_task(self._heartbeat(inbox, self.pool.name), name="heartbeat"))
-        if self.options.schedules:
-            for name, schedule in self.schedules.items():
-                task = asyncio.create_task(schedule.loop(self._stop_event), name=f"schedule-{name}")
-                task.add_done_callback(functools.partial(self._schedule_ended, name))
-                self._tasks.append(task)
-        for name, bound in self.bound.items():
-            if bound.queue is not None and bound.source is not None:
-                consumer = bound.source.consumer
-                task = asyncio.create_task(
-                    consume_queue(bound.compiled, consumer, bound.queue, inbox, self.metrics), name=f"consume-{name}"
-                )
-                task.add_done_callback(functools.partial(self._consumer_ended, name))
-                self._tasks.append(task)
+        self._start_alerts(monitor)
         if self.options.serve_http:
-            self._runner = web.AppRunner(build_app(self), access_log=None, handle_signals=False)
+            self._runner = web.AppRunner(build_app(self, self), access_log=None, handle_signals=False)
             await self._runner.setup()
             site = web.TCPSite(self._runner, self.options.host, self.options.port, reuse_address=True)
             try:
@@ -506,6 +598,65 @@ class Daemon:
             processes=self.options.processes,
             loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
         )
+
+    async def _start_flows(self, inbox: Inbox) -> None:
+        """Bind the flows to the systems opened for them, then start their workers, schedules and consumers."""
+        assert self.store is not None
+        self._bind_flows(inbox)
+        self.pool = WorkerPool(
+            self._delivery(inbox),
+            size=self.options.workers,
+            flows=self.flow_names,
+            lease=self.options.lease,
+            name=delivery_worker(0, os.getpid()),
+        )
+        self.pool.start()
+        if self.options.processes > 1:
+            self.delivery = DeliveryProcesses(
+                self.spec,
+                self.layout,
+                state_url=self.state_url,
+                workers=self.options.workers,
+                lease=self.options.lease,
+                environ=self.environ,
+                metrics=self.metrics,
+                log=self.log,
+                keep_fds=() if self.owner_lock is None else (self.owner_lock,),
+                give_back=functools.partial(inbox.run, self.store.requeue_inflight),
+            )
+            await self.delivery.start()
+        if self.options.schedules:
+            for name, schedule in self.schedules.items():
+                task = asyncio.create_task(schedule.loop(self._stop_event), name=f"schedule-{name}")
+                task.add_done_callback(functools.partial(self._schedule_ended, name))
+                self._flow_tasks[name] = task
+        for name, bound in self.bound.items():
+            if bound.queue is not None and bound.source is not None:
+                consumer = bound.source.consumer
+                task = asyncio.create_task(
+                    consume_queue(bound.compiled, consumer, bound.queue, inbox, self.metrics), name=f"consume-{name}"
+                )
+                task.add_done_callback(functools.partial(self._consumer_ended, name))
+                self._flow_tasks[name] = task
+
+    async def _stop_flows(self) -> None:
+        """Stop taking work (schedules, consumers), let the workers finish what they hold, close the systems.
+
+        A worker still busy after ``drain_timeout`` is cancelled and its records go back to the inbox (as after a
+        crash: the ledger and once-only intents keep a resend from doing anything twice).
+        """
+        triggers = [*self._flow_tasks.values(), *self._passes]
+        for task in triggers:
+            task.cancel()
+        await asyncio.gather(*triggers, return_exceptions=True)
+        self._flow_tasks.clear()
+        self._passes.clear()
+        await asyncio.gather(
+            self._drain(), self.delivery.stop(self.options.drain_timeout + 5) if self.delivery else _nothing()
+        )
+        self.delivery = None
+        for connection in self.connections.values():
+            await connection.close()
 
     def _delivery(self, inbox: Inbox) -> Delivery:
         return Delivery(
@@ -559,16 +710,13 @@ class Daemon:
         self.stopping = True
         self.log.info("stopping", in_flight=self.pool.in_flight if self.pool else 0)
         self._stop_event.set()
+        self._intake.set()  # a reload cut short: waiting senders get their 503 "shutting down" now
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await asyncio.gather(
-            self._drain(), self.delivery.stop(self.options.drain_timeout + 5) if self.delivery else _nothing()
-        )
+        await self._stop_flows()
         if self._runner is not None:
             await self._runner.cleanup()
-        for connection in self.connections.values():
-            await connection.close()
         if self.inbox is not None:
             self.inbox.close()  # a batch still committing finishes before the store closes
         if self.link is not None:
@@ -583,6 +731,24 @@ class Daemon:
         if self.owner_lock is not None:
             os.close(self.owner_lock)  # after the store: the next daemon may give back what is in flight
             self.owner_lock = None
+        if self._traces is not None:
+            tracing.shutdown()  # the last spans are exported before the process ends
+
+    def _start_alerts(self, monitor: AlertMonitor | None) -> None:
+        """Run the spec's alert rules (a reload replaces the monitor with the new spec's)."""
+        if self._alerts is not None:
+            self._alerts.cancel()
+            self._alerts = None
+        if monitor is not None:
+            self._alerts = asyncio.create_task(monitor.run(self._stop_event), name="alerts")
+            self._tasks.append(self._alerts)
+
+    def _reload_on_signal(self) -> None:
+        """SIGHUP: reload in the background; the outcome is in the log (reloaded, or reload_refused with why)."""
+        if self.stopping:
+            return
+        task = asyncio.create_task(self.reload(), name="reload")
+        self._tasks.append(task)
 
     async def _drain(self) -> None:
         if self.pool is None:
@@ -591,7 +757,12 @@ class Daemon:
         try:
             await asyncio.wait_for(self.pool.join(), timeout=self.options.drain_timeout)
         except TimeoutError:
+            # wait_for cancelled the workers still busy: what they held goes back to the inbox for the next run
+            # (or the next generation after a reload) instead of waiting for its lease to run out.
             self.log.warning("drain_timeout", seconds=self.options.drain_timeout)
+            if self.inbox is not None and not self.stopping:
+                given_back = await self.inbox.run(self.inbox.store.requeue_inflight, self.pool.name)
+                self.log.warning("given_back", items=given_back, reason="still in flight when the drain ended")
 
     async def run_forever(self) -> None:
         loop = asyncio.get_running_loop()
@@ -601,10 +772,92 @@ class Daemon:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
         else:
             loop.add_signal_handler(signal.SIGINT, self._stop_event.set)
+            loop.add_signal_handler(signal.SIGHUP, self._reload_on_signal)
         with routed(self.log):  # the connectors' and libraries' loggers write into the daemon's JSON log
             await self.start()
             await self._stop_event.wait()
             await self.stop()
+
+
+def flow_info(flow: CompiledFlow) -> FlowInfo:
+    """What an operator sees of a flow: its trigger, its source and targets."""
+    spec = flow.flow
+    trigger = spec.trigger
+    kind: Literal["schedule", "webhook", "queue", "request", "none"] = "none"
+    detail = ""
+    if trigger.schedule is not None:
+        kind = "schedule"
+        every = trigger.schedule.every
+        detail = f"every {every}" if every else f"{trigger.schedule.cron} ({trigger.schedule.timezone})"
+    elif trigger.request is not None:
+        kind, detail = "request", f"{trigger.request.method} {trigger.request.path}"
+    elif trigger.event is not None:
+        if trigger.event.system is not None:
+            kind, detail = "queue", f"{trigger.event.system}: {trigger.event.queue}"
+        else:
+            kind, detail = "webhook", trigger.event.webhook or ""
+    return FlowInfo(
+        name=flow.name,
+        trigger=kind,
+        detail=detail,
+        source=spec.source.system if spec.source is not None else None,
+        targets=tuple(dict.fromkeys(t.system for t in spec.all_targets())),
+        description=spec.description or "",
+    )
+
+
+def _reasons(error: SeamlineError) -> tuple[str, ...]:
+    """Each reason a spec was refused, as ``file:line:col: message`` where the error has a place."""
+    if isinstance(error, SpecError):
+        return tuple(d.render() for d in error.diagnostics if d.severity is Severity.ERROR)
+    return (str(error),)
+
+
+@dataclass
+class _Successor:
+    """The next generation of a reloading daemon: its spec loaded and its systems opened, not yet running."""
+
+    daemon: Daemon
+    client: CompiledClient
+    flow_names: list[str]
+    layout: Layout
+    systems: dict[str, System] = field(default_factory=dict)
+
+    @classmethod
+    def plan(cls, daemon: Daemon, client: CompiledClient) -> _Successor:
+        names = [n for n, f in client.flows.items() if f.flow.enabled]
+        if daemon.options.flows:
+            names = [n for n in daemon.options.flows if n in client.flows]
+        systems = client.report.systems
+        limits = {name: getattr(options, "limits", None) for name, options in systems.items()}
+        return cls(daemon, client, names, plan_layout(client, names, limits, daemon.options.processes))
+
+    def open_connections(self) -> None:
+        """The new spec's systems, opened as the daemon opens its own (nothing is sent yet)."""
+        self.systems = self.daemon.open_systems(self.client, self.flow_names, self.layout)
+
+    def alert_monitor(self) -> AlertMonitor | None:
+        """The new spec's alert monitor, made as the daemon makes its own (its notifiers' secrets read now)."""
+        daemon = self.daemon
+        kept = (daemon.client, daemon.flow_names)
+        daemon.client, daemon.flow_names = self.client, self.flow_names  # restored below; no await in between
+        try:
+            return monitor_for(daemon)
+        finally:
+            daemon.client, daemon.flow_names = kept
+
+    def install(self) -> None:
+        daemon = self.daemon
+        daemon.client, daemon.flow_names, daemon.layout, daemon.systems = (
+            self.client,
+            self.flow_names,
+            self.layout,
+            self.systems,
+        )
+        daemon.spec_version = spec_version(self.client)
+        daemon.bound = {}
+        daemon.stopped_triggers.clear()  # each flow's schedule and consumer start again
+        daemon.generation += 1
 
 
 def run_daemon(main: Coroutine[Any, Any, T]) -> T:

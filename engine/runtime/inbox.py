@@ -35,7 +35,7 @@ class Inbox:
 
     def __init__(self, store: StateStore) -> None:
         self.store = store
-        self._new: list[tuple[Sequence[NewItem], asyncio.Future[int]]] = []
+        self._new: list[tuple[Sequence[NewItem], asyncio.Future[list[bool]]]] = []
         self._done: list[tuple[Finished, asyncio.Future[int]]] = []
         self._scheduled = False
         self._flushing = False
@@ -46,7 +46,11 @@ class Inbox:
     # -- writes gathered per tick ----------------------------------------------------------------
     async def put(self, items: Sequence[NewItem]) -> int:
         """Store ``items`` durably; returns how many were new, once they are committed."""
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        return sum(await self.put_each(items))
+
+    async def put_each(self, items: Sequence[NewItem]) -> list[bool]:
+        """Store ``items`` durably; returns, per item, whether it was new (a known dedupe id is skipped)."""
+        future: asyncio.Future[list[bool]] = asyncio.get_running_loop().create_future()
         self._new.append((items, future))
         self._schedule()
         return await future
@@ -69,9 +73,17 @@ class Inbox:
     async def retry(self, item_id: int, delay: float, error: str, *, count_attempt: bool = True) -> None:
         await self.run(self.store.retry_later, item_id, delay, error, count_attempt=count_attempt)
 
-    async def dead(self, item_id: int, reason: str, *, kind: str, target: str = "", spec_version: str = "") -> int:
+    async def dead(
+        self, item_id: int, reason: str, *, kind: str, target: str = "", spec_version: str = "", trace_id: str = ""
+    ) -> int:
         return await self.run(
-            self.store.dead_letter, item_id, reason, error_kind=kind, target=target, spec_version=spec_version
+            self.store.dead_letter,
+            item_id,
+            reason,
+            error_kind=kind,
+            target=target,
+            spec_version=spec_version,
+            trace_id=trace_id,
         )
 
     async def release(self, item_ids: Sequence[int]) -> None:
@@ -90,9 +102,9 @@ class Inbox:
             once_only=entry.once_only,
         )
 
-    async def reject(self, item: NewItem, reason: str) -> int:
+    async def reject(self, item: NewItem, reason: str, *, trace_id: str = "") -> int:
         """A record that cannot be read, straight into dead letters (kind "rejected")."""
-        return await self.run(self.store.reject, item, reason)
+        return await self.run(self.store.reject, item, reason, trace_id=trace_id)
 
     def close(self) -> None:
         """Wait for the batch in flight, then stop the thread (the store itself is closed by its owner)."""
@@ -125,11 +137,11 @@ class Inbox:
     def _finish(
         self,
         outcome: asyncio.Future[list[bool]],
-        new: list[tuple[Sequence[NewItem], asyncio.Future[int]]],
+        new: list[tuple[Sequence[NewItem], asyncio.Future[list[bool]]]],
         done: list[tuple[Finished, asyncio.Future[int]]],
     ) -> None:
         self._flushing = False
-        futures = [future for _, future in new] + [future for _, future in done]
+        futures: list[asyncio.Future[Any]] = [future for _, future in new] + [future for _, future in done]
         exc = outcome.exception()
         if exc is not None:  # every waiter learns the batch failed; none was acknowledged
             for future in futures:
@@ -141,7 +153,7 @@ class Inbox:
             position = 0
             for items, future in new:
                 if not future.done():
-                    future.set_result(sum(added[position : position + len(items)]))
+                    future.set_result(added[position : position + len(items)])
                 position += len(items)
             for _, future in done:
                 if not future.done():

@@ -3,7 +3,8 @@
 Everything the daemon says goes through one :class:`JsonLog`: its own events, the connectors'
 loggers (bound to their system, see :func:`engine.connector.system_log`) and the libraries'
 (aiormq, aiohttp, httpx) once :func:`routed` is in force. Each line is masked as a whole, so a
-secret a library puts in an exception message is masked like one the engine logs.
+secret a library puts in an exception message is masked like one the engine logs. With tracing on, a line
+written while a record's span is current carries its ``trace_id`` (engine/runtime/tracing.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import IO, Any, Literal
 
+from engine.runtime.tracing import current_trace_id
 from engine.secrets import Masker
 
 __all__ = ["LEVELS", "JsonLog", "LogLevel", "iso_time", "routed"]
@@ -67,6 +69,9 @@ class JsonLog:
             **self.context,
             **fields,
         }
+        trace_id = current_trace_id()  # "" at once when tracing is off
+        if trace_id:  # a line said while a record's span is current finds its trace (a worker's retry, a letter)
+            record["trace_id"] = trace_id
         line = self.masker(json.dumps(record, default=str, ensure_ascii=False))
         self.stream.write(line + "\n")
         self.stream.flush()

@@ -107,6 +107,7 @@ async def run_once(
     shown = progress if progress is not None else _Quiet()
     options.serve_http = False
     options.schedules = False
+    options.alerts = False
     # The summary is the caller's to render; the log (warnings by default from the CLI) goes to stderr.
     daemon = Daemon(spec, options, environ=environ, log_stream=log_stream)
     chosen = [n for n in daemon.flow_names if daemon.client.flows[n].flow.trigger.schedule is not None]

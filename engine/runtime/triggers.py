@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 from collections import OrderedDict
@@ -26,6 +25,7 @@ from croniter import croniter  # type: ignore[import-untyped]
 from engine.connector import REJECT_HEADER, Consumer, Message, ReadItem, parse_duration
 from engine.errors import TerminalError, TransformError, TransientError
 from engine.flow import CompiledFlow
+from engine.runtime import tracing
 from engine.runtime.identity import (
     GROUP_ROWS,
     MAX_DEPTH,
@@ -184,14 +184,27 @@ async def enqueue_event(
     :data:`~engine.connector.REJECT_HEADER`): it goes to dead letters with that reason.
     Returns the number of new items. Raises nothing for bad input: bad input never loses data, it
     goes to dead letters with its reason, and the sender gets its acknowledgement.
+
+    With tracing on, each record's trace starts here, as a child of the event's ``traceparent`` header when it
+    came with one (a webhook's, a queue message's).
     """
     items = None if rejected else event_items(flow, body, source=source, message_id=message_id, headers=headers)
     if items is None:
         await reject_event(
-            inbox, flow, body, rejected or not_json(body), source=source, metrics=metrics, message_id=message_id
+            inbox,
+            flow,
+            body,
+            rejected or not_json(body),
+            source=source,
+            metrics=metrics,
+            message_id=message_id,
+            headers=headers,
         )
         return 0
-    added = await inbox.put(items)
+    with tracing.received(items, headers=headers) as records:
+        stored = await inbox.put_each(records.items)
+        records.stored(stored)
+    added = sum(stored)
     count_received(metrics, flow.name, added, len(items))
     return added
 
@@ -210,15 +223,29 @@ def not_json(body: bytes) -> str:
 
 
 async def reject_event(
-    inbox: Inbox, flow: CompiledFlow, body: bytes, reason: str, *, source: str, metrics: Metrics, message_id: str
+    inbox: Inbox,
+    flow: CompiledFlow,
+    body: bytes,
+    reason: str,
+    *,
+    source: str,
+    metrics: Metrics,
+    message_id: str,
+    headers: Mapping[str, Any] | None = None,
 ) -> None:
     """A message that never became a record, straight to dead letters (outcome: rejected at read)."""
     raw = {"raw": body.decode("utf-8", errors="replace")}
     identity = identify_event(flow.flow, raw, message_id=message_id)
-    if await inbox.reject(NewItem(flow.name, identity.dedupe, identity.business, raw, source), reason):
-        metrics.inc("failed", flow.name)
-        metrics.inc("dead_lettered", flow.name)
-        count_outcome(metrics, flow.name, "rejected")
+    with tracing.received(
+        [NewItem(flow.name, identity.dedupe, identity.business, raw, source)], headers=headers
+    ) as rec:
+        if await inbox.reject(rec.items[0], reason, trace_id=rec.trace_id()):
+            rec.rejected(reason)
+            metrics.inc("failed", flow.name)
+            metrics.inc("dead_lettered", flow.name)
+            count_outcome(metrics, flow.name, "rejected")
+        else:
+            rec.stored([False])  # the same unreadable message came before: its letter is there already
 
 
 def shift_cursor(value: str, overlap: float) -> str:
@@ -275,6 +302,15 @@ class ScheduleTrigger:
     last_error: str = ""  # why the last pass failed; the next pass starts again from the same cursor
     last_counts: dict[str, int] = field(default_factory=dict)
     last_run: int = 0  # the run record of the last pass (run --once completes it with the delivery's outcomes)
+    running: bool = False  # a pass is under way (run-now then answers "busy" rather than queue a second one)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)  # set: the loop starts its next pass at once
+
+    def request_pass(self) -> bool:
+        """Ask the loop for a pass now (``seamline trigger``); False when one is running already."""
+        if self.running:
+            return False
+        self.wake.set()
+        return True
 
     def next_fire(self, after: float) -> float:
         """When the next pass starts: ``every`` after this one, or the cron's next time in the schedule's zone."""
@@ -356,13 +392,18 @@ class ScheduleTrigger:
             counts["read"] += read.rows
         counts["records"] += len(read.items)
         for item, reason in read.rejected:
-            if await self.inbox.reject(item, reason):
-                counts["rejected"] += 1
-                count_outcome(self.metrics, self.flow.name, "rejected")
-                self.metrics.inc("dead_lettered", self.flow.name)
-                self.log.warning("rejected_at_read", flow=self.flow.name, key=item.business_key, reason=reason)
+            with tracing.received([item]) as rec:  # a row rejected at read is a record's whole trace
+                if await self.inbox.reject(rec.items[0], reason, trace_id=rec.trace_id()):
+                    rec.rejected(reason)
+                    counts["rejected"] += 1
+                    count_outcome(self.metrics, self.flow.name, "rejected")
+                    self.metrics.inc("dead_lettered", self.flow.name)
+                    self.log.warning("rejected_at_read", flow=self.flow.name, key=item.business_key, reason=reason)
         _warn_same_version(self.log, self.flow.name, read.items)
-        added = await self.inbox.put(read.items)
+        with tracing.received(read.items) as records:  # with tracing on: one new trace per record read
+            stored = await self.inbox.put_each(records.items)
+            records.stored(stored)
+        added = sum(stored)
         counts["new"] += added
         counts["duplicates"] += len(read.items) - added
         count_received(self.metrics, self.flow.name, added, len(read.items))
@@ -378,6 +419,8 @@ class ScheduleTrigger:
         (``seamline_schedule_errors_total``) and the next one runs at its time; only a schedule that cannot say
         when to run next ends the loop (the daemon then marks itself degraded)."""
         while not stopping.is_set():
+            self.wake.clear()
+            self.running = True
             try:
                 await self.run_once()
             except Exception as exc:  # a bug or a store gone: the schedule must not end in silence
@@ -387,9 +430,20 @@ class ScheduleTrigger:
             else:
                 if self.last_error:
                     self.metrics.inc("schedule_errors", self.flow.name)
+            finally:
+                self.running = False
             wait = max(0.0, self.next_fire(time.time()) - time.time())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), timeout=wait)
+            await _first_of(stopping, self.wake, timeout=wait)
+
+
+async def _first_of(*events: asyncio.Event, timeout: float) -> None:
+    """Wait until one of ``events`` is set, or ``timeout`` seconds."""
+    waiters = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
 
 
 def _warn_same_version(log: JsonLog, flow: str, items: list[NewItem]) -> None:

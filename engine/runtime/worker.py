@@ -14,6 +14,8 @@ flow.
 
 Every item ends in exactly one outcome, counted in ``seamline_records_total{flow,outcome}``: delivered,
 skipped (with its reason: stale, nothing to write, discontinued, merged into a group) or dead-lettered.
+With tracing on (engine/runtime/tracing.py) an attempt is a ``deliver`` span in the record's trace, with a
+``transform`` span and a ``write`` span per target; off, the worker asks one flag and does nothing more.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any
 from engine.connector import Registry, parse_duration
 from engine.errors import TerminalError, TransformError, TransientError
 from engine.flow import CompiledClient, CompiledFlow, CompiledTarget
+from engine.runtime import tracing
 from engine.runtime.guards import Backoff
 from engine.runtime.identity import fields, older, pick
 from engine.runtime.inbox import Inbox
@@ -69,6 +72,15 @@ class Delivery:
     _once_only: dict[tuple[str, str], bool] = field(init=False, default_factory=dict)
 
     async def process(self, item: InboxItem) -> Outcome:
+        """Deliver ``item`` to its targets; with tracing on, as one ``deliver`` span of the record's trace."""
+        if not tracing.enabled():  # the hot path when off: not even a no-op span
+            return await self._process(item)
+        with tracing.delivering(item) as span:
+            done = await self._process(item)
+            tracing.outcome(span, "delivered" if done.status == "done" else done.status, done.detail)
+            return done
+
+    async def _process(self, item: InboxItem) -> Outcome:
         flow = self.client.flows.get(item.flow)
         if flow is None:
             return await self._dead(item, f"flow '{item.flow}' is no longer in the spec", "terminal")
@@ -88,7 +100,8 @@ class Delivery:
         if flow.flow.discontinued == "ignore" and pick(item.payload, "discontinued") is True:
             return await self._skip(item, "discontinued", "discontinued at the source, and the flow ignores those")
         try:
-            shaped = flow.transform(item.payload, record_id=item.key)
+            with tracing.step("transform", item):  # a transform error is recorded on this span too
+                shaped = flow.transform(item.payload, record_id=item.key)
         except TransformError as exc:
             return await self._dead(item, str(exc), "terminal")
         if shaped is None:
@@ -124,6 +137,7 @@ class Delivery:
             return Outcome("done")
         self.metrics.inc("skipped", item.flow)
         count_outcome(self.metrics, item.flow, "skipped", "empty")
+        tracing.event("skipped", kind="empty", reason=outcome_text)
         return Outcome("skipped", outcome_text)
 
     def _remember_target(self, item: InboxItem, target: CompiledTarget) -> Remember | None:
@@ -140,6 +154,7 @@ class Delivery:
         return Remember(item.flow, item.business_key, item.version, last.targets if last is not None else ())
 
     async def _skip(self, item: InboxItem, kind: str, reason: str) -> Outcome:
+        tracing.event("skipped", kind=kind, reason=reason)
         if self.dry_run_sink is not None:
             return Outcome("skipped", reason)
         await self.inbox.finish(Finished(item.id, outcome=f"skipped: {reason}"))
@@ -162,7 +177,28 @@ class Delivery:
     async def _deliver(
         self, item: InboxItem, flow: CompiledFlow, target: CompiledTarget, shaped: Any
     ) -> Outcome | Delivered | None:
-        """Write ``shaped`` to one target: the ledger entry to record, None (dry run), or why not (an Outcome)."""
+        """Write ``shaped`` to one target: the ledger entry to record, None (dry run), or why not (an Outcome).
+
+        With tracing on, inside the target's ``write`` span: every request made for it (the existence check,
+        the write, a check after a crash) carries that span as its traceparent.
+        """
+        spec = target.target
+        assert spec is not None
+        if not tracing.enabled():
+            return await self._write(item, flow, target, shaped)
+        with tracing.writing(item, target.label, spec.system, spec.write) as span:
+            result = await self._write(item, flow, target, shaped)
+            if isinstance(result, Outcome):
+                tracing.outcome(span, result.status, result.detail)
+            elif result is None:
+                tracing.outcome(span, "dry_run")
+            else:
+                tracing.outcome(span, "skipped" if result.response.startswith("skipped:") else "written")
+            return result
+
+    async def _write(
+        self, item: InboxItem, flow: CompiledFlow, target: CompiledTarget, shaped: Any
+    ) -> Outcome | Delivered | None:
         spec = target.target
         assert spec is not None
         try:
@@ -205,6 +241,7 @@ class Delivery:
                 )
         except BreakerOpen as exc:  # never called: the item waits out the breaker, no attempt counted
             await self.inbox.retry(item.id, exc.remaining, str(exc), count_attempt=False)
+            tracing.event("retry", reason=str(exc), delay_s=exc.remaining)
             return Outcome("retry", "breaker open")
         except (TimeoutError, TransientError) as exc:
             reason = f"{target.label}: {exc}" if str(exc) else f"{target.label}: timed out"
@@ -297,7 +334,9 @@ class Delivery:
                 "retry_after_capped", flow=item.flow, key=item.key, target=target.label, asked=retry_after, cap=cap
             )
             retry_after = cap
-        await self.inbox.retry(item.id, self.backoff.delay(item.attempts, retry_after), reason)
+        delay = self.backoff.delay(item.attempts, retry_after)
+        await self.inbox.retry(item.id, delay, reason)
+        tracing.event("retry", reason=reason, delay_s=delay)
         self.metrics.inc("failed", item.flow)
         self.metrics.inc("retried", item.flow)
         self.log.warning("retry", flow=item.flow, key=item.key, target=target.label, reason=reason)
@@ -306,7 +345,15 @@ class Delivery:
     async def _dead(self, item: InboxItem, reason: str, kind: str, target: str = "") -> Outcome:
         if self.dry_run_sink is not None:
             return Outcome("dead", reason)  # a dry run tells; it stores nothing
-        await self.inbox.dead(item.id, reason, kind=kind, target=target, spec_version=self.spec_version)
+        tracing.event("dead_letter", kind=kind, reason=reason, target=target)
+        await self.inbox.dead(
+            item.id,
+            reason,
+            kind=kind,
+            target=target,
+            spec_version=self.spec_version,
+            trace_id=tracing.current_trace_id(),  # the letter names the trace that tells its story
+        )
         self.metrics.inc("failed", item.flow)
         self.metrics.inc("dead_lettered", item.flow)
         count_outcome(self.metrics, item.flow, "dead_lettered")

@@ -8,15 +8,22 @@ the connectors' schemas in for editors.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from engine.connector import Duration, Size, parse_duration
+from engine.connector import Duration, Size, Url, parse_duration
 
 __all__ = [
+    "ALERT_CONDITIONS",
+    "AlertCondition",
+    "AlertNotify",
+    "AlertRule",
+    "Alerts",
+    "EmailNotify",
     "EventTrigger",
     "Flow",
     "Lookup",
@@ -26,6 +33,7 @@ __all__ = [
     "SpecDocument",
     "Target",
     "Trigger",
+    "WebhookNotify",
 ]
 
 SPEC_VERSION = 1
@@ -415,6 +423,245 @@ class LookupTable(_Strict):
 Lookup = Annotated[LookupTable, BeforeValidator(_lookup_shorthand, json_schema_input_type=str | LookupTable)]
 
 
+# -- alerts ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AlertCondition:
+    """What one ``when:`` of an alert rule watches, and which of the rule's keys it takes."""
+
+    subject: Literal["flow", "system"]  # what an incident is about: one notice per flow, or per system
+    description: str
+    above: Literal["count", "duration"] | None = None  # what `above` is for it; None: it takes no `above`
+    above_required: bool = False
+    over: str | None = None  # its default window; None: it takes no `over`
+    after: str = "0s"  # its default `after`
+
+
+ALERT_CONDITIONS: dict[str, AlertCondition] = {
+    "dead_letters_growing": AlertCondition(
+        "flow",
+        "More than `above` (default 0) new dead letters in a flow within `over` (default 10m); resolved once "
+        "`over` passed without a new one.",
+        above="count",
+        over="10m",
+    ),
+    "breaker_open": AlertCondition(
+        "system",
+        "A system's circuit breaker has not closed for `after` (default 5m): every call to it is refused or on "
+        "trial. Resolved when a call gets through.",
+        after="5m",
+    ),
+    "schedule_failing": AlertCondition(
+        "flow",
+        "A schedule's passes fail (the source cannot be read), the first failed pass `after` ago (default 0s: at "
+        "once). Resolved by a pass that succeeds.",
+    ),
+    "schedule_stalled": AlertCondition(
+        "flow",
+        "A schedule's next pass is overdue by more than `after` (default 5m): a pass runs far longer than its "
+        "interval, or none starts. Resolved when a pass finishes.",
+        after="5m",
+    ),
+    "cursor_lag": AlertCondition(
+        "flow",
+        "A schedule's cursor (a change time) is older than `above`: the newest change read is that old. The "
+        "source was quiet that long, or its reads do not get through; for sources that change all day.",
+        above="duration",
+        above_required=True,
+    ),
+    "consumer_stopped": AlertCondition(
+        "flow",
+        "A flow's queue consumer or schedule loop ended and takes no new work until the daemon restarts "
+        "(/readyz says degraded).",
+    ),
+    "request_p99": AlertCondition(
+        "flow",
+        "A request trigger's 99th percentile answer time over `over` (default 5m) is above `above`.",
+        above="duration",
+        above_required=True,
+        over="5m",
+    ),
+}
+
+AlertWhen = Literal[
+    "dead_letters_growing",
+    "breaker_open",
+    "schedule_failing",
+    "schedule_stalled",
+    "cursor_lag",
+    "consumer_stopped",
+    "request_p99",
+]
+Notifier = Literal["webhook", "email"]
+_SMTP_ADDRESS = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(:\d{1,5})?$")
+SMTP_PORTS = {"starttls": 587, "implicit": 465, "none": 25}
+
+
+def _check_smtp(value: str) -> str:
+    if "{{" in value or _SMTP_ADDRESS.match(value):
+        return value
+    raise ValueError(f"smtp '{value}' is not host or host:port; write e.g. smtp.example.com:587")
+
+
+def _check_address(value: str) -> str:
+    if "{{" in value or ("@" in value and not any(c.isspace() for c in value.strip())):
+        return value
+    raise ValueError(f"'{value}' is not an e-mail address; write e.g. ops@example.com")
+
+
+def _one_or_list(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+Address = Annotated[str, AfterValidator(_check_address)]
+
+
+class WebhookNotify(_Strict):
+    """Notices POSTed as JSON to a chat's incoming webhook (Slack, Microsoft Teams) or any HTTP receiver."""
+
+    url: Url = Field(
+        description="The incoming webhook's URL. It carries the channel's token: keep it in a secret. The body is "
+        "JSON with a `text` field (what Slack and Teams show) and the notice's fields under `alert`.",
+        examples=["{{ secret.ALERTS_WEBHOOK_URL }}"],
+    )
+    timeout: Duration = Field("10s", description="Longest a POST may take; past it the notice is sent again later.")
+
+
+class EmailNotify(_Strict):
+    """Notices sent as e-mail through an SMTP server."""
+
+    smtp: Annotated[str, AfterValidator(_check_smtp)] = Field(
+        description="The SMTP server as host:port (the port defaults to 587 with starttls, 465 with implicit TLS, "
+        "25 without TLS).",
+        examples=["smtp.example.com:587", "{{ env.SMTP_SERVER }}"],
+    )
+    sender: Address = Field(description="The From address.", examples=["seamline@example.com"])
+    to: Annotated[list[Address], BeforeValidator(_one_or_list, json_schema_input_type=str | list[str])] = Field(
+        min_length=1, description="Who receives the notices: an address or a list.", examples=[["ops@example.com"]]
+    )
+    user: str | None = Field(None, description="SMTP login; none: send without logging in.")
+    password: str | None = Field(
+        None,
+        description="SMTP password, from a secret (a password written in the spec is an error).",
+        examples=["{{ secret.SMTP_PASSWORD }}"],
+    )
+    tls: Literal["starttls", "implicit", "none"] = Field(
+        "starttls",
+        description="starttls: upgrade the connection before logging in (port 587); implicit: TLS from the first "
+        "byte (port 465); none: plain text, for a relay on the same host or network only.",
+    )
+    timeout: Duration = Field("10s", description="Longest one send may take; past it the notice is sent again later.")
+
+    def address(self) -> tuple[str, int]:
+        """(host, port) of the rendered ``smtp``."""
+        host, _, port = self.smtp.rpartition(":") if not self.smtp.endswith("]") else (self.smtp, "", "")
+        if not host or not port.isdigit():
+            return self.smtp.strip("[]"), SMTP_PORTS[self.tls]
+        return host.strip("[]"), int(port)
+
+
+class AlertNotify(_Strict):
+    """Where notices go; a rule sends to all of them unless it names some in its own `notify`."""
+
+    webhook: WebhookNotify | None = None
+    email: EmailNotify | None = None
+
+    def configured(self) -> list[Notifier]:
+        named: list[tuple[Notifier, object]] = [("webhook", self.webhook), ("email", self.email)]
+        return [name for name, options in named if options is not None]
+
+
+class AlertRule(_Strict):
+    """One condition watched while the daemon runs: one notice when it starts holding, one when it is resolved."""
+
+    when: AlertWhen = Field(
+        description="The condition watched:\n"
+        + "\n".join(f"- {name}: {condition.description}" for name, condition in ALERT_CONDITIONS.items()),
+        # what an editor shows beside each value as it completes it (VS Code's JSON and YAML language servers)
+        json_schema_extra={"enumDescriptions": [condition.description for condition in ALERT_CONDITIONS.values()]},
+    )
+    flow: Name | None = Field(
+        None, description="The flow watched; left out: every flow the condition applies to, each its own incident."
+    )
+    system: Name | None = Field(
+        None, description="breaker_open only: the system watched; left out: every system of the daemon."
+    )
+    after: Duration | None = Field(
+        None,
+        description="How long the condition must hold before the notice (breaker_open and schedule_stalled: 5m; "
+        "others: at once). A condition that clears sooner sends nothing.",
+        examples=["5m"],
+    )
+    over: Duration | None = Field(
+        None,
+        description="The window measured: new dead letters within it (default 10m), request times within it "
+        "(default 5m).",
+        examples=["10m"],
+    )
+    above: Annotated[float, Field(ge=0)] | Duration | None = Field(
+        None,
+        description="The bound: a number of new dead letters (dead_letters_growing, default 0), how old a cursor "
+        "may get (cursor_lag) or the slowest p99 allowed (request_p99).",
+        examples=[0, "6h", "500ms"],
+    )
+    notify: list[Notifier] | None = Field(
+        None, min_length=1, description="Send to these only (default: every notifier under alerts.notify)."
+    )
+
+    @model_validator(mode="after")
+    def _fits_condition(self) -> Self:
+        condition = ALERT_CONDITIONS[self.when]
+        if condition.subject == "flow" and self.system is not None:
+            raise ValueError(f"{self.when} watches flows, not a system; name a flow or leave system out")
+        if condition.subject == "system" and self.flow is not None:
+            raise ValueError(f"{self.when} watches systems, not a flow; name a system or leave flow out")
+        if self.over is not None and condition.over is None:
+            raise ValueError(
+                f"{self.when} measures no window; leave over out (it is for dead_letters_growing, request_p99)"
+            )
+        if self.above is None:
+            if condition.above_required:
+                example = "6h" if self.when == "cursor_lag" else "500ms"
+                raise ValueError(f"{self.when} needs a bound: above: {example}")
+            return self
+        if condition.above is None:
+            raise ValueError(f"{self.when} takes no bound; leave above out")
+        if condition.above == "duration" and not isinstance(self.above, str):
+            raise ValueError(f"{self.when} is bounded by a duration, e.g. above: 500ms, not {self.above:g}")
+        if condition.above == "count" and isinstance(self.above, str):
+            raise ValueError(f"{self.when} is bounded by a number of dead letters, e.g. above: 10, not '{self.above}'")
+        return self
+
+    @property
+    def condition(self) -> AlertCondition:
+        return ALERT_CONDITIONS[self.when]
+
+    def after_seconds(self) -> float:
+        return parse_duration(self.after or self.condition.after)
+
+    def over_seconds(self) -> float:
+        return parse_duration(self.over or self.condition.over or "0s")
+
+    def bound(self) -> float:
+        """``above`` as a number: a count, or a duration in seconds (0 when the condition takes none)."""
+        if isinstance(self.above, str):
+            return parse_duration(self.above)
+        return float(self.above or 0)
+
+
+class Alerts(_Strict):
+    """Rules the daemon checks while it runs, and where their notices go."""
+
+    notify: AlertNotify = Field(default_factory=AlertNotify, description="Where notices go.")
+    every: Duration = Field("30s", description="How often the rules are checked.")
+    rules: dict[Name, AlertRule] = Field(
+        default_factory=dict,
+        description="The rules, by name. One notice when a rule starts holding for a flow or system, none while it "
+        "keeps holding, one 'resolved' notice when it stops.",
+    )
+
+
 class SpecDocument(_Strict):
     """A client's spec after ``extends:`` has been resolved."""
 
@@ -444,3 +691,8 @@ class SpecDocument(_Strict):
         description="Code tables, read in a transform as $lookup($lookups.<name>, key): the table, not its name.",
     )
     flows: dict[Name, Flow] = Field(default_factory=dict)
+    alerts: Alerts | None = Field(
+        None,
+        description="Alert rules checked while the daemon runs (dead letters, breakers, schedules, cursors, "
+        "consumers, request times), with notices to a chat webhook or by e-mail.",
+    )

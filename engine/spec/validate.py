@@ -8,7 +8,8 @@ one mistake is reported once, where it was made):
 3. the spec's shape (:class:`~engine.spec.model.SpecDocument`), and each system's options by its
    connector's own model;
 4. references: systems a flow names exist and support the operation; transform and lookup
-   files exist and parse; request and webhook paths are unique;
+   files exist and parse; request and webhook paths are unique; the flows and systems an alert rule
+   watches exist and fit its condition, and the notifiers it names are configured;
 5. JSONata compiled, errors located inside the ``.jsonata`` file or the YAML block;
 6. templates parsed in Jinja's sandbox; env vars and secrets present (warnings unless strict).
 """
@@ -30,7 +31,7 @@ from engine.spec.errors_translate import translate_validation_error
 from engine.spec.expressions import did_you_mean_file, expression_source, value_positions
 from engine.spec.jsonata_names import names_used
 from engine.spec.lookups import TableError, read_table_file
-from engine.spec.model import LookupTable, Source, SpecDocument, Target, Trigger
+from engine.spec.model import ALERT_CONDITIONS, AlertRule, Flow, LookupTable, Source, SpecDocument, Target, Trigger
 from engine.spec.overlay import MergedSpec, resolve_spec
 from engine.spec.templates import analyse_template, find_template_strings, secret_available
 from engine.spec.yamlsource import JsonPath, Mark, format_path
@@ -47,6 +48,7 @@ SPEC_FILENAME = "seamline.yaml"
 SECRET_KEYS = frozenset(
     {"password", "client_secret", "consumer_secret", "access_token", "access_token_secret", "token", "key"}
 )
+_LOOPBACK_URL = re.compile(r"^https?://(localhost|127\.0\.0\.1|\[::1\])[:/]", re.I)
 _URL_CREDENTIALS = re.compile(r"^[a-z][a-z0-9+.-]*://[^/@\s:]+:[^/@\s]+@", re.I)
 
 
@@ -194,6 +196,9 @@ class _Checker:
         flows = data.get("flows")
         if isinstance(flows, dict):
             self.check_flows(flows)
+        alerts = data.get("alerts")
+        if isinstance(alerts, dict):
+            self.check_alerts(alerts)
         self.check_templates(data)
         self.note_not_runnable()
 
@@ -458,6 +463,123 @@ class _Checker:
             message += f" — did you mean '{guess}'?"
         self.error(message, path, code="capability", hint=f"it can {verb}: " + ", ".join(sorted(valid)))
 
+    # -- alerts --------------------------------------------------------------------------------
+    def check_alerts(self, alerts: dict[str, Any]) -> None:
+        """The flows and systems each rule watches, the notifiers it names, and the notifiers' secrets."""
+        notify = alerts.get("notify")
+        configured = {name for name in ("webhook", "email") if isinstance(notify, dict) and notify.get(name)}
+        if isinstance(notify, dict):
+            self.check_notifier_secrets(notify)
+        rules = alerts.get("rules")
+        if not isinstance(rules, dict):
+            return
+        if rules and not configured:
+            self.add(
+                Severity.WARNING,
+                "no notifier under alerts.notify: the rules' notices only go to the daemon's log",
+                ("alerts", "rules"),
+                code="alert-notify",
+                mark=self.merged.key_mark(("alerts", "rules")),
+                hint="add alerts.notify.webhook (Slack, Teams) or alerts.notify.email",
+            )
+        for name, raw in rules.items():
+            rule = _valid(AlertRule, raw)
+            if rule is None:
+                continue  # the shape check said why
+            path: JsonPath = ("alerts", "rules", name)
+            if rule.flow is not None:
+                self.check_alert_flow(name, rule, rule.flow, (*path, "flow"))
+            elif ALERT_CONDITIONS[rule.when].subject == "flow":
+                self.check_alert_watches_something(rule, path)
+            if rule.system is not None:
+                systems = self.merged.data.get("systems") if isinstance(self.merged.data, dict) else None
+                self.system_ref(rule.system, set(systems) if isinstance(systems, dict) else set(), (*path, "system"))
+            for index, notifier in enumerate(rule.notify or []):
+                if notifier not in configured:
+                    self.error(
+                        f"alert rule '{name}' sends to {notifier}, which alerts.notify does not configure",
+                        (*path, "notify", index),
+                        code="alert-notify",
+                        hint=f"configure alerts.notify.{notifier}, or leave {notifier} out of this rule's notify",
+                    )
+
+    def _flows(self) -> dict[str, Any]:
+        flows = self.merged.data.get("flows") if isinstance(self.merged.data, dict) else None
+        return flows if isinstance(flows, dict) and "flows" not in self.unusable else {}
+
+    def check_alert_flow(self, name: str, rule: AlertRule, flow: str, path: JsonPath) -> None:
+        flows = self._flows()
+        if flow not in flows:
+            if "flows" in self.unusable:
+                return
+            guess = closest(flow, flows)
+            self.error(
+                f"alert rule '{name}' watches flow '{flow}', which is not declared under flows:"
+                + (f" — did you mean '{guess}'?" if guess else ""),
+                path,
+                code="unknown-flow",
+                hint=("declared flows: " + ", ".join(sorted(flows))) if flows else "",
+            )
+            return
+        parsed = _valid(Flow, flows[flow])
+        if parsed is None:
+            return
+        problem = _alert_misfit(rule.when, parsed)
+        if problem:
+            self.error(f"{rule.when} cannot watch flow '{flow}': {problem}", path, code="alert-flow")
+
+    def check_alert_watches_something(self, rule: AlertRule, path: JsonPath) -> None:
+        """A rule for every flow that fits none of them is a rule that never fires: say so."""
+        flows = [parsed for raw in self._flows().values() if (parsed := _valid(Flow, raw)) is not None]
+        if flows and all(_alert_misfit(rule.when, flow) for flow in flows):
+            self.add(
+                Severity.WARNING,
+                f"{rule.when} applies to no flow of this spec: {_alert_misfit(rule.when, flows[0])}",
+                path,
+                code="alert-flow",
+                mark=self.merged.key_mark(path),
+            )
+
+    def check_notifier_secrets(self, notify: dict[str, Any]) -> None:
+        """A notifier's secrets come from secret templates, like a system's (the notices' channel is theirs)."""
+        email = notify.get("email")
+        if isinstance(email, dict) and isinstance(email.get("password"), str):
+            where: JsonPath = ("alerts", "notify", "email", "password")
+            password = email["password"]
+            if "{{" not in password:
+                self.error(
+                    "'password' is written literally in the spec; secrets must not be committed",
+                    where,
+                    code="literal-secret",
+                    hint="write  password: '{{ secret.SMTP_PASSWORD }}'  and provide SMTP_PASSWORD as an environment "
+                    "variable or a file in $SEAMLINE_SECRETS_DIR",
+                )
+            elif any(ref.root == "env" for ref in analyse_template(password)[0]):
+                self.add(
+                    Severity.WARNING,
+                    "'password' reads an environment variable; use secret.NAME so the value is masked in logs",
+                    where,
+                    code="secret-in-env",
+                )
+            if email.get("tls") == "none":
+                self.add(
+                    Severity.WARNING,
+                    "the SMTP password is sent in plain text (tls: none)",
+                    ("alerts", "notify", "email", "tls"),
+                    code="plain-password",
+                    hint="use tls: starttls (port 587) or implicit (465) unless the relay is on this host",
+                )
+        webhook = notify.get("webhook")
+        url = webhook.get("url") if isinstance(webhook, dict) else None
+        if isinstance(url, str) and "{{" not in url and not _LOOPBACK_URL.match(url):
+            self.add(
+                Severity.WARNING,
+                "the webhook URL is written in the spec; a chat's incoming webhook URL carries its token",
+                ("alerts", "notify", "webhook", "url"),
+                code="literal-secret",
+                hint="write  url: '{{ secret.ALERTS_WEBHOOK_URL }}'  so the URL stays out of the repository and logs",
+            )
+
     def check_transform(self, value: str, path: JsonPath) -> None:
         source = self.expression_source(value, path)
         if source is None:
@@ -658,6 +780,24 @@ def _served_paths(trigger: Trigger, path: JsonPath) -> list[tuple[JsonPath, str]
     if trigger.event is not None and trigger.event.webhook is not None:
         out.append(((*path, "trigger", "event", "webhook"), trigger.event.webhook))
     return out
+
+
+def _alert_misfit(when: str, flow: Flow) -> str:
+    """Why an alert condition cannot watch ``flow`` ('' when it can)."""
+    trigger = flow.trigger
+    if when in ("schedule_failing", "schedule_stalled", "cursor_lag") and trigger.schedule is None:
+        return f"it is {_a(trigger.kind)} flow, and {when} watches schedule flows"
+    if when == "cursor_lag" and (flow.source is None or flow.source.cursor is None):
+        return "its source has no cursor"
+    if when == "request_p99" and trigger.request is None:
+        return f"it is {_a(trigger.kind)} flow, and request_p99 watches request flows"
+    if when == "consumer_stopped" and trigger.schedule is None and (trigger.event is None or not trigger.event.queue):
+        return "it has no schedule and consumes no queue (a webhook or request flow has nothing that stops)"
+    return ""
+
+
+def _a(word: str) -> str:
+    return ("an " if word[0] in "aeiou" else "a ") + word
 
 
 def _capability_hint(kind: ConnectorKind, capability: str) -> str:

@@ -35,10 +35,12 @@ from engine.state.base import (
     Finished,
     InboxItem,
     NewItem,
+    RecordChange,
     Remember,
     ReplayRecord,
     RunRecord,
     StateStore,
+    TimelineEvent,
 )
 from engine.state.sql import Dialect, SqlStore
 
@@ -49,11 +51,13 @@ __all__ = [
     "Finished",
     "InboxItem",
     "NewItem",
+    "RecordChange",
     "Remember",
     "ReplayRecord",
     "RunRecord",
     "SqlDatabase",
     "StateStore",
+    "TimelineEvent",
     "default_state_url",
     "hold_sqlite_owner",
     "open_database",

@@ -28,6 +28,9 @@ The record model (DESIGN.md §2a) is kept here without knowing any system:
 - every item ends with an ``outcome`` ("delivered", "skipped: <reason>") or in dead letters, whose
   ``error_kind`` says "terminal", "exhausted", "unknown" (a once-only write whose effect could not be
   checked) or "rejected" (rejected at read: never became a record).
+
+A record's trace (its W3C ``traceparent``) rides on its inbox row and a dead letter keeps its trace id: both are
+text the store keeps and hands back, never reads (tracing itself is the runtime's, engine/runtime/tracing.py).
 """
 
 from __future__ import annotations
@@ -63,6 +66,8 @@ class NewItem:
     source: str = ""  # where it came from, for people: "schedule", "amqp:erp.stock", "webhook:/hooks/x"
     version: str | None = None  # which change of the business key is newer; None when the spec names none
     group_window: float = 0.0  # an event group: claimable this long after it came, other parts join it
+    # The record's trace as a W3C traceparent, carried to whichever process delivers it (None: not traced).
+    traceparent: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +88,7 @@ class InboxItem:
     known: frozenset[str] = frozenset()  # targets this business key was delivered to before (any item)
     intents: frozenset[str] = frozenset()  # once-only targets sent but never answered: ask before resending
     outcome: str = ""  # once finished: "delivered" or "skipped: <reason>"
+    traceparent: str | None = None  # the record's trace, as the trigger stored it (None: not traced)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +140,7 @@ class DeadLetter:
     spec_version: str
     created_at: float
     replayed_at: float | None = None
+    trace_id: str = ""  # the trace of the attempt that dead-lettered it (32 hex digits; "" when not traced)
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +177,40 @@ class RunRecord:
     finished_at: float | None
     status: str
     counts: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class TimelineEvent:
+    """One step of a record: ``received``, ``delivered`` (to ``target``, with its ``receipt``), ``dead_lettered``
+    (with ``reason``, ``kind`` and the ``letter`` id) or ``replayed``."""
+
+    at: float
+    event: str
+    target: str = ""
+    receipt: str = ""
+    reason: str = ""
+    kind: str = ""
+    letter: int | None = None
+    source: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RecordChange:
+    """One inbox item of a business key (one change of the record) with what became of it, events in time order."""
+
+    id: int
+    flow: str
+    dedupe_key: str
+    business_key: str
+    version: str | None
+    source: str
+    status: str
+    attempts: int
+    outcome: str
+    last_error: str
+    created_at: float
+    record: Any
+    events: tuple[TimelineEvent, ...] = ()
 
 
 class StateStore(Protocol):
@@ -216,7 +257,14 @@ class StateStore(Protocol):
         ...
 
     def dead_letter(
-        self, item_id: int, reason: str, *, error_kind: str, target: str = "", spec_version: str = ""
+        self,
+        item_id: int,
+        reason: str,
+        *,
+        error_kind: str,
+        target: str = "",
+        spec_version: str = "",
+        trace_id: str = "",
     ) -> int: ...
 
     def inflight_workers(self) -> list[str]:
@@ -232,7 +280,7 @@ class StateStore(Protocol):
         """
         ...
 
-    def reject(self, item: NewItem, reason: str) -> int:
+    def reject(self, item: NewItem, reason: str, *, trace_id: str = "") -> int:
         """Store an item that cannot even be read (a message that is not JSON, a bad IDoc) straight into dead
         letters, kind "rejected"; returns the dead letter's id, 0 when the same item was rejected before."""
         ...
@@ -288,6 +336,11 @@ class StateStore(Protocol):
 
     # dead letters -----------------------------------------------------------------------------
     def dead_letters(self, flow: str | None = None, *, include_replayed: bool = False) -> list[DeadLetter]: ...
+
+    def timeline(self, business_key: str, *, flow: str | None = None, limit: int = 20) -> list[RecordChange]:
+        """The newest ``limit`` changes of ``business_key`` (in ``flow``, or any), newest first, each with its
+        events: received, delivered to each target with the receipt the ledger keeps, dead-lettered, replayed."""
+        ...
 
     def superseded(self, dead_letter_ids: Sequence[int]) -> list[int]:
         """The dead letters among these whose record has had a newer change delivered since (same business key)."""

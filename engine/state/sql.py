@@ -22,9 +22,11 @@ from engine.state.base import (
     Finished,
     InboxItem,
     NewItem,
+    RecordChange,
     Remember,
     ReplayRecord,
     RunRecord,
+    TimelineEvent,
 )
 
 __all__ = ["MIGRATIONS", "Dialect", "NewerStore", "SqlStore"]
@@ -176,7 +178,24 @@ MIGRATIONS: list[list[str]] = [
         "postgres: ALTER TABLE inbox SET (autovacuum_vacuum_scale_factor = 0.0, autovacuum_vacuum_threshold = 5000, "
         "autovacuum_vacuum_cost_delay = 0, autovacuum_analyze_scale_factor = 0.05, fillfactor = 80)",
     ],
+    [
+        # v7: traces. An item carries its record's W3C traceparent from the trigger to whichever process delivers
+        # it (--processes); a dead letter keeps the trace id of the attempt that gave up, to find the trace by.
+        "ALTER TABLE inbox ADD COLUMN traceparent TEXT",
+        "ALTER TABLE dead_letters ADD COLUMN trace_id TEXT NOT NULL DEFAULT ''",
+    ],
+    [
+        # v8: a record's timeline by business key (the operator's "what happened to order 100000123"): finished
+        # items too, so not the open-items index of v6.
+        "CREATE INDEX inbox_business_key ON inbox (business_key, flow)",
+    ],
 ]
+
+
+_TIMELINE_ITEMS = (
+    "SELECT id, flow, key, business_key, version, source, status, attempts, outcome, last_error, created_at, payload "
+    "FROM inbox WHERE business_key = ?"
+)
 
 
 def _if_absent(statement: str) -> str:
@@ -205,7 +224,8 @@ class NewerStore(SeamlineError):
 KEY_VERSION = ""  # key_state's target for the business key's own version (a target label is never empty)
 
 _ITEM_COLUMNS = (
-    "id, flow, key, business_key, payload, source, status, attempts, created_at, last_error, version, outcome"
+    "id, flow, key, business_key, payload, source, status, attempts, created_at, last_error, version, outcome, "
+    "traceparent"
 )
 
 
@@ -223,6 +243,7 @@ def _item(row: Sequence[Any]) -> InboxItem:
         last_error=row[9],
         version=row[10],
         outcome=row[11],
+        traceparent=row[12],
     )
 
 
@@ -339,9 +360,10 @@ class SqlStore:
         now = self._clock()
         # head: no open item of the key before it (SELECT ... WHERE true: SQLite's upsert after an INSERT ... SELECT)
         sql = self._sql(
-            "INSERT INTO inbox (flow, key, business_key, payload, source, available_at, created_at, version, head) "
-            "SELECT ?, ?, ?, ?, ?, ?, ?, ?, CASE WHEN EXISTS (SELECT 1 FROM inbox o WHERE o.flow = ? "
-            "AND o.business_key = ? AND o.status IN ('pending', 'inflight')) THEN 0 ELSE 1 END WHERE true "
+            "INSERT INTO inbox (flow, key, business_key, payload, source, available_at, created_at, version, "
+            "traceparent, head) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, CASE WHEN EXISTS (SELECT 1 FROM inbox o "
+            "WHERE o.flow = ? AND o.business_key = ? AND o.status IN ('pending', 'inflight')) THEN 0 ELSE 1 END "
+            "WHERE true "
             "ON CONFLICT (flow, key) DO NOTHING"
         )
         self._lock_keys(cur, [(item.flow, item.business_key) for item in items])
@@ -359,6 +381,7 @@ class SqlStore:
                     now + item.group_window,
                     now,
                     item.version,
+                    item.traceparent,
                     item.flow,
                     item.business_key,
                 ),
@@ -627,7 +650,14 @@ class SqlStore:
             return max(int(cur.rowcount), 0)
 
     def dead_letter(
-        self, item_id: int, reason: str, *, error_kind: str, target: str = "", spec_version: str = ""
+        self,
+        item_id: int,
+        reason: str,
+        *,
+        error_kind: str,
+        target: str = "",
+        spec_version: str = "",
+        trace_id: str = "",
     ) -> int:
         now = self._clock()
         with self._tx() as cur:
@@ -643,21 +673,21 @@ class SqlStore:
             flow = row[0] if row else ""
             cur.execute(
                 self._sql(
-                    "INSERT INTO dead_letters (item_id, flow, reason, error_kind, target, created_at, spec_version) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id"
+                    "INSERT INTO dead_letters (item_id, flow, reason, error_kind, target, created_at, spec_version, "
+                    "trace_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id"
                 ),
-                (item_id, flow, reason[:4000], error_kind, target, now, spec_version),
+                (item_id, flow, reason[:4000], error_kind, target, now, spec_version, trace_id),
             )
             return int(cur.fetchone()[0])
 
-    def reject(self, item: NewItem, reason: str) -> int:
+    def reject(self, item: NewItem, reason: str, *, trace_id: str = "") -> int:
         now = self._clock()
         with self._tx() as cur:
             cur.execute(
                 self._sql(
                     "INSERT INTO inbox (flow, key, business_key, payload, source, status, available_at, "
-                    "created_at, last_error, outcome) VALUES (?, ?, ?, ?, ?, 'dead', ?, ?, ?, 'rejected') "
-                    "ON CONFLICT (flow, key) DO NOTHING RETURNING id"
+                    "created_at, last_error, outcome, traceparent) VALUES (?, ?, ?, ?, ?, 'dead', ?, ?, ?, 'rejected', "
+                    "?) ON CONFLICT (flow, key) DO NOTHING RETURNING id"
                 ),
                 (
                     item.flow,
@@ -668,6 +698,7 @@ class SqlStore:
                     now,
                     now,
                     reason[:4000],
+                    item.traceparent,
                 ),
             )
             row = cur.fetchone()
@@ -675,10 +706,10 @@ class SqlStore:
                 return 0  # the same unreadable message came before; it is in dead letters already
             cur.execute(
                 self._sql(
-                    "INSERT INTO dead_letters (item_id, flow, reason, error_kind, target, created_at, spec_version) "
-                    "VALUES (?, ?, ?, 'rejected', '', ?, '') RETURNING id"
+                    "INSERT INTO dead_letters (item_id, flow, reason, error_kind, target, created_at, spec_version, "
+                    "trace_id) VALUES (?, ?, ?, 'rejected', '', ?, '', ?) RETURNING id"
                 ),
-                (int(row[0]), item.flow, reason[:4000], now),
+                (int(row[0]), item.flow, reason[:4000], now, trace_id),
             )
             return int(cur.fetchone()[0])
 
@@ -789,6 +820,56 @@ class SqlStore:
             return {row[0]: row[1] for row in cur.fetchall()}
 
     # -- dead letters --------------------------------------------------------------------------
+    def timeline(self, business_key: str, *, flow: str | None = None, limit: int = 20) -> list[RecordChange]:
+        sql = _TIMELINE_ITEMS + (" AND flow = ?" if flow else "") + " ORDER BY id DESC LIMIT ?"
+        params: tuple[Any, ...] = (business_key, flow, limit) if flow else (business_key, limit)
+        with self._tx() as cur:
+            cur.execute(self._sql(sql), params)
+            items = cur.fetchall()
+            if not items:
+                return []
+            events: dict[int, list[TimelineEvent]] = {
+                int(row[0]): [TimelineEvent(float(row[10]), "received", source=row[5])] for row in items
+            }
+            by_key = {(row[1], row[2]): int(row[0]) for row in items}
+            where, args = self._in("key", sorted({row[2] for row in items}))
+            cur.execute(self._sql(f"SELECT flow, key, target, delivered_at, response FROM ledger WHERE {where}"), args)
+            for item_flow, key, target, delivered_at, response in cur.fetchall():
+                if (item_id := by_key.get((item_flow, key))) is not None:
+                    delivered = TimelineEvent(float(delivered_at), "delivered", target=target, receipt=response)
+                    events[item_id].append(delivered)
+            where, args = self._in("item_id", sorted(events))
+            cur.execute(
+                self._sql(
+                    "SELECT id, item_id, reason, error_kind, target, created_at, replayed_at FROM dead_letters "
+                    f"WHERE {where}"
+                ),
+                args,
+            )
+            for letter, item_id, reason, kind, target, created_at, replayed_at in cur.fetchall():
+                found = events[int(item_id)]
+                found.append(TimelineEvent(float(created_at), "dead_lettered", target, "", reason, kind, int(letter)))
+                if replayed_at is not None:
+                    found.append(TimelineEvent(float(replayed_at), "replayed", letter=int(letter)))
+        return [
+            RecordChange(
+                id=int(row[0]),
+                flow=row[1],
+                dedupe_key=row[2],
+                business_key=row[3],
+                version=row[4],
+                source=row[5],
+                status=row[6],
+                attempts=int(row[7]),
+                outcome=row[8],
+                last_error=row[9],
+                created_at=float(row[10]),
+                record=json.loads(row[11]),
+                events=tuple(sorted(events[int(row[0])], key=lambda e: e.at)),
+            )
+            for row in items
+        ]
+
     def dead_letters(self, flow: str | None = None, *, include_replayed: bool = False) -> list[DeadLetter]:
         where = []
         params: list[Any] = []
@@ -799,7 +880,8 @@ class SqlStore:
             where.append("d.replayed_at IS NULL")
         sql = (
             "SELECT d.id, d.item_id, d.flow, i.key, i.business_key, i.payload, d.reason, d.error_kind, d.target, "
-            "d.spec_version, d.created_at, d.replayed_at FROM dead_letters d JOIN inbox i ON i.id = d.item_id"
+            "d.spec_version, d.created_at, d.replayed_at, d.trace_id "
+            "FROM dead_letters d JOIN inbox i ON i.id = d.item_id"
             + (" WHERE " + " AND ".join(where) if where else "")
             + " ORDER BY d.id"
         )
@@ -819,6 +901,7 @@ class SqlStore:
                     spec_version=r[9],
                     created_at=float(r[10]),
                     replayed_at=float(r[11]) if r[11] is not None else None,
+                    trace_id=r[12],
                 )
                 for r in cur.fetchall()
             ]

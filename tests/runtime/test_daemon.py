@@ -239,8 +239,10 @@ def test_poison_records_are_dead_lettered_and_replayed_once_after_the_fix(
         assert listing.exit_code == 0, listing.output
         assert "2 dead letter(s)" in listing.output
         assert "D3030" in listing.output and "P0017" in listing.output and "P0123" in listing.output
-        letter_id = listing.output.split()[0]
-        shown = json.loads(runner.invoke(main, ["dlq", "show", str(root), letter_id, *state]).output)
+        letter_id = listing.output.splitlines()[1].split()[0]  # the first row under the header
+        shown = json.loads(
+            runner.invoke(main, ["dlq", "show", str(root), letter_id, "--format", "json", *state]).output
+        )
         assert shown["record"]["price"] == "n/a" and shown["kind"] == "terminal"
         assert "transforms/product.jsonata" in shown["reason"]
         daemon.terminate()

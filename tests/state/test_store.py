@@ -214,15 +214,22 @@ def test_schema_is_migrated_in_place_not_recreated(tmp_path: Path) -> None:
     old.close()
     # Make it look like a v1 store holding data, then let a newer seamline open it.
     conn = sqlite3.connect(tmp_path / "old.db")
-    for index in ("inbox_open_order", "inbox_ready_heads", "inbox_open_lease", "dead_letters_flow"):
+    for index in (
+        "inbox_open_order",
+        "inbox_ready_heads",
+        "inbox_open_lease",
+        "dead_letters_flow",
+        "inbox_business_key",
+    ):
         conn.execute(f"DROP INDEX {index}")
     conn.execute("CREATE INDEX inbox_ready ON inbox (status, available_at)")
     conn.execute("CREATE INDEX inbox_order ON inbox (flow, business_key, id)")
     conn.execute("ALTER TABLE dead_letters DROP COLUMN spec_version")
+    conn.execute("ALTER TABLE dead_letters DROP COLUMN trace_id")
     conn.execute("DROP TABLE queue_messages")
     for table in ("key_state", "intents", "daemons", "replays"):
         conn.execute(f"DROP TABLE {table}")
-    for column in ("version", "outcome", "head"):
+    for column in ("version", "outcome", "head", "traceparent"):
         conn.execute(f"ALTER TABLE inbox DROP COLUMN {column}")
     conn.execute("UPDATE seamline_schema SET version = 1")
     conn.execute(
@@ -233,7 +240,7 @@ def test_schema_is_migrated_in_place_not_recreated(tmp_path: Path) -> None:
     conn.close()
     upgraded = open_store(url)
     try:
-        assert upgraded.schema_version() == len(MIGRATIONS) == 6
+        assert upgraded.schema_version() == len(MIGRATIONS) == 8
         assert upgraded.depth()["pending"] == 1  # the data survived the upgrade
         (item,) = upgraded.claim("w", 1, lease=10)
         upgraded.dead_letter(item.id, "x", error_kind="terminal", spec_version="v2")
@@ -465,3 +472,26 @@ def test_a_replayed_older_change_goes_before_a_newer_one_still_waiting(store: St
 def store_id(store: StateStore, key: str) -> int:
     found = [i for i in (store.item(n) for n in range(1, 50)) if i is not None and i.key == key]
     return found[0].id
+
+
+def test_a_records_timeline_lists_each_change_with_its_deliveries_and_dead_letter(store: StateStore) -> None:
+    """What the console's "what happened to order 100000123" reads: every change of the key, newest first."""
+    store.enqueue([NewItem("orders", "o1#1", "100000123", {"n": 1}, "webhook:/hooks/orders")])
+    (first,) = store.claim("w", 1, lease=30)
+    store.record_delivery("orders", "o1#1", "erp", "sale 7")
+    store.complete(first.id, delivery=Delivered("orders", "o1#1", "crm", "001xx"))
+    store.enqueue([NewItem("orders", "o1#2", "100000123", {"n": 2}, "webhook:/hooks/orders")])
+    store.enqueue([NewItem("orders", "o2#1", "100000999", {"n": 9}, "webhook:/hooks/orders")])
+    (second,) = [i for i in store.claim("w", 2, lease=30) if i.business_key == "100000123"]
+    store.dead_letter(second.id, "erp refused: no such customer", error_kind="terminal", target="erp")
+    changes = store.timeline("100000123")
+    assert [c.record for c in changes] == [{"n": 2}, {"n": 1}]  # newest first, the other order not there
+    newest, oldest = changes
+    assert [e.event for e in oldest.events] == ["received", "delivered", "delivered"]
+    assert {(e.target, e.receipt) for e in oldest.events if e.event == "delivered"} == {
+        ("erp", "sale 7"),
+        ("crm", "001xx"),
+    }
+    assert [e.event for e in newest.events] == ["received", "dead_lettered"]
+    assert newest.events[1].reason == "erp refused: no such customer" and newest.events[1].target == "erp"
+    assert store.timeline("100000123", flow="catalog") == [] and store.timeline("nobody") == []

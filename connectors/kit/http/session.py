@@ -3,6 +3,7 @@
 What a session does with a request, always in this order (one path, whatever the auth or log level)::
 
     url      the system's url joined with the path, the query added          (urls.py)
+    trace    the current write span as ``traceparent``, when tracing is on    (engine/runtime/tracing.py)
     auth     the strategy puts its credentials on it                          (auth.py)
     log      at DEBUG: method, URL, headers (credentials masked), body clipped
     wire     the pool sends it and reads the whole answer                     (wire.py: proxy, TLS, caps)
@@ -58,6 +59,7 @@ from connectors.kit.http.wire import (
 )
 from engine.connector import ConnectContext
 from engine.errors import SeamlineError, TerminalError, TransientError
+from engine.runtime import tracing
 from engine.secrets import Masker
 
 __all__ = ["NO_BODY", "Request", "Response", "Session", "Transport", "transport_error"]
@@ -256,6 +258,9 @@ class Session:
         if headers:
             for name, value in headers.items():
                 merged[name.lower()] = value
+        # With tracing on, a request made while a record's write span is current carries it as W3C traceparent:
+        # the target's own traces join the record's. Nothing is added when tracing is off.
+        tracing.inject(merged)
         if "://" not in url:
             url = self.url(url)
         request = Request(
