@@ -28,7 +28,25 @@ from engine.runtime.system import System
 from engine.runtime.views import dead_letter_json, depth_json, iso_or_none, run_json
 from engine.state import DeadLetter, RecordChange, RunRecord, StateStore
 
-__all__ = ["OPENAPI_FILE", "OPERATOR", "ROUTES", "add_operator_routes", "openapi_document"]
+# The data functions are public for the console (engine/console), which shows the same state as HTML.
+__all__ = [
+    "KINDS",
+    "OPENAPI_FILE",
+    "OPERATOR",
+    "ROUTES",
+    "RUN_STATUS",
+    "FlowsState",
+    "Problem",
+    "add_operator_routes",
+    "flow_named",
+    "flows_state",
+    "inbox_of",
+    "letter_matches",
+    "one_letter",
+    "openapi_document",
+    "replace_cursor",
+    "system_json",
+]
 
 OPERATOR: web.AppKey[Operator] = web.AppKey("operator")
 OPENAPI_FILE = Path(__file__).with_name("openapi.json")
@@ -82,7 +100,7 @@ def _operator(request: web.Request) -> Operator:
     return request.app[OPERATOR]
 
 
-def _inbox(operator: Operator) -> Inbox:
+def inbox_of(operator: Operator) -> Inbox:
     inbox = operator.inbox
     if inbox is None:  # a daemon still starting (or a delivery process, which serves no API)
         raise Problem(503, "the daemon has not opened its state store yet; ask again in a moment")
@@ -149,7 +167,7 @@ def _only(body: Mapping[str, Any], allowed: set[str]) -> None:
         raise Problem(400, f"unknown field(s) {', '.join(unknown)}; this body takes {', '.join(sorted(allowed))}")
 
 
-def _flow_named(operator: Operator, name: str) -> FlowInfo:
+def flow_named(operator: Operator, name: str) -> FlowInfo:
     flows = operator.flows()
     for info in flows:
         if info.name == name:
@@ -162,19 +180,19 @@ def _flow_named(operator: Operator, name: str) -> FlowInfo:
 
 
 @dataclass(frozen=True, slots=True)
-class _FlowsState:
+class FlowsState:
     depth: dict[str, dict[str, int]]
     last_runs: dict[str, RunRecord | None]
     cursors: dict[str, str]
 
 
-def _flows_state(store: StateStore, names: Sequence[str]) -> _FlowsState:
+def flows_state(store: StateStore, names: Sequence[str]) -> FlowsState:
     """Inbox depth, last run and cursor of every flow, in one trip to the store's thread."""
     last = {name: next(iter(store.runs(name, 1)), None) for name in names}
-    return _FlowsState(store.depth_by_flow(), last, store.cursors())
+    return FlowsState(store.depth_by_flow(), last, store.cursors())
 
 
-def _flow_json(info: FlowInfo, state: _FlowsState, stopped: Mapping[str, str]) -> dict[str, Any]:
+def _flow_json(info: FlowInfo, state: FlowsState, stopped: Mapping[str, str]) -> dict[str, Any]:
     last = state.last_runs.get(info.name)
     return {
         "name": info.name,
@@ -193,9 +211,9 @@ def _flow_json(info: FlowInfo, state: _FlowsState, stopped: Mapping[str, str]) -
 @_answers()
 async def list_flows(request: web.Request) -> web.Response:
     operator = _operator(request)
-    inbox = _inbox(operator)
+    inbox = inbox_of(operator)
     flows = operator.flows()
-    state = await inbox.run(_flows_state, inbox.store, [f.name for f in flows])
+    state = await inbox.run(flows_state, inbox.store, [f.name for f in flows])
     stopped = operator.stopped_triggers
     return _json(200, {"flows": [_flow_json(info, state, stopped) for info in flows]})
 
@@ -203,9 +221,9 @@ async def list_flows(request: web.Request) -> web.Response:
 @_answers()
 async def get_flow(request: web.Request) -> web.Response:
     operator = _operator(request)
-    info = _flow_named(operator, request.match_info["flow"])
-    inbox = _inbox(operator)
-    state = await inbox.run(_flows_state, inbox.store, [info.name])
+    info = flow_named(operator, request.match_info["flow"])
+    inbox = inbox_of(operator)
+    state = await inbox.run(flows_state, inbox.store, [info.name])
     return _json(200, _flow_json(info, state, operator.stopped_triggers))
 
 
@@ -256,7 +274,7 @@ async def spec_versions(request: web.Request) -> web.Response:
 async def list_runs(request: web.Request) -> web.Response:
     flow = _flow_query(request)
     limit = _int_query(request, "limit", 20, 1, 1000)
-    inbox = _inbox(_operator(request))
+    inbox = inbox_of(_operator(request))
     runs = await inbox.run(inbox.store.runs, flow, limit)
     return _json(200, {"runs": [run_json(r) for r in runs]})
 
@@ -264,7 +282,7 @@ async def list_runs(request: web.Request) -> web.Response:
 KINDS = ("terminal", "exhausted", "unknown", "rejected")
 
 
-def _matches(letter: DeadLetter, reason: str | None, kind: str | None) -> bool:
+def letter_matches(letter: DeadLetter, reason: str | None, kind: str | None) -> bool:
     if kind is not None and letter.error_kind != kind:
         return False
     return reason is None or reason.casefold() in letter.reason.casefold()
@@ -281,13 +299,13 @@ async def list_dead_letters(request: web.Request) -> web.Response:
         raise Problem(400, f"query parameter 'kind' must be one of {', '.join(KINDS)}, not {kind!r}")
     limit = _int_query(request, "limit", 100, 1, 1000)
     replayed = _bool_query(request, "replayed")
-    inbox = _inbox(_operator(request))
+    inbox = inbox_of(_operator(request))
     letters = await inbox.run(inbox.store.dead_letters, flow, include_replayed=replayed)
-    found = [letter for letter in reversed(letters) if _matches(letter, reason, kind)]
+    found = [letter for letter in reversed(letters) if letter_matches(letter, reason, kind)]
     return _json(200, {"dead_letters": [dead_letter_json(d) for d in found[:limit]], "total": len(found)})
 
 
-def _one_letter(store: StateStore, letter_id: int) -> tuple[DeadLetter | None, bool]:
+def one_letter(store: StateStore, letter_id: int) -> tuple[DeadLetter | None, bool]:
     """The dead letter and whether its record has had a newer change delivered since (a replay would skip it)."""
     found = next((d for d in store.dead_letters(include_replayed=True) if d.id == letter_id), None)
     return found, bool(found is not None and store.superseded([letter_id]))
@@ -300,8 +318,8 @@ async def get_dead_letter(request: web.Request) -> web.Response:
         letter_id = int(text)
     except ValueError:
         raise Problem(400, f"a dead letter's id is a whole number, not {text!r}") from None
-    inbox = _inbox(_operator(request))
-    letter, superseded = await inbox.run(_one_letter, inbox.store, letter_id)
+    inbox = inbox_of(_operator(request))
+    letter, superseded = await inbox.run(one_letter, inbox.store, letter_id)
     if letter is None:
         raise Problem(404, f"no dead letter {letter_id}; GET /api/dead-letters lists them")
     return _json(200, {**dead_letter_json(letter, record=True), "superseded": superseded})
@@ -342,7 +360,7 @@ class ReplayAsk:
 async def replay(request: web.Request) -> web.Response:
     operator = _operator(request)
     ask = ReplayAsk.parse(await _json_body(request))
-    inbox = _inbox(operator)
+    inbox = inbox_of(operator)
     running = operator.spec_version
     on_disk = await asyncio.to_thread(operator.spec_version_on_disk)
     outcome = await inbox.run(
@@ -380,7 +398,7 @@ async def replay(request: web.Request) -> web.Response:
 # -- systems and cursors --------------------------------------------------------------------------------------
 
 
-def _system_json(system: System) -> dict[str, Any]:
+def system_json(system: System) -> dict[str, Any]:
     budget, breaker = system.budget, system.breaker
     # The budget keeps its slots private; reading them is only a look (nothing is taken or given).
     held = budget._slots.held
@@ -401,20 +419,20 @@ def _system_json(system: System) -> dict[str, Any]:
 @_answers()
 async def list_systems(request: web.Request) -> web.Response:
     systems = _operator(request).systems
-    return _json(200, {"systems": [_system_json(systems[name]) for name in sorted(systems)]})
+    return _json(200, {"systems": [system_json(systems[name]) for name in sorted(systems)]})
 
 
 @_answers()
 async def list_cursors(request: web.Request) -> web.Response:
     """Every schedule flow's cursor (null: the next pass reads everything), and any other cursor the store holds."""
     operator = _operator(request)
-    inbox = _inbox(operator)
+    inbox = inbox_of(operator)
     stored = await inbox.run(inbox.store.cursors)
     names = {f.name for f in operator.flows() if f.trigger == "schedule"} | set(stored)
     return _json(200, {"cursors": [{"flow": name, "value": stored.get(name)} for name in sorted(names)]})
 
 
-def _reset(store: StateStore, flow: str, value: str | None) -> str | None:
+def replace_cursor(store: StateStore, flow: str, value: str | None) -> str | None:
     before = store.get_cursor(flow)
     store.set_cursor(flow, value)
     return before
@@ -424,14 +442,14 @@ def _reset(store: StateStore, flow: str, value: str | None) -> str | None:
 async def reset_cursor(request: web.Request) -> web.Response:
     """Clear a flow's cursor (the next pass reads everything) or set it with ``{"to": "..."}``."""
     operator = _operator(request)
-    flow = _flow_named(operator, request.match_info["flow"]).name
+    flow = flow_named(operator, request.match_info["flow"]).name
     body = await _json_body(request, optional=True)
     _only(body, {"to"})
     value = body.get("to")
     if value is not None and not isinstance(value, str):
         raise Problem(400, "'to' must be the cursor's new value as text, or null to clear it")
-    inbox = _inbox(operator)
-    before = await inbox.run(_reset, inbox.store, flow, value)
+    inbox = inbox_of(operator)
+    before = await inbox.run(replace_cursor, inbox.store, flow, value)
     return _json(200, {"flow": flow, "before": before, "after": value})
 
 
@@ -442,7 +460,7 @@ def _trace_json(trace: RecordChange) -> dict[str, Any]:
     events = []
     for event in trace.events:
         shown: dict[str, Any] = {"at": iso_or_none(event.at), "event": event.event}
-        for name in ("target", "receipt", "reason", "kind", "source"):
+        for name in ("target", "request", "receipt", "reason", "kind", "source"):
             if getattr(event, name):
                 shown[name] = getattr(event, name)
         if event.letter is not None:
@@ -474,7 +492,7 @@ async def record_history(request: web.Request) -> web.Response:
         raise Problem(400, "query parameter 'key' is a business key (a SKU, an order number), not empty")
     flow = _flow_query(request)
     limit = _int_query(request, "limit", 20, 1, 200)
-    inbox = _inbox(_operator(request))
+    inbox = inbox_of(_operator(request))
     traces = await inbox.run(inbox.store.timeline, key, flow=flow, limit=limit)
     return _json(200, {"key": key, "flow": flow, "records": [_trace_json(t) for t in traces]})
 

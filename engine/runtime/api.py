@@ -1,21 +1,26 @@
-"""The daemon's HTTP API: health, readiness, metrics, webhooks and request triggers.
+"""The daemon's HTTP API: health, readiness, metrics, webhooks and request triggers, the operator's JSON API and
+the web console.
 
-Everything but /healthz and /readyz needs ``Authorization: Bearer <token>``, unless the daemon
-runs in dev mode, which is only allowed on a loopback address.
+Everything but /healthz, /readyz, the console's sign-in page and its static files needs a credential, unless the
+daemon runs in dev mode (no token), which is only allowed on a loopback address and lets everyone in as the
+operator. A credential is ``Authorization: Bearer <token>`` or the console's session cookie; the operator's token
+gives the operator's role, the view token a read-only one, which may GET anything and change nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import ipaddress
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import quote
 
 from aiohttp import web
 
+from engine.console import add_console_routes, refusal
+from engine.console.session import COOKIE, CSRF, CSRF_FIELD, CSRF_HEADER, ROLE, SESSIONS, Role, Sessions
 from engine.errors import UsageError
 from engine.runtime.admin_api import add_operator_routes
 from engine.runtime.operator import Operator
@@ -30,7 +35,8 @@ class Ingress(Protocol):
     The daemon implements it; a test can serve the API on anything else that does.
     """
 
-    token: str | None
+    token: str | None  # the operator's: everything (None: dev mode, open)
+    view_token: str | None  # read-only: GETs only
     started: bool
     stopping: bool
     stopped_triggers: dict[str, str]  # flow -> why its schedule or consumer stopped (/readyz degraded)
@@ -69,7 +75,10 @@ class Ingress(Protocol):
 __all__ = ["BodyBudget", "Ingress", "build_app", "check_exposure", "read_body"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/console/login"})
+OPEN_PREFIXES = ("/console/static/",)  # the console's stylesheet and script: the sign-in page uses them
+READS = frozenset({"GET", "HEAD", "OPTIONS"})  # what the read-only role may send
+ANYONE_POSTS = frozenset({"/console/logout"})  # a read-only session may still sign out
 _ACCEPTED = tuple(json.dumps({"accepted": n}).encode() for n in range(2))
 
 
@@ -101,8 +110,11 @@ def build_app(daemon: Ingress, operator: Operator | None = None) -> web.Applicat
     the operator's JSON API under /api/ (engine.runtime.admin_api)."""
     app = web.Application(middlewares=[_auth], client_max_size=16 * 1024 * 1024)
     app[DAEMON] = daemon
+    app[SESSIONS] = Sessions(daemon)  # its signing key is new with each app: a restart signs everyone out
     if operator is not None:
         add_operator_routes(app, operator)
+        add_console_routes(app, operator)
+        app.router.add_get("/", _to_console)
 
     async def healthz(_request: web.Request) -> web.Response:
         return _json(200, {"status": "ok"})
@@ -169,14 +181,83 @@ def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> web.
     )
 
 
+async def _to_console(_request: web.Request) -> web.Response:
+    return web.Response(status=303, headers={"Location": "/console/"})
+
+
 @web.middleware
 async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    token = request.app[DAEMON].token
-    if token and request.path not in OPEN_PATHS:
-        given = request.headers.get("Authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+    """Who is asking, and may they: a bearer token, else the console's session cookie, gives a role; the
+    read-only role sends reads only; a change made with the cookie carries its session's CSRF field."""
+    path = request.path
+    if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
+        return await handler(request)
+    sessions = request.app[SESSIONS]
+    if sessions.open:  # --dev: the operator, no sign-in; a console form still carries its CSRF field
+        return await _let_in(request, handler, "operator", "dev", check_csrf=_is_console(path))
+    authorization = request.headers.get("Authorization")
+    if authorization is not None:  # a script: no cookie involved, so no request forged by another site
+        role = sessions.bearer_role(authorization)
+        if role is None:
             return _json(401, {"error": "missing or wrong bearer token"}, {"WWW-Authenticate": "Bearer"})
+        return await _let_in(request, handler, role, "bearer", check_csrf=False)
+    session = sessions.session(request.cookies.get(COOKIE))
+    if session is not None:
+        return await _let_in(request, handler, session.role, session.sid, check_csrf=True)
+    if request.method in READS and (path == "/" or _is_console(path)):  # a person: to the sign-in page
+        target = "/console/" if path == "/" else request.path_qs
+        return web.Response(status=303, headers={"Location": f"/console/login?next={quote(target, safe='')}"})
+    return _json(401, {"error": "missing or wrong bearer token"}, {"WWW-Authenticate": "Bearer"})
+
+
+def _is_console(path: str) -> bool:
+    return path == "/console" or path.startswith("/console/")
+
+
+async def _let_in(
+    request: web.Request, handler: Handler, role: Role, sid: str, *, check_csrf: bool
+) -> web.StreamResponse:
+    sessions = request.app[SESSIONS]
+    request[ROLE] = role
+    request[CSRF] = sessions.csrf(sid)  # what the pages put in their forms
+    if request.method not in READS:
+        if role == "viewer" and request.path not in ANYONE_POSTS:
+            return _refuse(
+                request,
+                403,
+                f"read-only: the view token may look, not change anything; {request.method} {request.path} needs "
+                "the operator's token",
+            )
+        if check_csrf and not sessions.csrf_ok(sid, await _csrf_given(request)):
+            return _refuse(
+                request,
+                403,
+                "this form did not come from this console session (a page from before a restart or a sign-out, or "
+                "another site): reload the page and send it again",
+            )
     return await handler(request)
+
+
+_FORMS = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
+async def _csrf_given(request: web.Request) -> str | None:
+    """The CSRF value a request carries: the ``X-CSRF-Token`` header, or a console form's hidden field (only the
+    console's bodies are read here: a webhook's body is left whole for its handler)."""
+    header = request.headers.get(CSRF_HEADER)
+    if header is not None:
+        return header
+    if _is_console(request.path) and request.content_type in _FORMS:
+        value = (await request.post()).get(CSRF_FIELD)  # parsed once: the handler reads the same form
+        return value if isinstance(value, str) else None
+    return None
+
+
+def _refuse(request: web.Request, status: int, message: str) -> web.Response:
+    """A refusal as the asker reads it: the console's page for the console, JSON for the API and the rest."""
+    if _is_console(request.path):
+        return refusal(request, status, message)
+    return _json(status, {"error": message})
 
 
 async def _ready(daemon: Ingress) -> web.Response:

@@ -100,6 +100,7 @@ class Inbox:
             entry.response,
             remember=remember,
             once_only=entry.once_only,
+            request=entry.request,
         )
 
     async def reject(self, item: NewItem, reason: str, *, trace_id: str = "") -> int:

@@ -14,6 +14,7 @@ from typing import Literal, Protocol
 
 from engine.runtime.inbox import Inbox
 from engine.runtime.system import System
+from engine.secrets import Masker
 
 __all__ = ["FlowInfo", "Operator", "ReloadResult", "RunNowResult"]
 
@@ -68,6 +69,11 @@ class Operator(Protocol):
 
     @property
     def inbox(self) -> Inbox | None: ...
+
+    @property
+    def masker(self) -> Masker:
+        """Replaces the secret values the daemon knows in any text: the console masks what it shows with it."""
+        ...
 
     @property
     def systems(self) -> Mapping[str, System]:

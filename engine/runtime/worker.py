@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -41,6 +42,8 @@ from engine.spec.model import Target
 from engine.state import Delivered, Finished, InboxItem, Remember
 
 __all__ = ["Delivery", "Outcome", "WorkerPool", "count_outcome"]
+
+REQUEST_SUMMARY = 1000  # chars of what a target was sent that the ledger keeps, for the timeline
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,7 +263,17 @@ class Delivery:
                 target.label,
             )
         self.metrics.inc("written", item.flow)
-        return Delivered(item.flow, item.key, target.label, receipt, once_only=once)
+        return Delivered(item.flow, item.key, target.label, receipt, once_only=once, request=self._sent(payload))
+
+    def _sent(self, payload: Any) -> str:
+        """What a target was sent, for the record's timeline: compact JSON, masked, cut at REQUEST_SUMMARY chars."""
+        try:
+            text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), default=str)
+        except (TypeError, ValueError, RecursionError):
+            text = repr(payload)
+        if len(text) > REQUEST_SUMMARY:
+            text = text[:REQUEST_SUMMARY] + "…"
+        return self.log.masker(text)
 
     async def _dry_run(
         self, item: InboxItem, target: CompiledTarget, system: System, payload: Any, key: Any

@@ -100,6 +100,7 @@ class Delivered:
     target: str
     response: str = ""
     once_only: bool = False  # a once-only write: its intent is cleared with this entry
+    request: str = ""  # what was sent, masked and cut short: the timeline's "sent" (not read by the runtime)
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +189,7 @@ class TimelineEvent:
     event: str
     target: str = ""
     receipt: str = ""
+    request: str = ""  # delivered: what was sent to the target (masked, cut short)
     reason: str = ""
     kind: str = ""
     letter: int | None = None
@@ -313,6 +315,7 @@ class StateStore(Protocol):
         *,
         remember: Remember | None = None,
         once_only: bool = False,
+        request: str = "",
     ) -> None:
         """A target accepted the record: into the ledger (and its intent, if any, is cleared)."""
         ...

@@ -189,6 +189,11 @@ MIGRATIONS: list[list[str]] = [
         # items too, so not the open-items index of v6.
         "CREATE INDEX inbox_business_key ON inbox (business_key, flow)",
     ],
+    [
+        # v9: the ledger keeps what was sent (masked, cut short by the worker) beside the target's answer, for the
+        # timeline's request/response summary.
+        "ALTER TABLE ledger ADD COLUMN request TEXT NOT NULL DEFAULT ''",
+    ],
 ]
 
 
@@ -445,10 +450,10 @@ class SqlStore:
             now = self._clock()
             cur.executemany(
                 self._sql(
-                    "INSERT INTO ledger (flow, key, target, delivered_at, response) VALUES (?, ?, ?, ?, ?) "
+                    "INSERT INTO ledger (flow, key, target, delivered_at, response, request) VALUES (?, ?, ?, ?, ?, ?) "
                     "ON CONFLICT (flow, key, target) DO NOTHING"
                 ),
-                [(e.flow, e.key, e.target, now, e.response[:4000]) for e in entries],
+                [(e.flow, e.key, e.target, now, e.response[:4000], e.request[:4000]) for e in entries],
             )
             for entry in entries:
                 if entry.once_only:
@@ -754,19 +759,20 @@ class SqlStore:
         *,
         remember: Remember | None = None,
         once_only: bool = False,
+        request: str = "",
     ) -> None:
         with self._tx() as cur:
-            self._record_delivery(cur, Delivered(flow, key, target, response, once_only))
+            self._record_delivery(cur, Delivered(flow, key, target, response, once_only, request))
             if remember is not None:
                 self._remember(cur, remember)
 
     def _record_delivery(self, cur: Any, entry: Delivered) -> None:
         cur.execute(
             self._sql(
-                "INSERT INTO ledger (flow, key, target, delivered_at, response) VALUES (?, ?, ?, ?, ?) "
+                "INSERT INTO ledger (flow, key, target, delivered_at, response, request) VALUES (?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (flow, key, target) DO NOTHING"
             ),
-            (entry.flow, entry.key, entry.target, self._clock(), entry.response[:4000]),
+            (entry.flow, entry.key, entry.target, self._clock(), entry.response[:4000], entry.request[:4000]),
         )
         if entry.once_only:
             cur.execute(
@@ -833,10 +839,14 @@ class SqlStore:
             }
             by_key = {(row[1], row[2]): int(row[0]) for row in items}
             where, args = self._in("key", sorted({row[2] for row in items}))
-            cur.execute(self._sql(f"SELECT flow, key, target, delivered_at, response FROM ledger WHERE {where}"), args)
-            for item_flow, key, target, delivered_at, response in cur.fetchall():
+            cur.execute(
+                self._sql(f"SELECT flow, key, target, delivered_at, response, request FROM ledger WHERE {where}"), args
+            )
+            for item_flow, key, target, delivered_at, response, request in cur.fetchall():
                 if (item_id := by_key.get((item_flow, key))) is not None:
-                    delivered = TimelineEvent(float(delivered_at), "delivered", target=target, receipt=response)
+                    delivered = TimelineEvent(
+                        float(delivered_at), "delivered", target=target, receipt=response, request=request
+                    )
                     events[item_id].append(delivered)
             where, args = self._in("item_id", sorted(events))
             cur.execute(
@@ -848,7 +858,11 @@ class SqlStore:
             )
             for letter, item_id, reason, kind, target, created_at, replayed_at in cur.fetchall():
                 found = events[int(item_id)]
-                found.append(TimelineEvent(float(created_at), "dead_lettered", target, "", reason, kind, int(letter)))
+                found.append(
+                    TimelineEvent(
+                        float(created_at), "dead_lettered", target=target, reason=reason, kind=kind, letter=int(letter)
+                    )
+                )
                 if replayed_at is not None:
                     found.append(TimelineEvent(float(replayed_at), "replayed", letter=int(letter)))
         return [

@@ -4,6 +4,7 @@ operation against the document; the actions (run now, reload, replay, cursor res
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -204,6 +205,7 @@ def test_a_records_timeline_shows_each_target_with_its_receipt_and_its_dead_lett
     received, delivered = good["events"]
     assert received["event"] == "received" and received["source"] == "schedule:erp.products"
     assert delivered["event"] == "delivered" and delivered["target"] == "shop.products" and delivered["receipt"]
+    assert json.loads(delivered["request"]) == PRODUCTS[0]  # what the shop was sent (no transform: the record)
     assert received["at"] <= delivered["at"]
     (bad,) = ops.get("/api/records", key="BAD", flow="catalog")["records"]
     assert [e["event"] for e in bad["events"]] == ["received", "dead_lettered"]

@@ -456,7 +456,8 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 def _back_to_v6(store_url: str) -> None:
     """The store as the release before traces left it: v6, without the two columns (its rows kept)."""
     statements = [
-        "DROP INDEX IF EXISTS inbox_business_key",  # v8, which came after
+        "DROP INDEX IF EXISTS inbox_business_key",  # v8 and v9, which came after
+        "ALTER TABLE ledger DROP COLUMN request",
         "ALTER TABLE inbox DROP COLUMN traceparent",
         "ALTER TABLE dead_letters DROP COLUMN trace_id",
         "UPDATE seamline_schema SET version = 6",

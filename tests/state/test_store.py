@@ -226,6 +226,7 @@ def test_schema_is_migrated_in_place_not_recreated(tmp_path: Path) -> None:
     conn.execute("CREATE INDEX inbox_order ON inbox (flow, business_key, id)")
     conn.execute("ALTER TABLE dead_letters DROP COLUMN spec_version")
     conn.execute("ALTER TABLE dead_letters DROP COLUMN trace_id")
+    conn.execute("ALTER TABLE ledger DROP COLUMN request")
     conn.execute("DROP TABLE queue_messages")
     for table in ("key_state", "intents", "daemons", "replays"):
         conn.execute(f"DROP TABLE {table}")
@@ -240,7 +241,7 @@ def test_schema_is_migrated_in_place_not_recreated(tmp_path: Path) -> None:
     conn.close()
     upgraded = open_store(url)
     try:
-        assert upgraded.schema_version() == len(MIGRATIONS) == 8
+        assert upgraded.schema_version() == len(MIGRATIONS) == 9
         assert upgraded.depth()["pending"] == 1  # the data survived the upgrade
         (item,) = upgraded.claim("w", 1, lease=10)
         upgraded.dead_letter(item.id, "x", error_kind="terminal", spec_version="v2")
@@ -478,8 +479,8 @@ def test_a_records_timeline_lists_each_change_with_its_deliveries_and_dead_lette
     """What the console's "what happened to order 100000123" reads: every change of the key, newest first."""
     store.enqueue([NewItem("orders", "o1#1", "100000123", {"n": 1}, "webhook:/hooks/orders")])
     (first,) = store.claim("w", 1, lease=30)
-    store.record_delivery("orders", "o1#1", "erp", "sale 7")
-    store.complete(first.id, delivery=Delivered("orders", "o1#1", "crm", "001xx"))
+    store.record_delivery("orders", "o1#1", "erp", "sale 7", request='{"order":"100000123"}')
+    store.complete(first.id, delivery=Delivered("orders", "o1#1", "crm", "001xx", request='{"Name":"100000123"}'))
     store.enqueue([NewItem("orders", "o1#2", "100000123", {"n": 2}, "webhook:/hooks/orders")])
     store.enqueue([NewItem("orders", "o2#1", "100000999", {"n": 9}, "webhook:/hooks/orders")])
     (second,) = [i for i in store.claim("w", 2, lease=30) if i.business_key == "100000123"]
@@ -488,9 +489,9 @@ def test_a_records_timeline_lists_each_change_with_its_deliveries_and_dead_lette
     assert [c.record for c in changes] == [{"n": 2}, {"n": 1}]  # newest first, the other order not there
     newest, oldest = changes
     assert [e.event for e in oldest.events] == ["received", "delivered", "delivered"]
-    assert {(e.target, e.receipt) for e in oldest.events if e.event == "delivered"} == {
-        ("erp", "sale 7"),
-        ("crm", "001xx"),
+    assert {(e.target, e.request, e.receipt) for e in oldest.events if e.event == "delivered"} == {
+        ("erp", '{"order":"100000123"}', "sale 7"),
+        ("crm", '{"Name":"100000123"}', "001xx"),
     }
     assert [e.event for e in newest.events] == ["received", "dead_lettered"]
     assert newest.events[1].reason == "erp refused: no such customer" and newest.events[1].target == "erp"
