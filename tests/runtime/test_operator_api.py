@@ -131,8 +131,12 @@ def test_every_route_is_documented_and_every_documented_operation_is_routed() ->
 def test_the_daemons_app_serves_every_documented_operation() -> None:
     """On build_app's app (the token middleware's), each documented operation has its handler."""
 
-    class Quiet:  # build_app reads nothing of the daemon until a request comes
+    class Quiet:  # build_app reads only the flows' paths (none here) until a request comes
         token = "t"
+        view_token = None
+        generation = 0
+        webhooks: dict[str, str] = {}
+        requests: dict[str, object] = {}
 
     app = build_app(Quiet())  # type: ignore[arg-type]
     if OPERATOR not in app:  # until build_app mounts the operator routes itself
