@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import pytest
@@ -135,8 +135,8 @@ def test_the_daemons_app_serves_every_documented_operation() -> None:
         token = "t"
         view_token = None
         generation = 0
-        webhooks: dict[str, str] = {}
-        requests: dict[str, object] = {}
+        webhooks: ClassVar[dict[str, str]] = {}
+        requests: ClassVar[dict[str, object]] = {}
 
     app = build_app(Quiet())  # type: ignore[arg-type]
     if OPERATOR not in app:  # until build_app mounts the operator routes itself
