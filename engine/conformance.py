@@ -77,7 +77,7 @@ __all__ = [
 
 BATCH = 5
 CONSUME_TIMEOUT = 30.0  # seconds a consume check waits for its messages (a file drop polls)
-SETTLE = 0.5  # seconds a consume check goes on listening after the last message, for any that come twice
+SETTLE = 0.25  # seconds a consume check goes on listening after the last message, for any that come twice
 
 
 # -- what a harness is --------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ for the closing note (`pytest -s`).
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 import time
 import uuid
@@ -87,8 +88,13 @@ def kill_during(daemon: DaemonProcess, steps: list[int], shop: FakeHttpServer, p
         daemon.start()
 
 
-def test_kill_9_five_times_during_a_10000_event_stock_stream(tmp_path: Path, state_url: str) -> None:
-    events, skus, senders = 10_000, 200, 8
+# 4,000 events keep the suite inside its ten minutes with the same five kills; the soak figures in the closing notes
+# and bench/README.md were taken with SEAMLINE_CHAOS_EVENTS=10000.
+CHAOS_EVENTS = int(os.environ.get("SEAMLINE_CHAOS_EVENTS", "4000"))
+
+
+def test_kill_9_five_times_during_a_stock_stream(tmp_path: Path, state_url: str) -> None:
+    events, skus, senders = CHAOS_EVENTS, 200, 8
     (tmp_path / "seamline.yaml").write_text(STOCK_SPEC, encoding="utf-8")
     with FakeHttpServer(port=0) as shop:
         daemon = DaemonProcess(

@@ -350,6 +350,6 @@ class BearerToken:
 
 
 @schema.parametrize()
-@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
 def test_every_operation_answers_as_documented(case: schemathesis.Case, shared_ops: Ops) -> None:
     case.call_and_validate(base_url=shared_ops.live.url)

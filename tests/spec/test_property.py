@@ -18,6 +18,7 @@ finds the inputs nobody thought of. Deterministic (``derandomize``) and fast eno
 
 from __future__ import annotations
 
+import os
 import re
 import tempfile
 from collections.abc import Iterator
@@ -271,7 +272,7 @@ def check_validate(root: Path, spec: str) -> None:
 
 
 PROPERTY = settings(
-    max_examples=150,
+    max_examples=int(os.environ.get("SEAMLINE_PROPERTY_EXAMPLES", "80")),  # 150+ for a deeper look
     deadline=None,
     derandomize=True,
     database=None,
