@@ -6,7 +6,7 @@ C at a time, through each client in turn, and reads its own CPU time (time.proce
 
   - httpx.AsyncClient (httpcore's pool), what the connector started with;
   - aiohttp.ClientSession on its own;
-  - the kit's pool (connectors/kit/http/wire.py: asyncio protocols, httptools' parser; proxy, TLS and
+  - the kit's pool (engine/kit/http/wire.py: asyncio protocols, httptools' parser; proxy, TLS and
     answer caps included);
   - aiohttp's client behind the kit's Transport adapter (AiohttpTransport below: the same proxy rule,
     TLS context and caps, its answer turned into the kit's Answer), the one to beat;
@@ -40,9 +40,10 @@ sys.path.insert(0, str(HERE.parent))
 
 from connectors.http import HttpOptions  # noqa: E402
 from connectors.http.client import HttpConnection  # noqa: E402
-from connectors.kit.http.proxy import ProxyRule  # noqa: E402
-from connectors.kit.http.session import Transport  # noqa: E402
-from connectors.kit.http.wire import (  # noqa: E402
+from engine.connector import ConnectContext  # noqa: E402
+from engine.kit.http.proxy import ProxyRule  # noqa: E402
+from engine.kit.http.session import Transport  # noqa: E402
+from engine.kit.http.wire import (  # noqa: E402
     MAX_BODY,
     MAX_DECODED,
     Answer,
@@ -53,7 +54,6 @@ from connectors.kit.http.wire import (  # noqa: E402
     Pool,
     TooLarge,
 )
-from engine.connector import ConnectContext  # noqa: E402
 
 BODY = json.dumps({"sku": "M-000001", "qty": 5, "plant": "1000", "sent_at": 0.0}).encode()
 HEADERS = {"Accept": "application/json", "User-Agent": "seamline-bench", "Content-Type": "application/json"}
@@ -227,7 +227,7 @@ OAUTH1 = {"oauth1": {"consumer_key": "ck", "consumer_secret": "cs", "access_toke
 CLIENTS = {
     "httpx.AsyncClient (httpcore)": through_httpx,
     "aiohttp.ClientSession, on its own": through_aiohttp,
-    "the kit's pool (connectors/kit/http/wire.py)": through("pool"),
+    "the kit's pool (engine/kit/http/wire.py)": through("pool"),
     "aiohttp behind the kit's Transport adapter": through("aiohttp"),
     "HttpConnection.write over the kit's pool (the whole connector write)": connector("pool"),
     "HttpConnection.write over aiohttp behind the adapter": connector("aiohttp"),

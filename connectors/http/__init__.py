@@ -1,10 +1,10 @@
 """A generic REST system: endpoints named in the spec, with auth and pagination.
 
 Runnable: :mod:`connectors.http.client` implements the connection over the HTTP kit
-(:mod:`connectors.kit.http`: session, auth, errors, pagination, wire; opened lazily, so validating a
+(:mod:`engine.kit.http`: session, auth, errors, pagination, wire; opened lazily, so validating a
 spec never loads the wire), and :mod:`connectors.http.fake` is a real HTTP server that behaves like
 a generic REST API for tests and demos. A system's ``proxy``, ``tls`` (CA bundle, client certificate)
-and answer caps are the kit's options (:mod:`connectors.kit.http.options`).
+and answer caps are the kit's options (:mod:`engine.kit.http.options`).
 
 Once-only writes: a POST is taken to create something each time it is sent (``once``, default true
 for POST, false for PUT, PATCH and DELETE), so when its earlier outcome is unknown (a crash, a timeout)
@@ -36,7 +36,7 @@ How a read passes the cursor (``source.cursor`` and the value to start from):
 * ``magento``: a ``searchCriteria`` filter group ``<field> gteq <since>`` and a sort on the field;
   each ``filter`` entry is one more group (``{field: value}`` is ``eq``, ``{field: [a, b]}`` is ``in``,
   ``{field: {condition: value}}`` names the condition; booleans are sent as 1 and 0), built as the
-  magento connector builds it (:func:`connectors.kit.http.pagination.magento_criteria`).
+  magento connector builds it (:func:`engine.kit.http.pagination.magento_criteria`).
 """
 
 from __future__ import annotations
@@ -45,8 +45,6 @@ from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from connectors.kit.http.options import WireOptions
-from connectors.kit.http.pagination import Pagination
 from engine.connector import (
     ApiKeyAuth,
     BasicAuth,
@@ -58,6 +56,8 @@ from engine.connector import (
     SystemOptions,
     Url,
 )
+from engine.kit.http.options import WireOptions
+from engine.kit.http.pagination import Pagination
 
 __all__ = ["CONNECTOR", "HttpOptions"]
 

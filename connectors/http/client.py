@@ -1,7 +1,7 @@
 """The http connector's connection: named endpoints over one HTTP kit session per system.
 
 Who calls what is documented on :class:`engine.connector.Connection`. The requests, their auth, the
-wire and the translation of failures are the kit's (:mod:`connectors.kit.http.session`): every read,
+wire and the translation of failures are the kit's (:mod:`engine.kit.http.session`): every read,
 call and write takes the same path, whatever the auth or the log level. What an http system's answers
 mean, right where they enter (no library exception ever leaves)::
 
@@ -35,21 +35,6 @@ import jsonschema
 import jsonschema.exceptions
 
 from connectors.http import Endpoint, HttpOptions
-from connectors.kit.http.auth import (
-    Auth,
-    OAuth1,
-    api_key,
-    basic,
-    bearer,
-    oauth1_authorization,
-    oauth1_base_string,
-    oauth2_client_credentials,
-)
-from connectors.kit.http.errors import parse_retry_after, server_message
-from connectors.kit.http.options import wire_settings
-from connectors.kit.http.pagination import Pagination, read_params, walk
-from connectors.kit.http.session import NO_BODY, Response, Session, Transport
-from connectors.kit.http.urls import MissingValue, dig, fill_path, origin, path_of, placeholders, query_value, resolve
 from engine.connector import (
     Caller,
     Checker,
@@ -62,6 +47,21 @@ from engine.connector import (
     system_log,
 )
 from engine.errors import TerminalError
+from engine.kit.http.auth import (
+    Auth,
+    OAuth1,
+    api_key,
+    basic,
+    bearer,
+    oauth1_authorization,
+    oauth1_base_string,
+    oauth2_client_credentials,
+)
+from engine.kit.http.errors import parse_retry_after, server_message
+from engine.kit.http.options import wire_settings
+from engine.kit.http.pagination import Pagination, read_params, walk
+from engine.kit.http.session import NO_BODY, Response, Session, Transport
+from engine.kit.http.urls import MissingValue, dig, fill_path, origin, path_of, placeholders, query_value, resolve
 
 __all__ = [
     "HttpConnection",

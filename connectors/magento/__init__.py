@@ -28,7 +28,6 @@ from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from connectors.kit.http.options import WireOptions
 from engine.connector import (
     BearerAuth,
     ConnectorKind,
@@ -37,6 +36,7 @@ from engine.connector import (
     SystemOptions,
     Url,
 )
+from engine.kit.http.options import WireOptions
 
 __all__ = ["CONNECTOR", "MagentoOptions"]
 

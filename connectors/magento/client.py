@@ -2,7 +2,7 @@
 
 Who calls what is documented on :class:`engine.connector.Connection`. The wire, auth (OAuth 1.0a
 signatures, bearer, the admin token and its cache), error translation, logging and the searchCriteria
-query are the kit's (:mod:`connectors.kit.http`); this module adds what is Magento's own: the routes,
+query are the kit's (:mod:`engine.kit.http`); this module adds what is Magento's own: the routes,
 the record each entity takes, the admin token request, bulk, and what Magento's answers mean.
 
 What ``write`` does with each entity's record (one record per call)::
@@ -88,7 +88,7 @@ operation's result: complete -> a receipt, failed or rejected -> TerminalError (
 dead-lettered), retriably failed -> TransientError. A 4xx for the whole request splits the batch
 and sends each record alone, so one bad record never fails its neighbours.
 
-Errors: everything :mod:`connectors.kit.http.session` says (timeouts, 429, 5xx are transient; other 4xx
+Errors: everything :mod:`engine.kit.http.session` says (timeouts, 429, 5xx are transient; other 4xx
 terminal, quoting Magento's message with its ``%1``/``%name`` parameters filled in). With an admin
 token, a 401 (Magento's answer to an expired token) fetches a new token once and repeats the request;
 a second 401 is a TerminalError that says the fresh token was refused too.
@@ -118,12 +118,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Final
 
-from connectors.kit.http.auth import Auth, OAuth1, Token, TokenAuth, TokenCache, bearer
-from connectors.kit.http.errors import server_message, status_error, transient_status
-from connectors.kit.http.options import wire_settings
-from connectors.kit.http.pagination import MagentoFilter, Pagination, magento_condition, magento_criteria, walk
-from connectors.kit.http.session import NO_BODY, Session, Transport
-from connectors.kit.http.urls import MissingValue, fill_path, placeholders, query_value
 from connectors.magento import MagentoOptions
 from connectors.magento.schema import request_problems, schema_problems
 from engine.connector import (
@@ -139,6 +133,12 @@ from engine.connector import (
     system_log,
 )
 from engine.errors import SeamlineError, TerminalError, TransientError
+from engine.kit.http.auth import Auth, OAuth1, Token, TokenAuth, TokenCache, bearer
+from engine.kit.http.errors import server_message, status_error, transient_status
+from engine.kit.http.options import wire_settings
+from engine.kit.http.pagination import MagentoFilter, Pagination, magento_condition, magento_criteria, walk
+from engine.kit.http.session import NO_BODY, Session, Transport
+from engine.kit.http.urls import MissingValue, fill_path, placeholders, query_value
 
 __all__ = ["MagentoConnection", "magento_time", "reference_of"]
 

@@ -25,8 +25,8 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from connectors.kit.http.options import WireOptions
 from engine.connector import ConnectorKind, Duration, OAuth2ClientCredentials, SystemOptions, Url
+from engine.kit.http.options import WireOptions
 
 __all__ = ["CONNECTOR", "SalesforceOptions"]
 

@@ -47,11 +47,6 @@ from datetime import UTC, date, datetime
 from typing import Any, ClassVar, Final
 from urllib.parse import quote
 
-from connectors.kit.http.auth import oauth2_client_credentials
-from connectors.kit.http.errors import server_message, status_error, transient_status
-from connectors.kit.http.options import wire_settings
-from connectors.kit.http.session import NO_BODY, Response, Session, Transport
-from connectors.kit.http.urls import origin
 from connectors.salesforce import SOBJECTS, SalesforceOptions
 from engine.connector import (
     Checker,
@@ -64,6 +59,11 @@ from engine.connector import (
     system_log,
 )
 from engine.errors import SeamlineError, TerminalError, TransientError
+from engine.kit.http.auth import oauth2_client_credentials
+from engine.kit.http.errors import server_message, status_error, transient_status
+from engine.kit.http.options import wire_settings
+from engine.kit.http.session import NO_BODY, Response, Session, Transport
+from engine.kit.http.urls import origin
 
 __all__ = ["SalesforceConnection", "SalesforceError", "salesforce_errors", "soql_datetime", "soql_literal"]
 

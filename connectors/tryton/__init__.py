@@ -73,8 +73,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from connectors.kit.http.options import WireOptions
 from engine.connector import ConnectorKind, SessionAuth, SystemOptions, Url
+from engine.kit.http.options import WireOptions
 
 __all__ = ["CONNECTOR", "TrytonOptions"]
 

@@ -1,4 +1,4 @@
-"""The tryton connector's connection: JSON-RPC over one HTTP kit session per system (:mod:`connectors.kit.http`).
+"""The tryton connector's connection: JSON-RPC over one HTTP kit session per system (:mod:`engine.kit.http`).
 
 Who calls what is documented on :class:`engine.connector.Connection`; the record shapes are in the
 package doc. How Tryton's answers are translated, right where they enter (no library exception and no
@@ -39,10 +39,6 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, ClassVar, Final
 from urllib.parse import quote
 
-from connectors.kit.http.auth import Token, TokenCache
-from connectors.kit.http.errors import server_message
-from connectors.kit.http.options import wire_settings
-from connectors.kit.http.session import Response, Session, Transport
 from connectors.tryton import TrytonOptions
 from engine.connector import (
     Caller,
@@ -56,6 +52,10 @@ from engine.connector import (
     system_log,
 )
 from engine.errors import SeamlineError, TerminalError, TransientError
+from engine.kit.http.auth import Token, TokenCache
+from engine.kit.http.errors import server_message
+from engine.kit.http.options import wire_settings
+from engine.kit.http.session import Response, Session, Transport
 
 __all__ = ["TrytonConnection", "from_tryton", "to_tryton"]
 

@@ -13,9 +13,9 @@ import pytest
 
 from connectors.http import HttpOptions
 from connectors.http.client import HttpConnection
-from connectors.kit.http.wire import Answer as WireAnswer
 from engine.connector import ConnectContext
 from engine.errors import TerminalError, TransientError
+from engine.kit.http.wire import Answer as WireAnswer
 
 Answer = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 

@@ -1,4 +1,4 @@
-"""The HTTP kit's lean HTTP/1.1 client (connectors/kit/http/wire.py), against real sockets.
+"""The HTTP kit's lean HTTP/1.1 client (engine/kit/http/wire.py), against real sockets.
 
 Each server here is an asyncio server written for the case: it answers exactly the bytes the case
 needs (chunked, close-delimited, interim 100, silence, a dropped connection), and counts connections.
@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from connectors.kit.http.session import Request, transport_error
-from connectors.kit.http.wire import (
+from engine.errors import TransientError
+from engine.kit.http.session import Request, transport_error
+from engine.kit.http.wire import (
     AnswerTimedOut,
     BadAnswer,
     ConnectFailed,
@@ -29,7 +30,6 @@ from connectors.kit.http.wire import (
     PoolTimedOut,
     _decoded,
 )
-from engine.errors import TransientError
 
 Handler = Callable[[bytes, asyncio.StreamWriter, int], Awaitable[bool]]  # (request, writer, number) -> keep open
 

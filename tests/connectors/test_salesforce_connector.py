@@ -18,12 +18,12 @@ from typing import Any, TypeVar
 import pytest
 from pydantic import ValidationError
 
-from connectors.kit.http.auth import TokenAuth
 from connectors.salesforce import CONNECTOR, SalesforceOptions
 from connectors.salesforce.client import SalesforceConnection, soql_datetime, soql_literal
 from connectors.salesforce.fake import FakeSalesforce, SObjectField
 from engine.connector import ConnectContext
 from engine.errors import TerminalError, TransientError
+from engine.kit.http.auth import TokenAuth
 from engine.runtime.triggers import shift_cursor
 
 T = TypeVar("T")

@@ -23,13 +23,13 @@ import pytest
 from click.testing import CliRunner
 
 from connectors.http.fake import FakeHttpServer
-from connectors.kit.http.wire import Answer
 from connectors.tryton import CONNECTOR, TrytonOptions
 from connectors.tryton.client import TrytonConnection
 from connectors.tryton.devserver import RpcClient, TrytonServer, TrytonUnavailable, ensure_install
 from engine.cli import main
 from engine.connector import ConnectContext
 from engine.errors import TerminalError, TransientError
+from engine.kit.http.wire import Answer
 from tests.tryton_server import tryton, tryton_server
 
 __all__ = ["tryton", "tryton_server"]  # the fixtures, imported so this module works without the plugin

@@ -28,8 +28,8 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from connectors.kit.http.urls import dig, path_of, query_value
 from engine.errors import TerminalError
+from engine.kit.http.urls import dig, path_of, query_value
 
 __all__ = [
     "MagentoFilter",
@@ -175,7 +175,7 @@ def read_params(
 
 class PageSource(Protocol):
     """What a walker needs of a connection: one page (its body, and the answer it came in, which the
-    walker only hands back: a :class:`~connectors.kit.http.session.Response` for most), its items, and
+    walker only hands back: a :class:`~engine.kit.http.session.Response` for most), its items, and
     the next link made absolute."""
 
     @property

@@ -1,4 +1,4 @@
-"""The TLS context of one system, from its ``tls`` options (:class:`~connectors.kit.http.options.TlsOptions`).
+"""The TLS context of one system, from its ``tls`` options (:class:`~engine.kit.http.options.TlsOptions`).
 
 Certificates are always verified and host names always checked; ``ca_bundle`` replaces the machine's
 CAs for that system, ``client_cert`` (and ``client_key``) is presented when the server asks for one.
@@ -11,7 +11,7 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
-from connectors.kit.http.options import TlsOptions
+from engine.kit.http.options import TlsOptions
 
 __all__ = ["TlsSetupError", "ssl_context"]
 

@@ -40,13 +40,15 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol
 from urllib.parse import quote, urlencode
 
-from connectors.kit.http.auth import Auth
-from connectors.kit.http.errors import server_message, status_error
-from connectors.kit.http.options import WireSettings
-from connectors.kit.http.proxy import ProxyRule
-from connectors.kit.http.tls import TlsSetupError, ssl_context
-from connectors.kit.http.urls import join, path_of, with_query
-from connectors.kit.http.wire import (
+from engine.connector import ConnectContext
+from engine.errors import SeamlineError, TerminalError, TransientError
+from engine.kit.http.auth import Auth
+from engine.kit.http.errors import server_message, status_error
+from engine.kit.http.options import WireSettings
+from engine.kit.http.proxy import ProxyRule
+from engine.kit.http.tls import TlsSetupError, ssl_context
+from engine.kit.http.urls import join, path_of, with_query
+from engine.kit.http.wire import (
     Answer,
     BadAnswer,
     ConnectFailed,
@@ -57,8 +59,6 @@ from connectors.kit.http.wire import (
     ProxyRefused,
     TooLarge,
 )
-from engine.connector import ConnectContext
-from engine.errors import SeamlineError, TerminalError, TransientError
 from engine.runtime import tracing
 from engine.secrets import Masker
 
@@ -73,7 +73,7 @@ TRANSPORT_ERRORS: Final = (TimeoutError, OSError, ValueError)
 
 
 class Transport(Protocol):
-    """What a session sends through: :class:`~connectors.kit.http.wire.Pool`, or a test's stand-in."""
+    """What a session sends through: :class:`~engine.kit.http.wire.Pool`, or a test's stand-in."""
 
     async def request(
         self,
@@ -335,7 +335,7 @@ class Session:
     # -- answers ---------------------------------------------------------------------------------
     def message(self, response: Response) -> str:
         """The server's own words about ``response`` (masked): the connector's ``describe``, else the
-        common body shapes (:func:`~connectors.kit.http.errors.server_message`)."""
+        common body shapes (:func:`~engine.kit.http.errors.server_message`)."""
         if self._describe is not None:
             return self.mask(self._describe(response))
         try:

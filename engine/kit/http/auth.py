@@ -27,10 +27,10 @@ from urllib.parse import parse_qsl, quote, urlsplit
 
 from oauthlib.oauth1.rfc5849 import signature as oauth1_signature  # type: ignore[import-untyped]
 
-from connectors.kit.http.wire import sent_url
+from engine.kit.http.wire import sent_url
 
 if TYPE_CHECKING:
-    from connectors.kit.http.session import Request, Session
+    from engine.kit.http.session import Request, Session
 
 __all__ = [
     "Auth",

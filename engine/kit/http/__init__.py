@@ -18,6 +18,6 @@ each owning one thing::
     proxy.py       which proxy a request takes: the proxy option, HTTP(S)_PROXY and NO_PROXY
     tls.py         a system's TLS context: a CA bundle, a client certificate (mTLS)
 
-Import from the module that owns a name (``from connectors.kit.http.session import Session``); this
+Import from the module that owns a name (``from engine.kit.http.session import Session``); this
 package imports none of them, so a spec's validation never loads the wire.
 """

@@ -12,7 +12,7 @@ What it does:
 - at most ``max_connections`` requests in flight per pool; idle connections are kept for reuse
   (dropped after ``KEEP_IDLE`` seconds or when the server closes them);
 - no redirects followed, no cookies;
-- a proxy when ``proxy`` names one for the origin (:mod:`connectors.kit.http.proxy`): a plain-http
+- a proxy when ``proxy`` names one for the origin (:mod:`engine.kit.http.proxy`): a plain-http
   request goes to the proxy in absolute form, an https one through a ``CONNECT`` tunnel, TLS inside it;
 - a request on a reused connection that the server closed before answering is sent once more on a
   new connection when its method is idempotent (the server never saw it);
@@ -23,7 +23,7 @@ What it does:
   (:class:`TooLarge`) and its connection closed, so a "zip bomb" stops at the cap.
 
 Failures are this module's exceptions, each a subclass of the builtin one that means the same, so
-callers map them by meaning (:func:`connectors.kit.http.session.transport_error`). No failure quotes
+callers map them by meaning (:func:`engine.kit.http.session.transport_error`). No failure quotes
 a header's value: a server's headers carry cookies and tokens.
 """
 
@@ -41,7 +41,7 @@ from urllib.parse import quote, urlsplit
 
 import httptools
 
-from connectors.kit.http.proxy import Proxy
+from engine.kit.http.proxy import Proxy
 
 __all__ = [
     "MAX_BODY",

@@ -26,8 +26,8 @@ from typing import Annotated, Any, Self
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from connectors.kit.http.proxy import ENVIRONMENT, check_proxy_setting
 from engine.connector import Size, parse_size
+from engine.kit.http.proxy import ENVIRONMENT, check_proxy_setting
 
 __all__ = ["ProxySetting", "TlsOptions", "WireOptions", "WireSettings", "wire_settings"]
 

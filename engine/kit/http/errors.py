@@ -7,7 +7,7 @@
 A connector adds what its system means beyond that (Salesforce's REQUEST_LIMIT_EXCEEDED is transient,
 Tryton's 404 names the database) and composes the text; the classification and Retry-After live here.
 Failures below HTTP (timeouts, refused connections, an answer over a cap) are translated where they
-enter, in :func:`connectors.kit.http.session.transport_error`.
+enter, in :func:`engine.kit.http.session.transport_error`.
 """
 
 from __future__ import annotations

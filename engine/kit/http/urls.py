@@ -2,7 +2,7 @@
 
 Plain strings and ``urllib.parse``, not a URL class: building one costs more than the rest of a
 request on the hot path. The query is encoded as ``urlencode`` does (``quote_plus``: a space is ``+``,
-``[`` is ``%5B``); the wire (:mod:`connectors.kit.http.wire`) sends it as it is.
+``[`` is ``%5B``); the wire (:mod:`engine.kit.http.wire`) sends it as it is.
 """
 
 from __future__ import annotations
