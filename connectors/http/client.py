@@ -29,7 +29,7 @@ are never logged.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
-from typing import Any, Final
+from typing import Any
 
 import jsonschema
 import jsonschema.exceptions
@@ -43,8 +43,6 @@ from engine.connector import (
     Source,
     Target,
     closest,
-    parse_duration,
-    system_log,
 )
 from engine.errors import TerminalError
 from engine.kit.http.auth import (
@@ -58,7 +56,6 @@ from engine.kit.http.auth import (
     oauth2_client_credentials,
 )
 from engine.kit.http.errors import parse_retry_after, server_message
-from engine.kit.http.options import wire_settings
 from engine.kit.http.pagination import Pagination, read_params, walk
 from engine.kit.http.session import NO_BODY, Response, Session, Transport
 from engine.kit.http.urls import MissingValue, dig, fill_path, origin, path_of, placeholders, query_value, resolve
@@ -70,10 +67,6 @@ __all__ = [
     "parse_retry_after",
     "server_message",
 ]
-
-
-DEFAULT_TIMEOUT: Final = 30.0
-USER_AGENT: Final = "seamline-http/0.1"
 
 
 def _nothing(value: Any) -> bool:
@@ -126,19 +119,8 @@ class HttpConnection(Source, Target, Caller, Checker, EffectFinder):
         self.options = options
         self.context = context
         self.system = context.system
-        self.log = system_log("http", context.system)
-        limits = options.limits
-        timeout = parse_duration(limits.timeout) if limits and limits.timeout else DEFAULT_TIMEOUT
-        self.session = Session(
-            context,
-            url=options.url,
-            logger=self.log,
-            wire=wire_settings(options),
-            headers={"Accept": "application/json", "User-Agent": USER_AGENT, **options.headers},
-            timeout=timeout,
-            max_connections=limits.concurrency if limits and limits.concurrency else 16,
-            transport=transport,
-        )
+        self.session = Session.for_system("http", options, context, headers=options.headers, transport=transport)
+        self.log = self.session.logger
         self.session.use(_auth(options, self.session))
         self._validators: dict[str, jsonschema.Draft202012Validator] = {}
 

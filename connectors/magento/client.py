@@ -130,12 +130,10 @@ from engine.connector import (
     Target,
     closest,
     parse_duration,
-    system_log,
 )
 from engine.errors import SeamlineError, TerminalError, TransientError
 from engine.kit.http.auth import Auth, OAuth1, Token, TokenAuth, TokenCache, bearer
 from engine.kit.http.errors import server_message, status_error, transient_status
-from engine.kit.http.options import wire_settings
 from engine.kit.http.pagination import MagentoFilter, Pagination, magento_condition, magento_criteria, walk
 from engine.kit.http.session import NO_BODY, Session, Transport
 from engine.kit.http.urls import MissingValue, fill_path, placeholders, query_value
@@ -143,8 +141,6 @@ from engine.kit.http.urls import MissingValue, fill_path, placeholders, query_va
 __all__ = ["MagentoConnection", "magento_time", "reference_of"]
 
 
-DEFAULT_TIMEOUT: Final = 30.0
-USER_AGENT: Final = "seamline-magento/0.1"
 MAGENTO_TIME: Final = "%Y-%m-%d %H:%M:%S"
 NO_ROUTE: Final = "does not match any route"
 REMEMBERED: Final = 50_000  # idempotency keys of recent successful writes, per connection
@@ -556,7 +552,12 @@ class _Batcher:
     joined, or at once when it holds ``size`` records; ``send`` settles each record's future."""
 
     def __init__(
-        self, send: Callable[[list[_Job]], Awaitable[None]], *, size: int, wait: float, log: logging.LoggerAdapter[Any]
+        self,
+        send: Callable[[list[_Job]], Awaitable[None]],
+        *,
+        size: int,
+        wait: float,
+        log: logging.Logger | logging.LoggerAdapter[logging.Logger],
     ) -> None:
         self._send = send
         self.log = log
@@ -659,20 +660,9 @@ class MagentoConnection(Source, Target, Checker, Gathering, ExistenceChecker, Ef
         self.options = options
         self.context = context
         self.system = context.system
-        self.log = system_log("magento", context.system)
-        limits = options.limits
-        self.timeout = parse_duration(limits.timeout) if limits and limits.timeout else DEFAULT_TIMEOUT
         self._endpoints = _endpoints(options.store_code)
-        self.http = Session(
-            context,
-            url=options.url,
-            logger=self.log,
-            wire=wire_settings(options),
-            headers={"Accept": "application/json", "User-Agent": USER_AGENT},
-            timeout=self.timeout,
-            max_connections=limits.concurrency if limits and limits.concurrency else 16,
-            transport=transport,
-        )
+        self.http = Session.for_system("magento", options, context, transport=transport)
+        self.log, self.timeout = self.http.logger, self.http.timeout
         self.http.use(self._auth())
         self._remembered: OrderedDict[str, str] = OrderedDict()
         self._b2b: bool | None = {"yes": True, "no": False}.get(options.b2b)

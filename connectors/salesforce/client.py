@@ -56,20 +56,16 @@ from engine.connector import (
     Target,
     closest,
     parse_duration,
-    system_log,
 )
 from engine.errors import SeamlineError, TerminalError, TransientError
 from engine.kit.http.auth import oauth2_client_credentials
 from engine.kit.http.errors import server_message, status_error, transient_status
-from engine.kit.http.options import wire_settings
 from engine.kit.http.session import NO_BODY, Response, Session, Transport
 from engine.kit.http.urls import origin
 
 __all__ = ["SalesforceConnection", "SalesforceError", "salesforce_errors", "soql_datetime", "soql_literal"]
 
 
-DEFAULT_TIMEOUT: Final = 30.0
-USER_AGENT: Final = "seamline-salesforce/0.1"
 MASK: Final = "***"
 TRANSIENT_CODES: Final = frozenset(
     {"REQUEST_LIMIT_EXCEEDED", "UNABLE_TO_LOCK_ROW", "SERVER_UNAVAILABLE", "QUERY_TIMEOUT", "INVALID_QUERY_LOCATOR"}
@@ -255,22 +251,10 @@ class SalesforceConnection(Source, Target, Checker, ExistenceChecker):
         self.options = options
         self.context = context
         self.system = context.system
-        self.log = system_log("salesforce", context.system)
         self.api = f"/services/data/{options.api_version}"
         self.version = float(options.api_version[1:])
-        limits = options.limits
-        self.timeout = parse_duration(limits.timeout) if limits and limits.timeout else DEFAULT_TIMEOUT
-        self.http = Session(
-            context,
-            url=options.url,
-            logger=self.log,
-            wire=wire_settings(options),
-            headers={"Accept": "application/json", "User-Agent": USER_AGENT},
-            timeout=self.timeout,
-            max_connections=limits.concurrency if limits and limits.concurrency else 16,
-            transport=transport,
-            describe=self._describe,
-        )
+        self.http = Session.for_system("salesforce", options, context, transport=transport, describe=self._describe)
+        self.log, self.timeout = self.http.logger, self.http.timeout
         auth = options.auth
         self.http.use(
             oauth2_client_credentials(

@@ -48,20 +48,15 @@ from engine.connector import (
     Source,
     Target,
     closest,
-    parse_duration,
-    system_log,
 )
 from engine.errors import SeamlineError, TerminalError, TransientError
 from engine.kit.http.auth import Token, TokenCache
 from engine.kit.http.errors import server_message
-from engine.kit.http.options import wire_settings
 from engine.kit.http.session import Response, Session, Transport
 
 __all__ = ["TrytonConnection", "from_tryton", "to_tryton"]
 
 
-DEFAULT_TIMEOUT: Final = 30.0
-USER_AGENT: Final = "seamline-tryton/0.1"
 MASK: Final = "***"
 SCAN_PAGE: Final = 1000  # ids and dates per request while finding what changed
 _TRANSIENT_TEXT = re.compile(r"database is locked|could not serialize|deadlock|OperationalError", re.IGNORECASE)
@@ -325,21 +320,11 @@ class TrytonConnection(Source, Target, Caller, Checker, ExistenceChecker):
         self.options = options
         self.context = context
         self.system = context.system
-        self.log = system_log("tryton", context.system)
-        limits = options.limits
-        self.timeout = parse_duration(limits.timeout) if limits and limits.timeout else DEFAULT_TIMEOUT
         base = options.url.rstrip("/")
         self.rpc_url = f"{base}/{quote(options.database, safe='')}/rpc/"
-        self.http = Session(
-            context,
-            url=base,
-            logger=self.log,
-            wire=wire_settings(options),
-            headers={"Accept": "application/json", "User-Agent": USER_AGENT},
-            timeout=self.timeout,
-            max_connections=limits.concurrency if limits and limits.concurrency else 4,
-            transport=transport,
-        )
+        # Tryton serves few requests at once (a worker per request): 4 connections unless limits say otherwise
+        self.http = Session.for_system("tryton", options, context, url=base, connections=4, transport=transport)
+        self.log, self.timeout = self.http.logger, self.http.timeout
         self._sessions: TokenCache[_Session] = TokenCache(self._login)  # the login, kept until Tryton refuses it
         self._lookups: dict[tuple[str, str], int] = {}
         self._company_info: tuple[int, int, str] | None = None

@@ -40,11 +40,11 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol
 from urllib.parse import quote, urlencode
 
-from engine.connector import ConnectContext
+from engine.connector import ConnectContext, SystemOptions, parse_duration, system_log
 from engine.errors import SeamlineError, TerminalError, TransientError
 from engine.kit.http.auth import Auth
 from engine.kit.http.errors import server_message, status_error
-from engine.kit.http.options import WireSettings
+from engine.kit.http.options import WireSettings, wire_settings
 from engine.kit.http.proxy import ProxyRule
 from engine.kit.http.tls import TlsSetupError, ssl_context
 from engine.kit.http.urls import join, path_of, with_query
@@ -70,6 +70,9 @@ SENSITIVE_HEADERS: Final = frozenset({"authorization", "proxy-authorization", "c
 _LOG_BODY_LIMIT: Final = 1000
 # What the pool and the socket below it raise for a request that did not get an answer.
 TRANSPORT_ERRORS: Final = (TimeoutError, OSError, ValueError)
+
+
+DEFAULT_TIMEOUT: Final = 30.0  # seconds a request may take when the system's limits.timeout says nothing
 
 
 class Transport(Protocol):
@@ -205,6 +208,35 @@ class Session:
                 max_body=settings.max_response,
                 max_decoded=settings.max_decoded,
             )
+        )
+
+    @classmethod
+    def for_system(
+        cls,
+        kind: str,
+        options: SystemOptions,
+        context: ConnectContext,
+        *,
+        url: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        connections: int = 16,
+        transport: Transport | None = None,
+        describe: Callable[[Response], str] | None = None,
+    ) -> Session:
+        """The session of one system of connector ``kind``, from its options as every HTTP connector reads them:
+        ``url``, ``limits`` (timeout, default 30s; concurrency, default ``connections``), the wire options (proxy,
+        TLS, answer caps), JSON accepted, a ``seamline-<kind>`` user agent, and the system's logger."""
+        limits = options.limits
+        return cls(
+            context,
+            url=url if url is not None else str(getattr(options, "url", "")),
+            logger=system_log(kind, context.system),
+            wire=wire_settings(options),
+            headers={"Accept": "application/json", "User-Agent": f"seamline-{kind}/0.1", **(headers or {})},
+            timeout=parse_duration(limits.timeout) if limits and limits.timeout else DEFAULT_TIMEOUT,
+            max_connections=limits.concurrency if limits and limits.concurrency else connections,
+            transport=transport,
+            describe=describe,
         )
 
     def use(self, auth: Auth | None) -> None:
