@@ -55,6 +55,7 @@ from engine.spec.model import AlertNotify, AlertRule, Alerts, EmailNotify, Webho
 from engine.state import RunRecord
 
 if TYPE_CHECKING:
+    from engine.flow import CompiledClient
     from engine.runtime.daemon import Daemon
     from engine.runtime.triggers import ScheduleTrigger
 
@@ -843,8 +844,13 @@ def human_duration(seconds: float) -> str:
 # -- the daemon's entry point -----------------------------------------------------------------------
 
 
-def monitor_for(daemon: Daemon) -> AlertMonitor | None:
+def monitor_for(
+    daemon: Daemon, *, client: CompiledClient | None = None, flow_names: Sequence[str] | None = None
+) -> AlertMonitor | None:
     """The alert monitor of a daemon's spec, ready to ``run``; None when the spec has no alert rules.
+
+    ``client`` and ``flow_names``: the spec and flows to watch when they are not yet the daemon's (a reload makes
+    its next spec's monitor before it swaps, so a missing secret refuses the reload).
 
     The notifiers' options are rendered here (``{{ secret.NAME }}`` read now), and the webhook URL and the SMTP
     password given to the daemon's masker before anything is sent. Raises UsageError for a missing variable, so
@@ -856,10 +862,12 @@ def monitor_for(daemon: Daemon) -> AlertMonitor | None:
         if monitor is not None:
             tasks.append(asyncio.create_task(monitor.run(stop_event), name="alerts"))  # every alerts.every
     """
-    document = daemon.client.report.document
+    client = client if client is not None else daemon.client
+    flow_names = flow_names if flow_names is not None else daemon.flow_names
+    document = client.report.document
     if daemon.delivery_only or document is None or document.alerts is None or not document.alerts.rules:
         return None
-    raw = daemon.client.report.merged.data.get("alerts") or {}
+    raw = client.report.merged.data.get("alerts") or {}
     rendered = render_values(raw, masker=daemon.masker, environ=daemon.environ, where="alerts")
     try:
         alerts = Alerts.model_validate(rendered)
@@ -868,7 +876,7 @@ def monitor_for(daemon: Daemon) -> AlertMonitor | None:
         raise UsageError(daemon.masker(f"alerts: {problems}")) from None
     _mask_secrets(alerts.notify, daemon.masker.add)
     for name, rule in alerts.rules.items():
-        if rule.flow is not None and rule.flow not in daemon.flow_names:
+        if rule.flow is not None and rule.flow not in flow_names:
             daemon.log.warning(
                 "alert_rule_idle",
                 rule=name,

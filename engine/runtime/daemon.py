@@ -181,6 +181,8 @@ class Daemon:
         self.generation = 0  # +1 at each reload: the API's routes follow the flows running now
         self._alerts: asyncio.Task[None] | None = None
         self._traces: TracerProvider | None = None  # the provider this daemon configured, if any
+        self._disk_files: list[str] = []  # the files of the spec on disk, as last loaded
+        self._disk_seen: tuple[tuple[tuple[str, int, int], ...], str | None] | None = None  # their stamp, version
         self._runner: web.AppRunner | None = None
         self.spec_version = spec_version(self.client)
         self.state_url = resolve_state_url(self.client, options.state_url, self.environ, self.masker)
@@ -438,10 +440,23 @@ class Daemon:
         return self.client.client
 
     def spec_version_on_disk(self) -> str | None:
+        """The version of the spec on disk (None when it does not load). Loaded again only when one of its files
+        changed since the last look: the console asks on every page (every 10 s on the flows page), and a load
+        compiles every flow."""
+        files = self._disk_files or self.client.input_files
+        before = _stamp(files)
+        if self._disk_seen is not None and self._disk_seen[0] == before:
+            return self._disk_seen[1]
         try:
-            return spec_version(load_client(self.spec, environ=self.environ, registry=self.registry))
+            client = load_client(self.spec, environ=self.environ, registry=self.registry)
         except SeamlineError:
+            self._disk_seen = (before, None)  # the broken edit is among these files: the next edit is seen
             return None
+        version = spec_version(client)
+        if _stamp(files) == before:  # nothing changed while it loaded: what it read is what the stamp says
+            self._disk_files = client.input_files
+            self._disk_seen = (_stamp(self._disk_files), version)
+        return version
 
     def flows(self) -> list[FlowInfo]:
         return [flow_info(self.client.flows[name]) for name in self.flow_names]
@@ -806,6 +821,19 @@ def flow_info(flow: CompiledFlow) -> FlowInfo:
     )
 
 
+def _stamp(files: list[str]) -> tuple[tuple[str, int, int], ...]:
+    """Each file's modification time and size (-1 for a file that is gone): what tells an edit."""
+    stamps = []
+    for name in files:
+        try:
+            found = os.stat(name)
+        except OSError:
+            stamps.append((name, -1, -1))
+        else:
+            stamps.append((name, found.st_mtime_ns, found.st_size))
+    return tuple(stamps)
+
+
 def _reasons(error: SeamlineError) -> tuple[str, ...]:
     """Each reason a spec was refused, as ``file:line:col: message`` where the error has a place."""
     if isinstance(error, SpecError):
@@ -838,13 +866,7 @@ class _Successor:
 
     def alert_monitor(self) -> AlertMonitor | None:
         """The new spec's alert monitor, made as the daemon makes its own (its notifiers' secrets read now)."""
-        daemon = self.daemon
-        kept = (daemon.client, daemon.flow_names)
-        daemon.client, daemon.flow_names = self.client, self.flow_names  # restored below; no await in between
-        try:
-            return monitor_for(daemon)
-        finally:
-            daemon.client, daemon.flow_names = kept
+        return monitor_for(self.daemon, client=self.client, flow_names=self.flow_names)
 
     def install(self) -> None:
         daemon = self.daemon

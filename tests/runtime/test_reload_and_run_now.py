@@ -75,9 +75,8 @@ def fakes() -> Iterator[tuple[FakeHttpServer, FakeHttpServer]]:
 
 @asynccontextmanager
 async def running(root: Path, erp: FakeHttpServer, shop: FakeHttpServer, **extra: Any) -> AsyncIterator[Daemon]:
-    options = DaemonOptions(
-        port=free_port(), dev=True, workers=2, drain_timeout=5, state_url=f"sqlite:///{root / 's.db'}", **extra
-    )
+    settings: dict[str, Any] = {"drain_timeout": 5, **extra}
+    options = DaemonOptions(port=free_port(), dev=True, workers=2, state_url=f"sqlite:///{root / 's.db'}", **settings)
     env = {**os.environ, "ERP_URL": erp.url, "SHOP_URL": shop.url}
     daemon = Daemon(root / "seamline.yaml", options, environ=env, log_stream=io.StringIO())
     await daemon.start()
@@ -260,6 +259,43 @@ def test_a_record_in_flight_during_a_reload_finishes_with_the_version_it_started
     asyncio.run(scenario())
 
 
+def test_a_write_that_outlasts_the_drain_goes_back_to_the_inbox_and_is_delivered_once_by_the_new_version(
+    tmp_path: Path, fakes: tuple[FakeHttpServer, FakeHttpServer]
+) -> None:
+    """Past drain_timeout the old worker is cancelled and its record given back at once (not after its lease, a
+    minute): the new version delivers it, the target applies it once (the same idempotency key)."""
+    erp, shop = fakes
+    spec = tmp_path / "seamline.yaml"
+    spec.write_text(spec_text(1), encoding="utf-8")
+
+    async def scenario() -> None:
+        async with running(tmp_path, erp, shop, drain_timeout=0.5) as daemon:
+            shop.configure(latency=2.0)
+            assert (await post(daemon, "/hooks/stock", {"sku": "S6", "qty": 6})).status_code == 202
+            assert daemon.pool is not None
+            pool = daemon.pool
+            await until(lambda: pool.in_flight == 1, what="S6 in a worker's hands")
+            spec.write_text(spec_text(2), encoding="utf-8")
+            assert (await daemon.reload()).reloaded
+            shop.configure(latency=0.0)
+            assert [e["items"] for e in events(daemon) if e["event"] == "given_back"] == [1]
+            assert daemon.inbox is not None
+            inbox = daemon.inbox
+
+            async def depth() -> dict[str, int]:
+                return await inbox.run(inbox.store.depth)
+
+            deadline = time.monotonic() + 10
+            while (await depth())["done"] != 1:
+                assert time.monotonic() < deadline, f"S6 not delivered after the reload: {await depth()}"
+                await asyncio.sleep(0.05)
+            assert await depth() == {"pending": 0, "inflight": 0, "done": 1, "dead": 0}
+            await asyncio.sleep(2.2)  # the old, cancelled request reaches the shop now, if it reaches it at all
+            assert shop.applied_count("/stock/S6") == 1
+
+    asyncio.run(scenario())
+
+
 def test_sighup_reloads_the_daemon_process(tmp_path: Path, fakes: tuple[FakeHttpServer, FakeHttpServer]) -> None:
     """The signal an operator (or systemd's ExecReload) sends: the outcome is in the JSON log."""
     erp, shop = fakes
@@ -298,3 +334,29 @@ def test_sighup_reloads_the_daemon_process(tmp_path: Path, fakes: tuple[FakeHttp
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
     assert proc.returncode == 0, log_path.read_text()
+
+
+def test_the_version_on_disk_follows_an_edit_of_a_lookup_table_and_stays_put_without_one(
+    tmp_path: Path, fakes: tuple[FakeHttpServer, FakeHttpServer]
+) -> None:
+    """The console asks for it on every page: it is loaded again only when one of the spec's files changed, and
+    a code table is one of them (a fixed table is a new version)."""
+    erp, shop = fakes
+    (tmp_path / "units.csv").write_text("unit,factor\nPC,1\n", encoding="utf-8")
+    text = spec_text(1).replace("flows:\n", "lookups:\n  units: units.csv\nflows:\n", 1)
+    text = text.replace('"version": 1 }', '"version": 1, "factor": $lookup($lookups.units, "PC") }')
+    (tmp_path / "seamline.yaml").write_text(text, encoding="utf-8")
+
+    async def scenario() -> None:
+        async with running(tmp_path, erp, shop) as daemon:
+            first = daemon.spec_version_on_disk()
+            assert first == daemon.spec_version == daemon.spec_version_on_disk()
+            (tmp_path / "units.csv").write_text("unit,factor\nPC,1\nBOX,12\n", encoding="utf-8")
+            edited = daemon.spec_version_on_disk()
+            assert edited is not None and edited != first and daemon.spec_version_on_disk() == edited
+            (tmp_path / "seamline.yaml").write_text("seamline: 1\nclient: [broken", encoding="utf-8")
+            assert daemon.spec_version_on_disk() is None
+            (tmp_path / "seamline.yaml").write_text(text, encoding="utf-8")
+            assert daemon.spec_version_on_disk() == edited
+
+    asyncio.run(scenario())
