@@ -73,15 +73,24 @@ def _take(buffer: bytearray) -> tuple[bytes, dict[bytes, bytes], bytes] | None:
 
 # -- the sink --------------------------------------------------------------------------------------
 class Sink:
-    def __init__(self) -> None:
+    """``counts_only``: keep the paths and keys seen, not each write (a million-record batch would hold ~1 GB)."""
+
+    def __init__(self, counts_only: bool = False) -> None:
         self.log: list[tuple[str, float, str, bytes]] = []
         self.keys: set[str] = set()
+        self.paths: set[str] = set()
+        self.count = 0
         self.duplicates = 0
+        self.counts_only = counts_only
 
     def write(self, path: str, key: str, body: bytes) -> None:
         if key and key in self.keys:
             self.duplicates += 1
         self.keys.add(key)
+        if self.counts_only:
+            self.count += 1
+            self.paths.add(path)
+            return
         self.log.append((path, time.time(), key, body))
 
     def control(self, method: bytes, target: str) -> bytes:
@@ -90,8 +99,12 @@ class Sink:
         if method == b"POST" and url.path == "/__reset":
             self.log.clear()
             self.keys.clear()
-            self.duplicates = 0
+            self.paths.clear()
+            self.count = self.duplicates = 0
             answer: Any = {"reset": True}
+        elif url.path == "/__stats" and self.counts_only:
+            distinct = sum(1 for p in self.paths if p.startswith(prefix)) if prefix else len(self.paths)
+            answer = {"count": self.count, "distinct": distinct, "duplicates": self.duplicates}
         elif url.path == "/__stats":
             paths = [entry[0] for entry in self.log if entry[0].startswith(prefix)]
             answer = {"count": len(paths), "distinct": len(set(paths)), "duplicates": self.duplicates}
@@ -130,8 +143,8 @@ class SinkProtocol(asyncio.Protocol):
                 self.transport.write(OK)
 
 
-async def serve_sink(port: int) -> None:
-    sink = Sink()
+async def serve_sink(port: int, counts_only: bool = False) -> None:
+    sink = Sink(counts_only)
     server = await asyncio.get_running_loop().create_server(lambda: SinkProtocol(sink), "127.0.0.1", port)
     print(f"ready {server.sockets[0].getsockname()[1]}", flush=True)
     await server.serve_forever()
@@ -299,6 +312,7 @@ def main() -> None:
     parser.add_argument("--target", help="relay: the sink's base URL")
     parser.add_argument("--processes", type=int, default=1, help="relay: this many processes on one port")
     parser.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # one of relay_group's
+    parser.add_argument("--counts-only", action="store_true", help="sink: count writes, keep no bodies")
     args = parser.parse_args()
     try:
         import uvloop
@@ -307,7 +321,7 @@ def main() -> None:
     except ImportError:
         run = asyncio.run
     if args.role == "sink":
-        run(serve_sink(args.port))
+        run(serve_sink(args.port, args.counts_only))
     else:
         if not args.target:
             sys.exit("relay needs --target")

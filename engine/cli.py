@@ -297,6 +297,13 @@ def map_command(
 @click.option("--once", is_flag=True, help="One batch pass of the schedule flows, then exit (cron-style).")
 @click.option("--flow", "flows", multiple=True, help="Run only this flow (repeatable).")
 @click.option(
+    "--deadline",
+    default="10m",
+    show_default=True,
+    help="With --once: how long the pass may deliver after reading; records still pending then are reported "
+    "and the command exits 1 (the next pass delivers them).",
+)
+@click.option(
     "--dry-run", is_flag=True, help="With --once: read and transform, print the would-be writes, write nothing."
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address of the HTTP API.")
@@ -324,8 +331,8 @@ def map_command(
     default=1,
     show_default=True,
     type=click.IntRange(1, 64),
-    help="Deliver from this many processes (one per core): this one serves the API and triggers, "
-    "the others only deliver, on the same state.",
+    help="Deliver from this many processes (one per core): this one serves the API and triggers (with --once: "
+    "reads the batch), the others only deliver, on the same state.",
 )
 @click.option("--delivery-part", type=int, default=0, hidden=True)
 @click.option("--delivery-channel", type=int, default=None, hidden=True)
@@ -369,6 +376,7 @@ def run(
     client: str,
     once: bool,
     flows: tuple[str, ...],
+    deadline: str,
     dry_run: bool,
     host: str,
     port: int,
@@ -400,8 +408,8 @@ def run(
         raise UsageError("--dry-run goes with --once")
     if fmt == "json" and not dry_run:
         raise UsageError("--format json goes with --once --dry-run")
-    if once and processes > 1:
-        raise UsageError("--processes is for the daemon; --once runs in one process")
+    if dry_run and processes > 1:
+        raise UsageError("--processes is for delivering; --dry-run delivers nothing (leave --processes out)")
     token = token_file.read_text(encoding="utf-8").strip() if token_file else os.environ.get("SEAMLINE_API_TOKEN")
     view = (
         view_token_file.read_text(encoding="utf-8").strip()
@@ -432,7 +440,15 @@ def run(
 
         console = Console(soft_wrap=True) if fmt == "json" else Console()
         with _once_progress(console) as progress:
-            summary = asyncio.run(run_once(spec, options, dry_run=dry_run, progress=None if dry_run else progress))
+            summary = asyncio.run(
+                run_once(
+                    spec,
+                    options,
+                    dry_run=dry_run,
+                    progress=None if dry_run else progress,
+                    deadline=_parsed(parse_duration, deadline, "--deadline"),
+                )
+            )
         if isinstance(summary, DryRun):
             _render_dry_run(summary, console, fmt)
         else:

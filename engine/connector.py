@@ -12,6 +12,7 @@ A :class:`Registry` is a plain object: tests build an empty one and register wha
 from __future__ import annotations
 
 import difflib
+import json
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
@@ -39,6 +40,7 @@ __all__ = [
     "EffectFinder",
     "ExistenceChecker",
     "Gathering",
+    "JsonDocument",
     "Limits",
     "Message",
     "MessageHandler",
@@ -324,9 +326,43 @@ class Source(Connection, Protocol):
         ...
 
 
+_UNDECODED: Any = object()
+
+
+class JsonDocument:
+    """A record as the JSON text a transform made, handed to a target that sends it as it is.
+
+    The worker's JSON-text path: the transform reads the stored text and writes text, so nothing is decoded
+    and encoded again just to be sent. ``value`` is the same record as Python values (decoded once, on first
+    use) for what needs fields: a path's ``{sku}``, a key, a schema check. A worker hands one to a target only
+    when its connection says ``takes_documents``; every other target gets ``value``.
+    """
+
+    __slots__ = ("_value", "text")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self._value = _UNDECODED
+
+    @property
+    def value(self) -> Any:
+        if self._value is _UNDECODED:
+            self._value = json.loads(self.text)
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"JsonDocument({self.text[:80]!r})"
+
+
 @runtime_checkable
 class Target(Connection, Protocol):
-    """A connection a worker writes to (``target.write``)."""
+    """A connection a worker writes to (``target.write``).
+
+    A connection whose class sets ``takes_documents = True`` gets a :class:`JsonDocument` as ``record`` when
+    the record is the transform's text unchanged, and sends that text as the body (an HTTP connection does;
+    one that wraps or reshapes the record leaves it unset and gets Python values). Not a protocol member:
+    ``isinstance`` checks of the roles must stay possible.
+    """
 
     async def write(self, entity: str, record: Any, *, key: Any, mode: str, idempotency_key: str) -> str:
         """Write one record; returns a short receipt for the ledger (the id or status the system gave).

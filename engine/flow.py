@@ -71,6 +71,15 @@ class CompiledFlow:
             return record
         return self.expression.evaluate(record, self.bindings, record_id=record_id)
 
+    def transform_json(self, text: str, *, record_id: str = "") -> str | None:
+        """The same transform on the record's JSON text (the worker's path): JSON text out, None for nothing.
+
+        The backend skips the fields the mapping never reads and builds no Python values for either side;
+        the result, decoded, equals :meth:`transform`'s (tests/test_transform.py holds the two to it)."""
+        if self.expression is None:
+            return text
+        return self.expression.evaluate_json(text, self.bindings, record_id=record_id)
+
     def preview(self, record: Any, *, record_id: str = "") -> dict[str, Any]:
         """What each target would be sent for ``record``: {target label: payload or None}.
 

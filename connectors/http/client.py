@@ -40,6 +40,7 @@ from engine.connector import (
     Checker,
     ConnectContext,
     EffectFinder,
+    JsonDocument,
     Source,
     Target,
     closest,
@@ -115,6 +116,8 @@ def _auth(options: HttpOptions, session: Session) -> Auth | None:
 class HttpConnection(Source, Target, Caller, Checker, EffectFinder):
     """An open connection to one http system: a kit session, its auth and its endpoints."""
 
+    takes_documents = True  # a record's JSON text is the body as it is (write)
+
     def __init__(self, options: HttpOptions, context: ConnectContext, *, transport: Transport | None = None) -> None:
         self.options = options
         self.context = context
@@ -156,11 +159,14 @@ class HttpConnection(Source, Target, Caller, Checker, EffectFinder):
     async def write(self, entity: str, record: Any, *, key: Any, mode: str, idempotency_key: str) -> str:
         """Send ``record`` to the endpoint named ``entity`` (its method; JSON body; ``Idempotency-Key``).
 
+        A :class:`JsonDocument` is sent as its text; its values fill the path.
+
         ``{name}`` placeholders in the endpoint's path come from the record. ``mode`` does not change
         the method: the endpoint declares it. Returns ``"<status>"`` or ``"<status> id=<id>"``.
         """
         endpoint = self._endpoint(entity, "write")
-        url = self._path(endpoint.path, record, entity)
+        values = record.value if isinstance(record, JsonDocument) else record  # the path's {name}s
+        url = self._path(endpoint.path, values, entity)
         response = await self._exchange(
             endpoint.method,
             url,

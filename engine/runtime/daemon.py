@@ -666,12 +666,17 @@ class Daemon:
         await asyncio.gather(*triggers, return_exceptions=True)
         self._flow_tasks.clear()
         self._passes.clear()
+        await self.finish_delivery()
+        for connection in self.connections.values():
+            await connection.close()
+
+    async def finish_delivery(self) -> None:
+        """The workers here and in the delivery processes finish what they hold and stop (run --once, before it
+        counts): afterwards the counters, this process's and the ones reported, hold their last values."""
         await asyncio.gather(
             self._drain(), self.delivery.stop(self.options.drain_timeout + 5) if self.delivery else _nothing()
         )
         self.delivery = None
-        for connection in self.connections.values():
-            await connection.close()
 
     def _delivery(self, inbox: Inbox) -> Delivery:
         return Delivery(

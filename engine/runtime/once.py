@@ -22,7 +22,7 @@ from engine.runtime.identity import fields
 from engine.runtime.logs import routed
 from engine.runtime.triggers import read_page
 from engine.runtime.worker import Delivery
-from engine.state import InboxItem
+from engine.state import InboxItem, payload_text
 
 __all__ = ["OUTCOME_COLUMNS", "SKIP_REASONS", "DryRun", "OnceProgress", "OnceSummary", "run_once"]
 
@@ -157,10 +157,11 @@ async def _one_pass(
 
 
 def _finished(daemon: Daemon, flow: str) -> int:
-    """Records of ``flow`` that reached their outcome in this process (duplicates never entered the inbox)."""
+    """Records of ``flow`` that reached their outcome, here or in a delivery process (as it last reported, at
+    most a second ago); duplicates never entered the inbox."""
     m = daemon.metrics
-    skipped = sum(m.get(f"skips/{reason}", flow) for reason in SKIP_REASONS if reason != "duplicate")
-    return int(m.get("records/delivered", flow) + skipped + m.get("records/dead_lettered", flow))
+    skipped = sum(m.total(f"skips/{reason}", flow) for reason in SKIP_REASONS if reason != "duplicate")
+    return int(m.total("records/delivered", flow) + skipped + m.total("records/dead_lettered", flow))
 
 
 async def _nothing_open(daemon: Daemon, chosen: list[str]) -> bool:
@@ -174,13 +175,16 @@ async def _nothing_open(daemon: Daemon, chosen: list[str]) -> bool:
 async def _finish(daemon: Daemon, chosen: list[str], rows: dict[str, dict[str, int]]) -> None:
     inbox = daemon.inbox
     m = daemon.metrics
+    # Every worker (the delivery processes' too) stops first: nothing moves between the counts and the COUNT of
+    # what is pending, so each record is in exactly one column even when the deadline cut the pass short.
+    await daemon.finish_delivery()
     for name in chosen:
         row = rows.setdefault(name, {"read": 0, "records": 0, "new": 0, "rejected": 0, "failed": 0})
-        row["delivered"] = int(m.get("records/delivered", name))
-        row["dead_lettered"] = int(m.get("records/dead_lettered", name))
-        row["retried"] = int(m.get("retried", name))
+        row["delivered"] = int(m.total("records/delivered", name))
+        row["dead_lettered"] = int(m.total("records/dead_lettered", name))
+        row["retried"] = int(m.total("retried", name))
         for reason in SKIP_REASONS:
-            row[f"skipped_{reason}"] = int(m.get(f"skips/{reason}", name))
+            row[f"skipped_{reason}"] = int(m.total(f"skips/{reason}", name))
         row["skipped"] = sum(row[f"skipped_{reason}"] for reason in SKIP_REASONS)
         if inbox is not None:
             row["pending"] = (await inbox.run(inbox.store.depth, name))["pending"]
@@ -289,7 +293,16 @@ async def _dry_page(
         report["rejected"].append({"flow": flow, "key": bad.business_key, "reason": f"rejected at read: {reason}"})
     for new in read.items:
         item = InboxItem(
-            0, flow, new.key, new.business_key, new.payload, new.source, "pending", 0, time.time(), version=new.version
+            0,
+            flow,
+            new.key,
+            new.business_key,
+            payload_text(new.payload),  # the text the inbox would keep: the worker reads what it would read
+            new.source,
+            "pending",
+            0,
+            time.time(),
+            version=new.version,
         )
         before = len(sink)
         outcome = await delivery.process(item)

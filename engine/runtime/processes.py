@@ -42,6 +42,7 @@ __all__ = ["HOST", "DeliveryProcesses", "Layout", "PrimaryLink", "delivery_worke
 
 REPORT_EVERY = 1.0
 REPORT_LIMIT = 16 * 1024 * 1024
+REPORT_LAST = 5.0  # seconds a stopped process's last report may take to arrive
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,7 @@ class DeliveryProcesses:
         self._writers: dict[int, asyncio.StreamWriter] = {}
         self._nudging = False
         self._tasks: list[asyncio.Task[None]] = []
+        self._readers: list[asyncio.Task[None]] = []  # each process's reports, read to its end-of-file
         self._stopping = False
 
     def command(self, part: int, channel: int) -> list[str]:
@@ -202,7 +204,9 @@ class DeliveryProcesses:
         # A report is one line of JSON; a client with many flows makes long ones (the default limit is 64 KiB).
         reader, writer = await asyncio.open_connection(sock=mine, limit=REPORT_LIMIT)
         self._writers[part] = writer
-        self._tasks.append(asyncio.create_task(self._reports(part, process.pid, reader, writer)))
+        reports = asyncio.create_task(self._reports(part, process.pid, reader, writer))
+        self._tasks.append(reports)
+        self._readers.append(reports)
         self.log.info("delivery_process_started", part=part, pid=process.pid, flows=list(self.layout.shared_flows))
 
     async def _reports(self, part: int, pid: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -271,6 +275,10 @@ class DeliveryProcesses:
                     process.kill()
                 await process.wait()
                 await self._give_back(part, process.pid)
+        # A drained process's last counts are on their way (it reports after its drain, then closes): read them
+        # to the end, so whoever counts after a stop (run --once's summary) counts every record.
+        if self._readers:
+            await asyncio.wait(self._readers, timeout=REPORT_LAST)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -91,6 +91,7 @@ class System:
     gathering: Gathering | None = field(init=False, default=None)
     existence: ExistenceChecker | None = field(init=False, default=None)
     effects: EffectFinder | None = field(init=False, default=None)
+    takes_documents: bool = field(init=False, default=False)  # its write sends a JsonDocument's text as it is
     _roles: dict[str, Any] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -102,6 +103,7 @@ class System:
         self.gathering = conn if isinstance(conn, Gathering) else None
         self.existence = conn if isinstance(conn, ExistenceChecker) else None
         self.effects = conn if isinstance(conn, EffectFinder) else None
+        self.takes_documents = "write" in self._roles and bool(getattr(conn, "takes_documents", False))
 
     @property
     def source(self) -> Source:

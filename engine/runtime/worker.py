@@ -1,10 +1,11 @@
 """Workers: take items from the inbox and deliver them to every target, once.
 
 For one item: (an event group takes in its other parts) -> a change older than the newest one delivered
-for its key is skipped as stale -> transform (a TransformError is terminal) -> for each target not yet in
-the ledger: the target's own transform, create-only / update-only fields kept or left out by whether the
-target has the record, the connector's check, the write inside the system's budget and breaker ->
-ledger -> and when every target is done, the item finishes with its outcome. A once-only write (a
+for its key is skipped as stale -> transform, on the JSON-text path: the text the inbox keeps goes in as
+it is and the transform's text is what an HTTP target is sent (a TransformError is terminal) -> for each
+target not yet in the ledger: the target's own transform, create-only / update-only fields kept or left
+out by whether the target has the record, the connector's check, the write inside the system's budget
+and breaker -> ledger -> and when every target is done, the item finishes with its outcome. A once-only write (a
 shipment, a comment) is marked as in flight before it is sent; a worker that finds such a mark asks the
 target whether the effect is there before sending again. A transient failure gives the item back with
 backoff (without counting an attempt while the breaker is open; a Retry-After no longer than the
@@ -28,7 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.connector import Registry, parse_duration
+from engine.connector import JsonDocument, Registry, parse_duration
 from engine.errors import TerminalError, TransformError, TransientError
 from engine.flow import CompiledClient, CompiledFlow, CompiledTarget
 from engine.runtime import tracing
@@ -44,6 +45,9 @@ from engine.state import Delivered, Finished, InboxItem, Remember
 __all__ = ["Delivery", "Outcome", "WorkerPool", "count_outcome"]
 
 REQUEST_SUMMARY = 1000  # chars of what a target was sent that the ledger keeps, for the timeline
+# A record this long is transformed on a thread of its own: the event loop goes on serving webhooks and the
+# other workers meanwhile (jlens lets go of the GIL while it evaluates). Shorter ones cost less than the hop.
+HEAVY_RECORD = 256 * 1024  # characters of JSON text
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +108,7 @@ class Delivery:
             return await self._skip(item, "discontinued", "discontinued at the source, and the flow ignores those")
         try:
             with tracing.step("transform", item):  # a transform error is recorded on this span too
-                shaped = flow.transform(item.payload, record_id=item.key)
+                shaped = await self._shape(flow, item)
         except TransformError as exc:
             return await self._dead(item, str(exc), "terminal")
         if shaped is None:
@@ -143,6 +147,13 @@ class Delivery:
         tracing.event("skipped", kind="empty", reason=outcome_text)
         return Outcome("skipped", outcome_text)
 
+    async def _shape(self, flow: CompiledFlow, item: InboxItem) -> JsonDocument | None:
+        """The flow's transform of the record on the JSON-text path: the stored text in, text out (None: nothing
+        to write). A heavy record is transformed off the event loop."""
+        if len(item.text) < HEAVY_RECORD:
+            return _document(flow.transform_json(item.text, record_id=item.key))
+        return _document(await asyncio.to_thread(flow.transform_json, item.text, record_id=item.key))
+
     def _remember_target(self, item: InboxItem, target: CompiledTarget) -> Remember | None:
         """A target with create-only or update-only fields learns that it has the key now (the ledger's answer)."""
         spec = target.target
@@ -178,7 +189,7 @@ class Delivery:
         return cached
 
     async def _deliver(
-        self, item: InboxItem, flow: CompiledFlow, target: CompiledTarget, shaped: Any
+        self, item: InboxItem, flow: CompiledFlow, target: CompiledTarget, shaped: JsonDocument
     ) -> Outcome | Delivered | None:
         """Write ``shaped`` to one target: the ledger entry to record, None (dry run), or why not (an Outcome).
 
@@ -200,20 +211,21 @@ class Delivery:
             return result
 
     async def _write(
-        self, item: InboxItem, flow: CompiledFlow, target: CompiledTarget, shaped: Any
+        self, item: InboxItem, flow: CompiledFlow, target: CompiledTarget, shaped: JsonDocument
     ) -> Outcome | Delivered | None:
         spec = target.target
         assert spec is not None
         try:
-            payload = (
+            document = (
                 shaped
                 if target.expression is None
-                else target.expression.evaluate(shaped, flow.bindings, record_id=item.key)
+                else _document(target.expression.evaluate_json(shaped.text, flow.bindings, record_id=item.key))
             )
         except TransformError as exc:
             return await self._dead(item, str(exc), "terminal", target.label)
-        if payload is None:
+        if document is None:
             return Delivered(item.flow, item.key, target.label, "skipped: nothing to write")
+        payload = document.value
         key = _key_of(payload, spec.key)
         system = self.systems[spec.system]
         if self.dry_run_sink is not None:
@@ -237,10 +249,12 @@ class Delivery:
             # A connection that gathers concurrent writes into one request (Magento bulk) bounds its own
             # requests; holding a concurrency slot per waiting record would cap every batch at that limit.
             gathering = system.gathering is not None and system.gathering.gathers_writes(spec.write, spec.mode)
+            # The transform's own text goes out as the body when nothing above changed the record.
+            record: Any = document if system.takes_documents and payload is document.value else payload
             async with system.call(slot=not gathering):
                 sent = True
                 receipt = await system.target.write(
-                    spec.write, payload, key=key, mode=spec.mode, idempotency_key=idempotency_key
+                    spec.write, record, key=key, mode=spec.mode, idempotency_key=idempotency_key
                 )
         except BreakerOpen as exc:  # never called: the item waits out the breaker, no attempt counted
             await self.inbox.retry(item.id, exc.remaining, str(exc), count_attempt=False)
@@ -263,14 +277,17 @@ class Delivery:
                 target.label,
             )
         self.metrics.inc("written", item.flow)
-        return Delivered(item.flow, item.key, target.label, receipt, once_only=once, request=self._sent(payload))
+        return Delivered(item.flow, item.key, target.label, receipt, once_only=once, request=self._sent(record))
 
     def _sent(self, payload: Any) -> str:
         """What a target was sent, for the record's timeline: compact JSON, masked, cut at REQUEST_SUMMARY chars."""
-        try:
-            text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), default=str)
-        except (TypeError, ValueError, RecursionError):
-            text = repr(payload)
+        if isinstance(payload, JsonDocument):
+            text = payload.text
+        else:
+            try:
+                text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), default=str)
+            except (TypeError, ValueError, RecursionError):
+                text = repr(payload)
         if len(text) > REQUEST_SUMMARY:
             text = text[:REQUEST_SUMMARY] + "…"
         return self.log.masker(text)
@@ -376,6 +393,11 @@ class Delivery:
 
 class _Unknown(Exception):
     """A once-only write's earlier outcome is unknown and the target cannot say."""
+
+
+def _document(text: str | None) -> JsonDocument | None:
+    """A transform's JSON text as a document; None for nothing to write (undefined, or null)."""
+    return None if text is None or text == "null" else JsonDocument(text)
 
 
 def _rows(payload: Any) -> int:

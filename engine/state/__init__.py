@@ -41,6 +41,7 @@ from engine.state.base import (
     RunRecord,
     StateStore,
     TimelineEvent,
+    payload_text,
 )
 from engine.state.sql import Dialect, SqlStore
 
@@ -62,6 +63,7 @@ __all__ = [
     "hold_sqlite_owner",
     "open_database",
     "open_store",
+    "payload_text",
     "state_exists",
     "stored_version",
 ]

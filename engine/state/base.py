@@ -35,6 +35,7 @@ text the store keeps and hands back, never reads (tracing itself is the runtime'
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -50,6 +51,7 @@ __all__ = [
     "ReplayRecord",
     "RunRecord",
     "StateStore",
+    "payload_text",
 ]
 
 ItemStatus = Literal["pending", "inflight", "done", "dead"]
@@ -70,13 +72,24 @@ class NewItem:
     traceparent: str | None = None
 
 
+def payload_text(payload: Any) -> str:
+    """A record as the JSON text the inbox keeps (every store writes it so; a dry run makes the same text)."""
+    return json.dumps(payload)
+
+
+_UNDECODED: Any = object()
+
+
 @dataclass(frozen=True, slots=True)
 class InboxItem:
+    """A claimed item. Its record is the JSON ``text`` the store keeps: a transform with a JSON-text path
+    reads it as it is, and ``payload`` decodes it only for whoever asks (once, then kept)."""
+
     id: int
     flow: str
     key: str
     business_key: str
-    payload: Any
+    text: str
     source: str
     status: ItemStatus
     attempts: int
@@ -89,6 +102,16 @@ class InboxItem:
     intents: frozenset[str] = frozenset()  # once-only targets sent but never answered: ask before resending
     outcome: str = ""  # once finished: "delivered" or "skipped: <reason>"
     traceparent: str | None = None  # the record's trace, as the trigger stored it (None: not traced)
+    _decoded: Any = field(default=_UNDECODED, init=False, repr=False, compare=False)
+
+    @property
+    def payload(self) -> Any:
+        """The record as Python values, decoded from ``text`` on first use."""
+        value = self._decoded
+        if value is _UNDECODED:
+            value = json.loads(self.text)
+            object.__setattr__(self, "_decoded", value)  # a cache, not state: the item stays what it was
+        return value
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,8 +7,11 @@ has seen): each record exactly once, nothing lost, whichever process delivered i
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -355,12 +358,14 @@ def test_hold_sqlite_owner_waits_for_the_holder_and_names_the_file(tmp_path: Pat
 # -- 6. usage errors ----------------------------------------------------------------------------------
 
 
-def test_processes_with_once_or_an_in_memory_store_is_a_usage_error(tmp_path: Path) -> None:
-    root = write_spec(tmp_path)
+def test_processes_with_a_dry_run_or_an_in_memory_store_is_a_usage_error(tmp_path: Path) -> None:
+    root = write_spec(tmp_path, BATCH_SPEC)
     runner = CliRunner()
-    result = runner.invoke(main, ["run", str(root), "--once", "--processes", "2"], env={"SHOP_URL": "http://x"})
+    result = runner.invoke(
+        main, ["run", str(root), "--once", "--dry-run", "--processes", "2"], env={"SHOP_URL": "http://x"}
+    )
     assert result.exit_code == 2, result.output
-    assert "--processes is for the daemon" in result.output
+    assert "--dry-run delivers nothing" in result.output
     result = runner.invoke(
         main,
         ["run", str(root), "--dev", "--processes", "2", "--state", "sqlite:///:memory:"],
@@ -370,3 +375,59 @@ def test_processes_with_once_or_an_in_memory_store_is_a_usage_error(tmp_path: Pa
     assert "sqlite:///:memory:" in result.output and "--processes" in result.output
     result = runner.invoke(main, ["run", str(root), "--processes", "0"])
     assert result.exit_code == 2 and "--processes" in result.output
+
+
+# -- 7. a batch pass over two processes ------------------------------------------------------------------
+
+BATCH_SPEC = """\
+seamline: 1
+client: batchproc
+systems:
+  erp:
+    connector: file
+    directory: drop
+    poll: 50ms
+    settle: 0s
+    drops:
+      stock: { pattern: "stock*.jsonl", format: jsonl }
+  shop:
+    connector: http
+    url: "{{ env.SHOP_URL }}"
+    limits: { concurrency: 8, timeout: 5s }
+    endpoints:
+      stock: { path: "/stock/{sku}", method: PUT }
+flows:
+  stock:
+    trigger: { schedule: 1h }
+    source: { system: erp, read: stock, id: sku, page_size: 100 }
+    transform: '{ "sku": sku, "qty": $number(qty) }'
+    target: { system: shop, write: stock, key: sku }
+"""
+
+
+def test_run_once_with_two_processes_delivers_a_batch_from_both_and_counts_every_record_once(
+    tmp_path: Path, shop: FakeHttpServer
+) -> None:
+    """`run --once --processes 2`: this process reads, both deliver; the summary adds up both processes'
+    counts (the delivery process's last report is read before the summary is made)."""
+    shop.configure(latency=0.03)  # the batch outlasts the delivery process's start
+    root = write_spec(tmp_path, BATCH_SPEC)
+    (root / "drop").mkdir()
+    count = 600
+    lines = [json.dumps({"sku": f"M{i:04d}", "qty": str(i)}) for i in range(count)]
+    (root / "drop" / "stock-1.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    state = tmp_path / "state.db"
+    result = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "run", str(root), "--once", "--processes", "2", "--log-level", "info"],
+        env={**os.environ, "SHOP_URL": shop.url, "SEAMLINE_STATE_URL": f"sqlite:///{state}"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert_each_once(shop, count)
+    row = next(line for line in result.stdout.splitlines() if line.strip("│ ").startswith("stock"))
+    cells = [c.strip() for c in row.strip("│ ").split("│")]
+    assert cells[:8] == ["stock", str(count), str(count), str(count), "0", "0", "0", "0"], row
+    workers = claimers(state)
+    assert len(workers) == 2 and any(w.endswith("/delivery-1") for w in workers), (workers, result.stderr)

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol
 from urllib.parse import quote, urlencode
 
-from engine.connector import ConnectContext, SystemOptions, parse_duration, system_log
+from engine.connector import ConnectContext, JsonDocument, SystemOptions, parse_duration, system_log
 from engine.errors import SeamlineError, TerminalError, TransientError
 from engine.kit.http.auth import Auth
 from engine.kit.http.errors import server_message, status_error
@@ -277,7 +277,10 @@ class Session:
             raise TerminalError(self.mask(f"{self.system}: {self._setup_error}"))
         merged = self._headers.copy()
         body: bytes | None = None
-        if json is not NO_BODY:
+        if isinstance(json, JsonDocument):  # JSON text a transform made: sent as it is, not decoded and encoded
+            body = json.text.encode()
+            merged["content-type"] = "application/json"
+        elif json is not NO_BODY:
             try:
                 body = jsonlib.dumps(json, ensure_ascii=False, separators=(",", ":")).encode()
             except (TypeError, ValueError) as exc:
