@@ -160,17 +160,16 @@ async def _floor(root: Path, files: list[Path], url: str, concurrency: int = 16)
 
 
 def tree_rss(pid: int) -> int:
-    """Resident bytes of ``pid`` and its children."""
+    """Resident bytes of ``pid`` and its children, now (each process once)."""
     total = 0
-    for status in [Path(f"/proc/{pid}/status"), *Path("/proc").glob("[0-9]*/status")]:
+    for status in Path("/proc").glob("[0-9]*/status"):
         try:
             text = status.read_text()
         except OSError:
             continue
         fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-        if status.parent.name != str(pid) and fields.get("PPid", "").strip() != str(pid):
-            continue
-        total += int(fields.get("VmRSS", "0 kB").split()[0]) * 1024
+        if status.parent.name == str(pid) or fields.get("PPid", "").strip() == str(pid):
+            total += int(fields.get("VmRSS", "0 kB").split()[0]) * 1024
     return total
 
 
