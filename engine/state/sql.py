@@ -412,7 +412,8 @@ class SqlStore:
                     if self._replan_due():
                         cur.execute("DISCARD PLANS")
                     cur.execute(sql, params)
-                    return cur.fetchall()
+                    rows: list[Any] = cur.fetchall()
+                    return rows
             finally:
                 if not self._conn.closed:
                     self._conn.autocommit = False
