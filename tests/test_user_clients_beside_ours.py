@@ -36,7 +36,18 @@ def test_our_spec_and_golden_tests_pass_with_a_broken_user_client_beside_ours(tm
     (case / "one.input.json").write_text("{}", encoding="utf-8")
     (case / "one.snapshot.json").write_text('{"not": "what it makes"}\n', encoding="utf-8")
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "not watch", *MODULES],
+        # (the file watcher and the syrupy-vs-update byte comparison prove nothing about a client beside ours)
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-k",
+            "not watch and not byte_identical",
+            *MODULES,
+        ],
         cwd=copy,
         env={**os.environ, "PYTHONPATH": str(copy)},
         capture_output=True,

@@ -88,9 +88,9 @@ def kill_during(daemon: DaemonProcess, steps: list[int], shop: FakeHttpServer, p
         daemon.start()
 
 
-# 4,000 events keep the suite inside its ten minutes with the same five kills; the soak figures in the closing notes
-# and bench/README.md were taken with SEAMLINE_CHAOS_EVENTS=10000.
-CHAOS_EVENTS = int(os.environ.get("SEAMLINE_CHAOS_EVENTS", "4000"))
+# 2,000 events keep the suite inside its ten minutes on the slower machines of the kind, with the same five kills
+# (each lands mid-stream); the soak figures in the closing notes and bench/README.md use SEAMLINE_CHAOS_EVENTS=10000.
+CHAOS_EVENTS = int(os.environ.get("SEAMLINE_CHAOS_EVENTS", "2000"))
 
 
 def test_kill_9_five_times_during_a_stock_stream(tmp_path: Path, state_url: str) -> None:

@@ -272,7 +272,7 @@ def check_validate(root: Path, spec: str) -> None:
 
 
 PROPERTY = settings(
-    max_examples=int(os.environ.get("SEAMLINE_PROPERTY_EXAMPLES", "80")),  # 150+ for a deeper look
+    max_examples=int(os.environ.get("SEAMLINE_PROPERTY_EXAMPLES", "50")),  # 150+ for a deeper look
     deadline=None,
     derandomize=True,
     database=None,
