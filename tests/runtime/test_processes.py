@@ -31,6 +31,7 @@ from engine.connector import Limits
 from engine.errors import UsageError
 from engine.flow import load_client
 from engine.runtime.guards import Budget
+from engine.runtime.once import OUTCOME_COLUMNS
 from engine.runtime.processes import delivery_worker, plan_layout
 from engine.state import hold_sqlite_owner
 from tests.runtime.harness import DaemonProcess, wait_for
@@ -431,3 +432,45 @@ def test_run_once_with_two_processes_delivers_a_batch_from_both_and_counts_every
     assert cells[:8] == ["stock", str(count), str(count), str(count), "0", "0", "0", "0"], row
     workers = claimers(state)
     assert len(workers) == 2 and any(w.endswith("/delivery-1") for w in workers), (workers, result.stderr)
+
+
+def _once(root: Path, state: Path, shop: FakeHttpServer, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "engine.cli", "run", str(root), "--once", *args],
+        env={**os.environ, "SHOP_URL": shop.url, "SEAMLINE_STATE_URL": f"sqlite:///{state}", "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def _summary_row(output: str) -> dict[str, int]:
+    row = next(line for line in output.splitlines() if line.strip("│ ").startswith("stock"))
+    cells = [c.strip() for c in row.strip("│ ").split("│")]
+    return dict(zip(OUTCOME_COLUMNS, (int(c) for c in cells[1:8]), strict=True))
+
+
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_a_pass_cut_short_by_its_deadline_counts_each_record_in_one_column_and_exits_1(
+    tmp_path: Path, shop: FakeHttpServer, processes: str
+) -> None:
+    """Every worker (the delivery process's too) stops before the pass counts: what was written is delivered,
+    the rest is pending in the inbox, nothing in both or neither; the next pass delivers the rest once."""
+    shop.configure(latency=0.05)
+    root = write_spec(tmp_path, BATCH_SPEC.replace("concurrency: 8", "concurrency: 2"))
+    (root / "drop").mkdir()
+    count = 400
+    lines = [json.dumps({"sku": f"M{i:04d}", "qty": str(i)}) for i in range(count)]
+    (root / "drop" / "stock-1.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    state = tmp_path / "state.db"
+    cut = _once(root, state, shop, "--deadline", "1s", "--processes", processes)
+    assert cut.returncode == 1, cut.stdout + cut.stderr
+    row = _summary_row(cut.stdout)
+    assert row["records"] == count and row["delivered"] > 0 and row["pending"] > 0, row
+    assert row["delivered"] + row["pending"] == count and row["dead_lettered"] == row["skipped"] == 0, row
+    assert shop.applied_count("/stock/") == row["delivered"]  # nothing written that the summary did not count
+    assert f"the pass stopped after 1 s with {row['pending']} record(s) pending" in cut.stdout
+    rest = _once(root, state, shop, "--processes", processes)
+    assert rest.returncode == 0, rest.stdout + rest.stderr
+    assert _summary_row(rest.stdout)["delivered"] == row["pending"]
+    assert_each_once(shop, count)
