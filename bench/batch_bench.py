@@ -42,7 +42,7 @@ sys.path.insert(0, str(HERE))
 import runtime_bench as rb  # noqa: E402
 import wire  # noqa: E402
 from generate import material  # noqa: E402
-from transform_bench import run_node  # noqa: E402
+from transform_bench import best_of, run_node  # noqa: E402
 
 from engine.flow import load_client  # noqa: E402
 
@@ -114,17 +114,22 @@ def spec_dir(root: Path, state_line: str) -> Path:
 def transform_only(root: Path, lines: list[str], passes: int = 3) -> dict[str, float]:
     """Records/s of the flow's own transform on one thread: the JSON-text path the worker takes, and on values."""
     flow = load_client(root / "seamline.yaml", environ={"SHOP_URL": "http://127.0.0.1:9"}).flows["catalog"]
-    best_text = best_values = 0.0
-    for _ in range(passes):
-        began = time.perf_counter()
+
+    def on_text() -> int:
         for line in lines:
             flow.transform_json(line)
-        best_text = max(best_text, len(lines) / (time.perf_counter() - began))
-        began = time.perf_counter()
+        return len(lines)
+
+    def on_values() -> int:
         for line in lines:
             flow.transform(json.loads(line))
-        best_values = max(best_values, len(lines) / (time.perf_counter() - began))
-    return {"text": best_text, "values": best_values}
+        return len(lines)
+
+    rates = {}
+    for name, work in (("text", on_text), ("values", on_values)):
+        seconds, count = best_of(passes, work)
+        rates[name] = count / seconds
+    return rates
 
 
 async def _floor(root: Path, files: list[Path], url: str, concurrency: int = 16) -> tuple[int, float]:

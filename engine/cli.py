@@ -832,14 +832,13 @@ def dlq_list(
 @_handle_errors
 def dlq_show(client: str, letter_id: int, fmt: str, state_url: str | None, specs_dir: Path) -> None:
     """One dead letter in full: reason, target, spec version and the record as it arrived."""
+    from engine.runtime.replay import one_letter
     from engine.runtime.views import dead_letter_json
 
     with _operator_store(client, specs_dir, state_url, read_only=True) as store:
-        found = [d for d in store.dead_letters(include_replayed=True) if d.id == letter_id]
-        superseded = bool(found) and bool(store.superseded([letter_id]))
-    if not found:
+        letter, superseded = one_letter(store, letter_id)
+    if letter is None:
         raise UsageError(f"no dead letter {letter_id}; see 'seamline dlq list {client}'")
-    letter = found[0]
     if fmt == "json":
         _echo_json({**dead_letter_json(letter, record=True), "superseded": superseded})
         return

@@ -126,7 +126,8 @@ class Letter:
     superseded: bool = False  # its record has had a newer change delivered since (a replay would skip it)
 
 
-def _letter(letter: DeadLetter, mask: Mask, *, superseded: bool = False) -> Letter:
+def _letter(letter: DeadLetter, mask: Mask, *, superseded: bool = False, with_record: bool = False) -> Letter:
+    """A letter as the pages show it; its record (pretty and masked) only for the letter's own page."""
     return Letter(
         id=letter.id,
         flow=letter.flow,
@@ -139,7 +140,7 @@ def _letter(letter: DeadLetter, mask: Mask, *, superseded: bool = False) -> Lett
         trace_id=letter.trace_id,
         created_at=letter.created_at,
         replayed_at=letter.replayed_at,
-        record=_pretty(letter.payload, mask),
+        record=_pretty(letter.payload, mask) if with_record else "",
         superseded=superseded,
     )
 
@@ -157,7 +158,7 @@ async def dead_letters(
 async def letter(operator: Operator, letter_id: int) -> Letter | None:
     inbox = inbox_of(operator)
     found, superseded = await inbox.run(one_letter, inbox.store, letter_id)
-    return None if found is None else _letter(found, operator.masker, superseded=superseded)
+    return None if found is None else _letter(found, operator.masker, superseded=superseded, with_record=True)
 
 
 @dataclass(frozen=True, slots=True)

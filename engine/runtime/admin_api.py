@@ -23,7 +23,7 @@ from aiohttp import web
 
 from engine.runtime.inbox import Inbox
 from engine.runtime.operator import FlowInfo, Operator, ReloadResult, RunNowResult
-from engine.runtime.replay import replay_dead_letters
+from engine.runtime.replay import one_letter, replay_dead_letters
 from engine.runtime.system import System
 from engine.runtime.views import dead_letter_json, depth_json, iso_or_none, run_json
 from engine.state import DeadLetter, RecordChange, RunRecord, StateStore
@@ -41,6 +41,7 @@ __all__ = [
     "flow_named",
     "flows_state",
     "inbox_of",
+    "json_response",
     "letter_matches",
     "one_letter",
     "openapi_document",
@@ -66,10 +67,17 @@ class Problem(Exception):
         self.body = {"error": message, **extra}
 
 
-def _json(status: int, body: Any) -> web.Response:
+def json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> web.Response:
+    """An answer of the daemon's HTTP API (the operator's and the webhooks'): ``body`` as JSON."""
     return web.Response(
-        status=status, text=json.dumps(body, ensure_ascii=False, default=str), content_type="application/json"
+        status=status,
+        text=json.dumps(body, ensure_ascii=False, default=str),
+        content_type="application/json",
+        headers=headers,
     )
+
+
+_json = json_response
 
 
 def _answers(*, query: tuple[str, ...] = ()) -> Callable[[Handler], Handler]:
@@ -303,12 +311,6 @@ async def list_dead_letters(request: web.Request) -> web.Response:
     letters = await inbox.run(inbox.store.dead_letters, flow, include_replayed=replayed)
     found = [letter for letter in reversed(letters) if letter_matches(letter, reason, kind)]
     return _json(200, {"dead_letters": [dead_letter_json(d) for d in found[:limit]], "total": len(found)})
-
-
-def one_letter(store: StateStore, letter_id: int) -> tuple[DeadLetter | None, bool]:
-    """The dead letter and whether its record has had a newer change delivered since (a replay would skip it)."""
-    found = next((d for d in store.dead_letters(include_replayed=True) if d.id == letter_id), None)
-    return found, bool(found is not None and store.superseded([letter_id]))
 
 
 @_answers()

@@ -23,6 +23,7 @@ from engine.console import add_console_routes, refusal
 from engine.console.session import COOKIE, CSRF, CSRF_FIELD, CSRF_HEADER, ROLE, SESSIONS, Role, Sessions
 from engine.errors import UsageError
 from engine.runtime.admin_api import add_operator_routes
+from engine.runtime.admin_api import json_response as _json
 from engine.runtime.operator import Operator
 
 if TYPE_CHECKING:
@@ -180,15 +181,6 @@ class _FlowRoutes:
                 405, {"error": f"{request.method} is not served at {request.path}"}, {"Allow": ", ".join(allowed)}
             )
         return _json(404, {"error": f"nothing is served at {request.path}"})
-
-
-def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(
-        status=status,
-        text=json.dumps(body, ensure_ascii=False, default=str),
-        content_type="application/json",
-        headers=headers,
-    )
 
 
 async def _to_console(_request: web.Request) -> web.Response:

@@ -98,8 +98,13 @@ class Metrics:
 
     def total(self, name: str, flow: str) -> float:
         """A counter summed over this process and the processes it absorbs."""
+        return self.totals().get((name, flow), 0.0)
+
+    def totals(self) -> dict[tuple[str, str], float]:
+        """Every counter, (name, flow) -> value, summed over this process and the processes it absorbs: merged
+        once for whoever reads several."""
         with self._lock:
-            return self._merged()[0].get((name, flow), 0.0)
+            return dict(self._merged()[0])
 
     def render(self) -> str:
         lines: list[str] = []

@@ -159,9 +159,10 @@ async def _one_pass(
 def _finished(daemon: Daemon, flow: str) -> int:
     """Records of ``flow`` that reached their outcome, here or in a delivery process (as it last reported, at
     most a second ago); duplicates never entered the inbox."""
-    m = daemon.metrics
-    skipped = sum(m.total(f"skips/{reason}", flow) for reason in SKIP_REASONS if reason != "duplicate")
-    return int(m.total("records/delivered", flow) + skipped + m.total("records/dead_lettered", flow))
+    counts = daemon.metrics.totals()
+    outcomes = [f"skips/{reason}" for reason in SKIP_REASONS if reason != "duplicate"]
+    outcomes += ["records/delivered", "records/dead_lettered"]
+    return int(sum(counts.get((name, flow), 0.0) for name in outcomes))
 
 
 async def _nothing_open(daemon: Daemon, chosen: list[str]) -> bool:
@@ -174,17 +175,17 @@ async def _nothing_open(daemon: Daemon, chosen: list[str]) -> bool:
 
 async def _finish(daemon: Daemon, chosen: list[str], rows: dict[str, dict[str, int]]) -> None:
     inbox = daemon.inbox
-    m = daemon.metrics
     # Every worker (the delivery processes' too) stops first: nothing moves between the counts and the COUNT of
     # what is pending, so each record is in exactly one column even when the deadline cut the pass short.
     await daemon.finish_delivery()
+    totals = daemon.metrics.totals()
     for name in chosen:
         row = rows.setdefault(name, {"read": 0, "records": 0, "new": 0, "rejected": 0, "failed": 0})
-        row["delivered"] = int(m.total("records/delivered", name))
-        row["dead_lettered"] = int(m.total("records/dead_lettered", name))
-        row["retried"] = int(m.total("retried", name))
+        row["delivered"] = int(totals.get(("records/delivered", name), 0))
+        row["dead_lettered"] = int(totals.get(("records/dead_lettered", name), 0))
+        row["retried"] = int(totals.get(("retried", name), 0))
         for reason in SKIP_REASONS:
-            row[f"skipped_{reason}"] = int(m.total(f"skips/{reason}", name))
+            row[f"skipped_{reason}"] = int(totals.get((f"skips/{reason}", name), 0))
         row["skipped"] = sum(row[f"skipped_{reason}"] for reason in SKIP_REASONS)
         if inbox is not None:
             row["pending"] = (await inbox.run(inbox.store.depth, name))["pending"]

@@ -278,7 +278,9 @@ class DeliveryProcesses:
         # A drained process's last counts are on their way (it reports after its drain, then closes): read them
         # to the end, so whoever counts after a stop (run --once's summary) counts every record.
         if self._readers:
-            await asyncio.wait(self._readers, timeout=REPORT_LAST)
+            _, late = await asyncio.wait(self._readers, timeout=REPORT_LAST)
+            if late:  # their last counts are not in the sum: say so rather than let a summary come up short
+                self.log.warning("delivery_report_lost", processes=len(late), waited_s=REPORT_LAST)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from engine.state import DaemonRecord, ReplayRecord, StateStore
+from engine.state import DaemonRecord, DeadLetter, ReplayRecord, StateStore
 
-__all__ = ["ReplayOutcome", "other_versions", "replay_dead_letters"]
+__all__ = ["ReplayOutcome", "one_letter", "other_versions", "replay_dead_letters"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,3 +64,9 @@ def other_versions(store: StateStore, on_disk: str, seen_within: float) -> list[
     """The daemons on this store (heard from within ``seen_within`` seconds) that run another spec version than
     ``on_disk``: letters replayed now are delivered with their version, so a fix on disk is not in effect yet."""
     return [daemon for daemon in store.daemons(seen_within=seen_within) if daemon.spec_version != on_disk]
+
+
+def one_letter(store: StateStore, letter_id: int) -> tuple[DeadLetter | None, bool]:
+    """The dead letter and whether its record has had a newer change delivered since (a replay would skip it)."""
+    found = next(iter(store.dead_letters(include_replayed=True, letter_id=letter_id)), None)
+    return found, bool(found is not None and store.superseded([letter_id]))

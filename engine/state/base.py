@@ -361,7 +361,11 @@ class StateStore(Protocol):
     def cursors(self) -> dict[str, str]: ...
 
     # dead letters -----------------------------------------------------------------------------
-    def dead_letters(self, flow: str | None = None, *, include_replayed: bool = False) -> list[DeadLetter]: ...
+    def dead_letters(
+        self, flow: str | None = None, *, include_replayed: bool = False, letter_id: int | None = None
+    ) -> list[DeadLetter]:
+        """Dead letters, oldest first (``letter_id``: that one only, when it is there)."""
+        ...
 
     def timeline(self, business_key: str, *, flow: str | None = None, limit: int = 20) -> list[RecordChange]:
         """The newest ``limit`` changes of ``business_key`` (in ``flow``, or any), newest first, each with its

@@ -306,6 +306,12 @@ def _item(row: Sequence[Any], **known: Any) -> InboxItem:
     )
 
 
+# One ledger entry: what a target accepted (a second entry for the same item and target is a no-op).
+_LEDGER_ENTRY = (
+    "INSERT INTO ledger (flow, key, target, delivered_at, response, request) VALUES (?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (flow, key, target) DO NOTHING"
+)
+
 # PostgreSQL's group commit (SqlStore.commit_batch): the function of migration v10, its arguments as arrays.
 _POSTGRES_COMMIT_BATCH = (
     "SELECT out_flow, out_key FROM seamline_commit_batch(%s, %s::text[], %s::text[], %s::text[], %s::text[], "
@@ -617,12 +623,16 @@ class SqlStore:
             return self._added(new, self._autocommit(_POSTGRES_COMMIT_BATCH, params))
         with self._lock, self._conn.cursor() as out:
             with self._tx(pipelined=True) as cur:
-                self._forget_intents(cur, entries)
-                for finished in done:
-                    if finished.remember is not None:
-                        self._remember(cur, finished.remember)
+                self._settle_keys(cur, done, entries)
                 out.execute(_POSTGRES_COMMIT_BATCH, params)
             return self._added(new, out.fetchall())  # read after the commit: one round trip
+
+    def _settle_keys(self, cur: Any, done: Sequence[Finished], entries: Sequence[Delivered]) -> None:
+        """What finished items teach their keys: once-only writes no longer in flight, versions and targets."""
+        self._forget_intents(cur, entries)
+        for finished in done:
+            if finished.remember is not None:
+                self._remember(cur, finished.remember)
 
     def _forget_intents(self, cur: Any, entries: Sequence[Delivered]) -> None:
         """The once-only writes these ledger entries answer are no longer in flight."""
@@ -639,17 +649,11 @@ class SqlStore:
         if not done:
             return
         entries = [f.delivery for f in done if f.delivery is not None]
-        self._forget_intents(cur, entries)
-        for finished in done:
-            if finished.remember is not None:
-                self._remember(cur, finished.remember)
+        self._settle_keys(cur, done, entries)
         if entries:
             now = self._clock()
             cur.executemany(
-                self._sql(
-                    "INSERT INTO ledger (flow, key, target, delivered_at, response, request) VALUES (?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT (flow, key, target) DO NOTHING"
-                ),
+                self._sql(_LEDGER_ENTRY),
                 [(e.flow, e.key, e.target, now, e.response[:4000], e.request[:4000]) for e in entries],
             )
         by_outcome: dict[str, list[int]] = {}
@@ -703,20 +707,19 @@ class SqlStore:
             return [_claimed(row) for row in rows]
         with self._tx() as cur:
             cur.execute(self._sql(f"{chosen} {mark}"), params)
-            items = sorted((_item(row) for row in cur.fetchall()), key=lambda item: item.id)
-            if not items:
+            rows = sorted(cur.fetchall(), key=lambda row: int(row[0]))
+            if not rows:
                 return []
-            ids = [item.id for item in items]
-            done, known, latest, intents = self._known(cur, ids)
-        return [
-            replace(
-                item,
-                delivered=frozenset(done.get(item.id, ())),
-                known=frozenset(known.get(item.id, ())),
-                latest=latest.get(item.id),
-                intents=frozenset(intents.get(item.id, ())),
+            done, known, latest, intents = self._known(cur, [int(row[0]) for row in rows])
+        return [  # each item made once, with what its key knows
+            _item(
+                row,
+                delivered=frozenset(done.get(int(row[0]), ())),
+                known=frozenset(known.get(int(row[0]), ())),
+                latest=latest.get(int(row[0])),
+                intents=frozenset(intents.get(int(row[0]), ())),
             )
-            for item in items
+            for row in rows
         ]
 
     def _known(
@@ -956,17 +959,10 @@ class SqlStore:
 
     def _record_delivery(self, cur: Any, entry: Delivered) -> None:
         cur.execute(
-            self._sql(
-                "INSERT INTO ledger (flow, key, target, delivered_at, response, request) VALUES (?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (flow, key, target) DO NOTHING"
-            ),
+            self._sql(_LEDGER_ENTRY),
             (entry.flow, entry.key, entry.target, self._clock(), entry.response[:4000], entry.request[:4000]),
         )
-        if entry.once_only:
-            cur.execute(
-                self._sql("DELETE FROM intents WHERE flow = ? AND key = ? AND target = ?"),
-                (entry.flow, entry.key, entry.target),
-            )
+        self._forget_intents(cur, [entry])
 
     def mark_intent(self, flow: str, key: str, target: str) -> None:
         with self._tx() as cur:
@@ -1072,9 +1068,14 @@ class SqlStore:
             for row in items
         ]
 
-    def dead_letters(self, flow: str | None = None, *, include_replayed: bool = False) -> list[DeadLetter]:
+    def dead_letters(
+        self, flow: str | None = None, *, include_replayed: bool = False, letter_id: int | None = None
+    ) -> list[DeadLetter]:
         where = []
         params: list[Any] = []
+        if letter_id is not None:
+            where.append("d.id = ?")
+            params.append(letter_id)
         if flow:
             where.append("d.flow = ?")
             params.append(flow)
