@@ -190,7 +190,13 @@ def engine(
 ) -> dict[str, Any]:
     for path in files:
         os.link(path, root / "drop" / path.name)
-    spy = ["py-spy", "record", "--rate", "200", "--format", "flamegraph", "-o", profile, "--"] if profile else []
+    # the delivery processes too (--subprocesses); a name not ending in .svg gets collapsed stacks to add up
+    kind = "flamegraph" if profile is not None and profile.endswith(".svg") else "raw"
+    spy = (
+        ["py-spy", "record", "--subprocesses", "--rate", "200", "--format", kind, "-o", profile, "--"]
+        if profile
+        else []
+    )
     command = [
         *spy,
         sys.executable,
@@ -231,9 +237,15 @@ def main() -> None:
     parser.add_argument("--postgres-url", default=rb.POSTGRES_URL)
     parser.add_argument("--deadline", default="2h", help="the pass's --deadline")
     parser.add_argument("--processes", type=int, default=2, help="the pass's --processes (the machine's cores)")
-    parser.add_argument("--workers", type=int, default=16, help="the pass's --workers (per process)")
+    parser.add_argument(
+        "--workers", type=int, default=64, help="the pass's --workers (per process; the daemon's default)"
+    )
     parser.add_argument("--skip-node", action="store_true")
-    parser.add_argument("--profile", metavar="OUT.svg", help="record the pass with py-spy (a flame graph)")
+    parser.add_argument(
+        "--profile",
+        metavar="OUT.svg",
+        help="record the pass and its delivery processes with py-spy (.svg: a flame graph, else collapsed stacks)",
+    )
     args = parser.parse_args()
 
     files = data_files(args.records, args.per_file)

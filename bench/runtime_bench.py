@@ -50,7 +50,7 @@ CPU columns are shares of one core from /proc (a daemon's includes its delivery 
 N-process floor's its N relays); "other" is the rest of the machine's load during the run (it should be
 ~0%: the numbers mean little on a busy machine).
 
-Usage:  python3 bench/runtime_bench.py [--events 10000] [--passes 2] [--concurrency 32] [--workers 16]
+Usage:  python3 bench/runtime_bench.py [--events 10000] [--passes 2] [--concurrency 32] [--workers 64]
         [--processes 2] [--state sqlite|sqlite-relaxed|postgres] [--postgres-url URL]
         [--only all|throughput] [--rate 500] [--seconds 10] [--hits 2000] [--misses 500]
         [--history-rows 100000] [--profile daemon.svg]
@@ -813,7 +813,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=10_000)
     parser.add_argument("--passes", type=int, default=2, help="throughput passes (floors and engine); best is kept")
     parser.add_argument("--concurrency", type=int, default=32, help="load generator connections")
-    parser.add_argument("--workers", type=int, default=16, help="the daemon's --workers")
+    parser.add_argument("--workers", type=int, default=64, help="the daemon's --workers (its default)")
     parser.add_argument(
         "--processes", type=int, default=2, help="the daemon's --processes, and the relays of the wider floor"
     )

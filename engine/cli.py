@@ -325,7 +325,14 @@ def map_command(
     "state_url",
     help="State store URL (default: $SEAMLINE_STATE_URL, the spec's state.url, or sqlite:///.seamline/<client>.db).",
 )
-@click.option("--workers", default=8, show_default=True, type=click.IntRange(1, 256))
+@click.option(
+    "--workers",
+    default=64,
+    show_default=True,
+    type=click.IntRange(1, 256),
+    help="Records in delivery at once per process (each system's limits bound its own requests; at most 64 MiB "
+    "of record text is held).",
+)
 @click.option(
     "--processes",
     default=1,

@@ -81,7 +81,7 @@ class DaemonOptions:
     token: str | None = None  # the operator's: everything, changes included
     view_token: str | None = None  # read-only: the console and the API's GETs
     dev: bool = False
-    workers: int = 8
+    workers: int = 64  # records in delivery at once: each mostly waits for its group commit, not for CPU
     flows: list[str] | None = None  # None: every flow
     state_url: str | None = None
     drain_timeout: float = 20.0

@@ -48,6 +48,10 @@ REQUEST_SUMMARY = 1000  # chars of what a target was sent that the ledger keeps,
 # A record this long is transformed on a thread of its own: the event loop goes on serving webhooks and the
 # other workers meanwhile (jlens lets go of the GIL while it evaluates). Shorter ones cost less than the hop.
 HEAVY_RECORD = 256 * 1024  # characters of JSON text
+# A pool holds at most this much record text (claimed, ready or being delivered): many workers keep a batch
+# moving while each waits for its group commit, and this keeps a backlog of huge records from filling memory.
+HELD_TEXT = 64 * 1024 * 1024  # characters
+PROBE = 8  # items a pool claims while it has not yet seen how long its records are
 
 
 @dataclass(frozen=True, slots=True)
@@ -419,8 +423,10 @@ class WorkerPool:
     One task claims for all workers (a claim per batch, not per worker); each worker takes the next
     item. The pool holds at most a quarter more items than it has workers: items claimed beyond that
     would wait here while another pool on the same store (``--processes``) has idle workers and finds
-    nothing to claim. Per-key order holds because the store never hands out a key's next change while
-    an earlier one is open.
+    nothing to claim. It also holds at most ``held_text`` characters of records: a claim asks for as many
+    items as fit by the length of those claimed before (``PROBE`` while it knows none), and none while the
+    pool is full, though never fewer than one for a pool with nothing in hand. Per-key order holds because
+    the store never hands out a key's next change while an earlier one is open.
     """
 
     def __init__(
@@ -432,9 +438,13 @@ class WorkerPool:
         idle: float = 0.05,
         flows: list[str] | None = None,
         name: str = "worker",
+        held_text: int = HELD_TEXT,
     ) -> None:
         self.delivery = delivery
         self.size = size
+        self.held_text = held_text
+        self._text = 0  # characters of the records in hand
+        self._mean = 0.0  # characters per record, as claimed lately (0: none seen yet)
         self.step = max(1, size // 4)  # claim once this many workers could use an item
         self.hold = size + self.step  # items in hand at most: being worked on, or ready for the next free worker
         self.lease = lease
@@ -469,12 +479,12 @@ class WorkerPool:
             room = self.hold - held
             # Topping up after every take would claim one item per transaction: wait for a step's worth
             # of room (a pool with nothing in hand always claims: at low load no item is kept waiting).
-            if room <= 0 or (held and room < self.step):
+            if room <= 0 or (held and (room < self.step or self._text >= self.held_text)):
                 self._freed.clear()
                 await self._freed.wait()
                 continue
             try:
-                items = await inbox.claim(self.name, room, self.lease, self.flows)
+                items = await inbox.claim(self.name, self._claim_limit(room), self.lease, self.flows)
             except Exception as exc:  # a store busy past its lock timeout, or gone for a while: try again soon
                 self.delivery.log.error("claim_failed", worker=self.name, error=str(exc))
                 await asyncio.sleep(max(self.idle, 1.0))
@@ -482,12 +492,28 @@ class WorkerPool:
             if self._stopping.is_set():
                 await inbox.release([i.id for i in items])
                 return
+            self._took(items)
             for item in items:
                 self._ready.put_nowait(item)
             if not items:
                 self.wakeup.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wakeup.wait(), timeout=self.idle)
+
+    def _claim_limit(self, room: int) -> int:
+        """How many items the next claim asks for: what fits into ``room`` and into the text budget."""
+        if not self._mean:
+            return min(room, PROBE)
+        # at least one: the claimer waits while the pool is full, so this runs with room under the budget
+        return max(1, min(room, int((self.held_text - self._text) // self._mean)))
+
+    def _took(self, items: list[InboxItem]) -> None:
+        if not items:
+            return
+        length = sum(len(item.text) for item in items)
+        self._text += length
+        mean = length / len(items)
+        self._mean = mean if not self._mean else 0.7 * self._mean + 0.3 * mean
 
     async def _run(self) -> None:
         inbox = self.delivery.inbox
@@ -497,6 +523,7 @@ class WorkerPool:
             if item is None:
                 return  # stop() queued one of these per worker
             if self._stopping.is_set():
+                self._text -= len(item.text)
                 await inbox.release([item.id])  # claimed, never started: back at once, no attempt counted
                 continue
             self.in_flight += 1
@@ -508,6 +535,7 @@ class WorkerPool:
                     await inbox.retry(item.id, 5.0, f"internal error: {exc!r}")
             finally:
                 self.in_flight -= 1
+                self._text -= len(item.text)
                 self._freed.set()
 
     async def drain(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -238,35 +239,41 @@ flows:
 """
 
 
+def _shop_delivery(tmp_path: Path, store: Any, shop_url: str, log: Any) -> tuple[Any, Inbox, Any]:
+    """(the shop's connection, the inbox, a Delivery) for CLAIM_SPEC's stock flow against ``shop_url``."""
+    from connectors.http import CONNECTOR as HTTP
+    from connectors.http import HttpOptions
+    from engine.connector import ConnectContext, default_registry
+    from engine.flow import load_client
+    from engine.runtime.metrics import Metrics
+    from engine.runtime.system import System
+    from engine.runtime.worker import Delivery
+
+    (tmp_path / "seamline.yaml").write_text(CLAIM_SPEC.format(url=shop_url), encoding="utf-8")
+    client = load_client(tmp_path / "seamline.yaml", environ={})
+    options = HttpOptions.model_validate(client.report.merged.data["systems"]["shop"])
+    connection = HTTP.open(options, ConnectContext(system="shop", client="pooltest"))
+    inbox = Inbox(store)
+    systems = {"shop": System("shop", connection, Budget(None), Breaker())}
+    return connection, inbox, Delivery(client, inbox, systems, default_registry(), Metrics("c"), log)
+
+
 def test_a_claim_the_store_refuses_is_logged_and_the_workers_go_on_once_it_answers(tmp_path: Path) -> None:
     """A store busy past its lock timeout fails the claim: logged, tried again, and nothing is lost."""
     import io
     import json
     import sqlite3
 
-    from connectors.http import CONNECTOR as HTTP
-    from connectors.http import HttpOptions
     from connectors.http.fake import FakeHttpServer
-    from engine.connector import ConnectContext, default_registry
-    from engine.flow import load_client
     from engine.runtime.logs import JsonLog
-    from engine.runtime.metrics import Metrics
-    from engine.runtime.system import System
-    from engine.runtime.worker import Delivery, WorkerPool
+    from engine.runtime.worker import WorkerPool
 
     state = tmp_path / "state.db"
     store = open_store(f"sqlite:///{state}", lock_timeout=0.05)
     store.enqueue([NewItem("stock", f"S{n}", f"S{n}", {"sku": f"S{n}"}, "test") for n in range(5)])
     stream = io.StringIO()
     with FakeHttpServer(port=0) as shop:
-        (tmp_path / "seamline.yaml").write_text(CLAIM_SPEC.format(url=shop.url), encoding="utf-8")
-        client = load_client(tmp_path / "seamline.yaml", environ={})
-        options = HttpOptions.model_validate(client.report.merged.data["systems"]["shop"])
-        connection = HTTP.open(options, ConnectContext(system="shop", client="claimtest"))
-        log = JsonLog("claimtest", Masker(), stream)
-        inbox = Inbox(store)
-        systems = {"shop": System("shop", connection, Budget(None), Breaker())}
-        delivery = Delivery(client, inbox, systems, default_registry(), Metrics("c"), log)
+        connection, inbox, delivery = _shop_delivery(tmp_path, store, shop.url, JsonLog("claimtest", Masker(), stream))
         blocker = sqlite3.connect(state, isolation_level=None)
         blocker.execute("BEGIN IMMEDIATE")  # another writer holds the file: every claim times out
 
@@ -291,6 +298,53 @@ def test_a_claim_the_store_refuses_is_logged_and_the_workers_go_on_once_it_answe
         assert sorted(w["path"] for w in shop.writes("/stock/")) == [f"/stock/S{n}" for n in range(5)]
     blocker.close()
     store.close()
+
+
+def _most_in_hand(tmp_path: Path, records: list[dict[str, str]], held_text: int) -> tuple[int, int, list[str]]:
+    """(most items in flight at once, most after the first claim, paths written) while a 64-worker pool
+    delivers ``records`` to a shop that takes 50 ms per write; in flight read from the store itself."""
+    from connectors.http.fake import FakeHttpServer
+    from engine.runtime.logs import JsonLog
+    from engine.runtime.worker import WorkerPool
+
+    store = open_store(f"sqlite:///{tmp_path / 'state.db'}")
+    store.enqueue([NewItem("stock", r["sku"], r["sku"], r, "test") for r in records])
+    with FakeHttpServer(port=0) as shop:
+        shop.configure(latency=0.05)
+        connection, inbox, delivery = _shop_delivery(tmp_path, store, shop.url, JsonLog("holdtest", Masker()))
+        seen: list[int] = []
+
+        async def scenario() -> None:
+            pool = WorkerPool(delivery, size=64, idle=0.01, held_text=held_text)
+            pool.start()
+            until = time.monotonic() + 30
+            while shop.applied_count("/stock/") < len(records) and time.monotonic() < until:
+                seen.append((await inbox.run(store.depth))["inflight"])
+                await asyncio.sleep(0.005)
+            pool.stop()
+            await pool.join()
+            await connection.close()
+
+        asyncio.run(scenario())
+        inbox.close()
+        written = sorted(w["path"] for w in shop.writes("/stock/"))
+    store.close()
+    first = next((i for i, n in enumerate(seen) if n), 0)
+    later = [n for n in seen[first:] if n] or [0]
+    return max(seen), max(later[len(later) // 2 :]), written
+
+
+def test_a_pool_holds_no_more_record_text_than_its_budget_and_many_small_records_at_once(tmp_path: Path) -> None:
+    """Was: a pool held size + size/4 records whatever their length (80 of 15 MB each at 64 workers). Now: as
+    many as fit into its text budget, at least one; small records fill its workers."""
+    big = [{"sku": f"B{n:02d}", "note": "x" * 100_000} for n in range(30)]
+    most, late, written = _most_in_hand(tmp_path / "big", big, held_text=250_000)
+    assert written == [f"/stock/B{n:02d}" for n in range(30)]  # every record once
+    assert most <= 8 and late <= 3, (most, late)  # the first claim's probe, then what 250,000 characters hold
+    small = [{"sku": f"S{n:03d}"} for n in range(120)]
+    most, late, written = _most_in_hand(tmp_path / "small", small, held_text=250_000)
+    assert written == [f"/stock/S{n:03d}" for n in range(120)]
+    assert most > 16, most  # many small records in flight at once: the shop's 50 ms is waited for side by side
 
 
 def test_backoff_delays_for_the_same_attempt_are_spread_across_the_jitter_range() -> None:
