@@ -527,6 +527,34 @@ class AlertMonitor:
         self._windows: dict[tuple[str, str], _Window] = {}
         self._outbox: dict[str, deque[Notice]] = {name: deque() for name in self.notifiers}
 
+    def take_over(self, previous: AlertMonitor | None) -> None:
+        """Carry on from the monitor a reload replaces (``None``: the new spec has no rules, so nothing carries on).
+
+        The incidents and windows of rules still in the spec (by name) come along, so an open incident is not
+        announced twice and still gets its resolved notice; notices still waiting for a notifier the new spec
+        has go out from here, in order. Those for a notifier it no longer has are logged as dropped, never
+        lost without a word. A notice whose sending the reload cut short may go out twice (at least once).
+        """
+        if previous is None:
+            return
+        self.started = previous.started
+        self._incidents.update({key: value for key, value in previous._incidents.items() if key[0] in self.rules})
+        self._windows.update({key: value for key, value in previous._windows.items() if key[0] in self.rules})
+        for name, waiting in previous._outbox.items():
+            if name in self._outbox:
+                self._outbox[name].extend(waiting)
+            elif waiting:
+                previous.drop_waiting(name, "the reloaded spec has no such notifier")
+
+    def drop_waiting(self, notifier: str, why: str) -> None:
+        """Give up the notices waiting for ``notifier``, each with a log line that says what was not sent."""
+        waiting = self._outbox.get(notifier, deque())
+        while waiting:
+            notice = waiting.popleft()
+            self.log.warning(
+                "alert_notice_dropped", notifier=notifier, rule=notice.rule, status=notice.status, reason=why
+            )
+
     async def run(self, stop: asyncio.Event, every: float | None = None) -> None:
         """Check every ``every`` seconds (the spec's ``alerts.every`` by default) until ``stop`` is set."""
         interval = self.every if every is None else every

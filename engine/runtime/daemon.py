@@ -180,6 +180,7 @@ class Daemon:
         self._intake.set()
         self.generation = 0  # +1 at each reload: the API's routes follow the flows running now
         self._alerts: asyncio.Task[None] | None = None
+        self._monitor: AlertMonitor | None = None  # the one running: a reload's new monitor takes over from it
         self._traces: TracerProvider | None = None  # the provider this daemon configured, if any
         self._disk_files: list[str] = []  # the files of the spec on disk, as last loaded
         self._disk_seen: tuple[tuple[tuple[str, int, int], ...], str | None] | None = None  # their stamp, version
@@ -755,13 +756,19 @@ class Daemon:
             tracing.shutdown()  # the last spans are exported before the process ends
 
     def _start_alerts(self, monitor: AlertMonitor | None) -> None:
-        """Run the spec's alert rules (a reload replaces the monitor with the new spec's)."""
+        """Run the spec's alert rules (a reload replaces the monitor with the new spec's, which carries on from
+        the old one: its open incidents and the notices still waiting to be sent)."""
+        previous, self._monitor = self._monitor, monitor
         if self._alerts is not None:
             self._alerts.cancel()
             self._alerts = None
         if monitor is not None:
+            monitor.take_over(previous)
             self._alerts = asyncio.create_task(monitor.run(self._stop_event), name="alerts")
             self._tasks.append(self._alerts)
+        elif previous is not None:
+            for notifier in previous.notifiers:
+                previous.drop_waiting(notifier, "the reloaded spec has no alert rules")
 
     def _reload_on_signal(self) -> None:
         """SIGHUP: reload in the background; the outcome is in the log (reloaded, or reload_refused with why)."""

@@ -35,6 +35,8 @@ from engine.errors import Severity
 from engine.runtime.alerts import AlertMonitor, Notice, Sent, monitor_for
 from engine.runtime.daemon import Daemon, DaemonOptions
 from engine.runtime.guards import Backoff
+from engine.runtime.logs import JsonLog
+from engine.secrets import Masker
 from engine.spec import validate_spec
 from engine.spec.model import ALERT_CONDITIONS, AlertWhen
 
@@ -315,6 +317,56 @@ def test_the_running_daemon_checks_its_rules_by_itself_and_a_reload_takes_the_ne
             assert hook.received[1]["alert"]["rule"] == "orders-letters"
 
     asyncio.run(scenario())
+
+
+def test_a_reload_hands_the_notices_still_waiting_and_the_open_incidents_to_the_new_monitor(
+    tmp_path: Path, fakes: tuple[FakeHttpServer, FakeHttpServer], mailbox: Mailbox
+) -> None:
+    """Was: a reload replaced the monitor and with it what the monitor held: a notice waiting for a chat that
+    was down was never sent, and nothing said so. Now the new monitor sends it once the chat answers, and the
+    open incident is the same one (not announced again)."""
+    _, shop = fakes
+    shop.fail_next("all", status=400)
+    rules = "    orders-dead-letters: { when: dead_letters_growing, flow: orders, over: 1h }\n"
+    hook = Hook(status=500)
+
+    async def scenario() -> None:
+        async with serving(hook), running(tmp_path, spec(ORDERS, rules), fakes, hook, mailbox, alerts=True) as daemon:
+            await post_orders(daemon, "A")
+
+            def webhook_failed() -> int:
+                return sum(1 for e in log_events(daemon, "alert_notify_failed") if e["notifier"] == "webhook")
+
+            await _until(lambda: len(mailbox.messages) == 1 and webhook_failed() >= 1, "e-mailed, the chat's waiting")
+            newer = spec(ORDERS, rules).replace("every: 100ms", "every: 50ms")  # same rules and notifiers
+            (tmp_path / "seamline.yaml").write_text(newer, encoding="utf-8")
+            assert (await daemon.reload()).reloaded
+            failed_before = webhook_failed()
+            await _until(lambda: webhook_failed() > failed_before, "the new monitor to try the waiting notice")
+            hook.status = 200
+            await _until(lambda: len(hook.received) == 1, "the notice that waited through the reload")
+            await post_orders(daemon, "B")  # more letters: the same incident, still open
+            await asyncio.sleep(0.5)  # ten checks of the new monitor
+            assert len(hook.received) == 1 and len(mailbox.messages) == 1, (hook.received, mailbox.subjects())
+            assert hook.received[0]["alert"]["rule"] == "orders-dead-letters"
+            assert hook.received[0]["alert"]["status"] == "firing"
+            assert not log_events(daemon, "alert_notice_dropped")
+
+    asyncio.run(scenario())
+
+
+def test_a_notice_for_a_notifier_the_reloaded_spec_no_longer_has_is_logged_as_dropped() -> None:
+    stream = io.StringIO()
+    log = JsonLog("watched", Masker(), stream)
+    notice = Notice("watched", "r", "dead_letters_growing", "firing", "flow", "orders", "3 new", "", 1.0, 2.0)
+    old = AlertMonitor({}, typing.cast(Any, None), {"email": typing.cast(Any, None)}, log)
+    old._outbox["email"].append(notice)
+    new = AlertMonitor({}, typing.cast(Any, None), {"webhook": typing.cast(Any, None)}, log)
+    new.take_over(old)
+    assert new.waiting("webhook") == 0 and old.waiting("email") == 0
+    (line,) = [json.loads(x) for x in stream.getvalue().splitlines() if "alert_notice_dropped" in x]
+    assert (line["notifier"], line["rule"], line["status"]) == ("email", "r", "firing")
+    assert line["reason"] == "the reloaded spec has no such notifier"
 
 
 def test_dead_letters_one_notice_per_incident_to_both_notifiers_then_one_resolved(
