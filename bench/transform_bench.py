@@ -82,6 +82,21 @@ def run_json_text(lines: list[str], passes: int, threads: int = 1) -> float:
     return count / seconds
 
 
+def run_bare_jlens(lines: list[str], passes: int) -> float:
+    """jlens's own ``evaluate_json``, no engine around it: the most the engine's JSON-text path can reach."""
+    import jlens
+
+    expr = jlens.Expression(MAPPING.read_text())
+
+    def work() -> int:
+        for line in lines:
+            expr.evaluate_json(line)
+        return len(lines)
+
+    seconds, count = best_of(passes, work)
+    return count / seconds
+
+
 def run_node(data: Path, passes: int) -> float | None:
     node, npm = shutil.which("node"), shutil.which("npm")
     if not node or not npm:
@@ -117,6 +132,7 @@ def main() -> None:
         rows.append(("jsonata-python, dict in/out", run_dicts("jsonata-python", lines[: args.slow_records], 1)))
     if "jlens" in available_backends():
         rows.append(("jlens, dict in/out", run_dicts("jlens", lines, args.passes)))
+        rows.append(("jlens bare (its own evaluate_json, no engine), JSON text", run_bare_jlens(lines, args.passes)))
         rows.append(("jlens, JSON text end to end", run_json_text(lines, args.passes)))
         rows.append(("jlens, JSON text, 2 threads", run_json_text(lines, args.passes, threads=2)))
     print(f"{args.records} records, {MAPPING.name} ({len(MAPPING.read_text().splitlines())} lines)\n")
