@@ -27,7 +27,6 @@ The daemon starts it with :func:`monitor_for`, which answers None when the spec 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import math
 import smtplib
@@ -526,20 +525,24 @@ class AlertMonitor:
         self._incidents: dict[tuple[str, str], _Incident] = {}
         self._windows: dict[tuple[str, str], _Window] = {}
         self._outbox: dict[str, deque[Notice]] = {name: deque() for name in self.notifiers}
+        self._halted = asyncio.Event()
 
     def take_over(self, previous: AlertMonitor | None) -> None:
         """Carry on from the monitor a reload replaces (``None``: the new spec has no rules, so nothing carries on).
 
-        The incidents and windows of rules still in the spec (by name) come along, so an open incident is not
-        announced twice and still gets its resolved notice; notices still waiting for a notifier the new spec
-        has go out from here, in order. Those for a notifier it no longer has are logged as dropped, never
-        lost without a word. A notice whose sending the reload cut short may go out twice (at least once).
+        The incidents and windows of the rules the new spec keeps as they were (same name, same definition) come
+        along, so an open incident is not announced twice and still gets its resolved notice; a rule that changed
+        starts afresh (its old samples may not even be of the same measure). Notices still waiting for a notifier
+        the new spec has go out from here, in order; those for a notifier it no longer has are logged as dropped,
+        never lost without a word. Call it once ``previous`` has stopped (:meth:`halt`), so that no notice it was
+        sending is sent again from here.
         """
         if previous is None:
             return
         self.started = previous.started
-        self._incidents.update({key: value for key, value in previous._incidents.items() if key[0] in self.rules})
-        self._windows.update({key: value for key, value in previous._windows.items() if key[0] in self.rules})
+        kept = {name for name, rule in self.rules.items() if previous.rules.get(name) == rule}
+        self._incidents.update({key: value for key, value in previous._incidents.items() if key[0] in kept})
+        self._windows.update({key: value for key, value in previous._windows.items() if key[0] in kept})
         for name, waiting in previous._outbox.items():
             if name in self._outbox:
                 self._outbox[name].extend(waiting)
@@ -555,16 +558,20 @@ class AlertMonitor:
                 "alert_notice_dropped", notifier=notifier, rule=notice.rule, status=notice.status, reason=why
             )
 
+    def halt(self) -> None:
+        """End :meth:`run` after the check under way (its notices sent or left waiting), not in the middle of it."""
+        self._halted.set()
+
     async def run(self, stop: asyncio.Event, every: float | None = None) -> None:
-        """Check every ``every`` seconds (the spec's ``alerts.every`` by default) until ``stop`` is set."""
+        """Check every ``every`` seconds (the spec's ``alerts.every`` by default) until ``stop`` is set or
+        :meth:`halt` is called."""
         interval = self.every if every is None else every
-        while not stop.is_set():
+        while not (stop.is_set() or self._halted.is_set()):
             try:
                 await self.check_once()
             except Exception as exc:  # a bug in a rule must not end the alerts: the next check tries again
                 self.log.error("alert_check_failed", error=f"{type(exc).__name__}: {exc}")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), interval)
+            await _first_set(stop, self._halted, interval)
 
     @property
     def firing(self) -> dict[tuple[str, str], str]:
@@ -772,6 +779,16 @@ class AlertMonitor:
             sent.append(Sent(notice, name))
             self.log.info("alert_notified", notifier=name, rule=notice.rule, status=notice.status)
         return sent
+
+
+async def _first_set(one: asyncio.Event, other: asyncio.Event, timeout: float) -> None:
+    """Wait until either event is set, or ``timeout`` seconds."""
+    waits = [asyncio.ensure_future(one.wait()), asyncio.ensure_future(other.wait())]
+    try:
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
 
 
 def _only(values: dict[str, Any], name: str | None) -> dict[str, Any]:

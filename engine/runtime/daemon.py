@@ -71,6 +71,8 @@ __all__ = ["HEARTBEAT", "Daemon", "DaemonOptions", "resolve_state_url", "retenti
 T = TypeVar("T")
 
 BREAKER_STATES = {"closed": 0, "half-open": 1, "open": 2}
+# How long a reload waits for the old alert monitor to finish its check (a notifier's own timeout is its bound).
+ALERTS_HANDOVER = 15.0
 HEARTBEAT = 30.0  # seconds between a daemon's "I run spec version X" on the store; stale after 3 missed
 
 
@@ -536,9 +538,9 @@ class Daemon:
                 successor.install()
                 assert self.inbox is not None
                 await self._start_flows(self.inbox)
-                self._start_alerts(monitor)
             finally:
                 self._intake.set()
+            await self._start_alerts(monitor)  # with the intake open: a slow notifier holds up no webhook
             self.log.info("reloaded", spec_version=self.spec_version, previous=previous, flows=self.flow_names)
             return ReloadResult(True, self.spec_version, previous, message=f"now running version {self.spec_version}")
 
@@ -588,7 +590,7 @@ class Daemon:
         assert self.pool is not None
         self._tasks.append(asyncio.create_task(self._prune_loop(inbox), name="prune"))
         self._tasks.append(asyncio.create_task(self._heartbeat(inbox, self.pool.name), name="heartbeat"))
-        self._start_alerts(monitor)
+        await self._start_alerts(monitor)
         if self.options.serve_http:
             self._runner = web.AppRunner(build_app(self, self), access_log=None, handle_signals=False)
             await self._runner.setup()
@@ -755,13 +757,21 @@ class Daemon:
         if self._traces is not None:
             tracing.shutdown()  # the last spans are exported before the process ends
 
-    def _start_alerts(self, monitor: AlertMonitor | None) -> None:
+    async def _start_alerts(self, monitor: AlertMonitor | None) -> None:
         """Run the spec's alert rules (a reload replaces the monitor with the new spec's, which carries on from
-        the old one: its open incidents and the notices still waiting to be sent)."""
+        the old one: its open incidents and the notices still waiting to be sent).
+
+        The old monitor finishes the check under way first, so a notice it is sending is not sent again by the
+        new one; one stuck past ``ALERTS_HANDOVER`` seconds is cut short (that notice may then go out twice)."""
         previous, self._monitor = self._monitor, monitor
         if self._alerts is not None:
-            self._alerts.cancel()
-            self._alerts = None
+            running, self._alerts = self._alerts, None
+            if previous is not None:
+                previous.halt()
+            finished, _ = await asyncio.wait({running}, timeout=ALERTS_HANDOVER)
+            if not finished:
+                running.cancel()
+                self.log.warning("alerts_handover_cut", after_s=ALERTS_HANDOVER, hint="a notice may be sent twice")
         if monitor is not None:
             monitor.take_over(previous)
             self._alerts = asyncio.create_task(monitor.run(self._stop_event), name="alerts")

@@ -67,8 +67,10 @@ class Inbox:
         """Any store call, on the store's thread (so the loop never waits on the store's lock)."""
         return await asyncio.get_running_loop().run_in_executor(self._thread, functools.partial(call, *args, **kwargs))
 
-    async def claim(self, worker: str, limit: int, lease: float, flows: Sequence[str] | None) -> list[InboxItem]:
-        return await self.run(self.store.claim, worker, limit, lease, flows)
+    async def claim(
+        self, worker: str, limit: int, lease: float, flows: Sequence[str] | None, *, text_budget: int | None = None
+    ) -> list[InboxItem]:
+        return await self.run(self.store.claim, worker, limit, lease, flows, text_budget=text_budget)
 
     async def retry(self, item_id: int, delay: float, error: str, *, count_attempt: bool = True) -> None:
         await self.run(self.store.retry_later, item_id, delay, error, count_attempt=count_attempt)

@@ -67,6 +67,11 @@ def other_versions(store: StateStore, on_disk: str, seen_within: float) -> list[
 
 
 def one_letter(store: StateStore, letter_id: int) -> tuple[DeadLetter | None, bool]:
-    """The dead letter and whether its record has had a newer change delivered since (a replay would skip it)."""
+    """The dead letter and whether its record has had a newer change delivered since (a replay would skip it).
+
+    An id no store can hold (a letter's id is a positive 64-bit integer) is no letter: not a question for the store,
+    which could not even take the number."""
+    if not 0 < letter_id < 2**63:
+        return None, False
     found = next(iter(store.dead_letters(include_replayed=True, letter_id=letter_id)), None)
     return found, bool(found is not None and store.superseded([letter_id]))

@@ -51,7 +51,6 @@ HEAVY_RECORD = 256 * 1024  # characters of JSON text
 # A pool holds at most this much record text (claimed, ready or being delivered): many workers keep a batch
 # moving while each waits for its group commit, and this keeps a backlog of huge records from filling memory.
 HELD_TEXT = 64 * 1024 * 1024  # characters
-PROBE = 8  # items a pool claims while it has not yet seen how long its records are
 
 
 @dataclass(frozen=True, slots=True)
@@ -423,10 +422,10 @@ class WorkerPool:
     One task claims for all workers (a claim per batch, not per worker); each worker takes the next
     item. The pool holds at most a quarter more items than it has workers: items claimed beyond that
     would wait here while another pool on the same store (``--processes``) has idle workers and finds
-    nothing to claim. It also holds at most ``held_text`` characters of records: a claim asks for as many
-    items as fit by the length of those claimed before (``PROBE`` while it knows none), and none while the
-    pool is full, though never fewer than one for a pool with nothing in hand. Per-key order holds because
-    the store never hands out a key's next change while an earlier one is open.
+    nothing to claim. It also holds at most ``held_text`` characters of records: a claim takes only what
+    fits into what is left of that budget (the store measures the records before it hands them out; its
+    oldest one always comes, so the pool may hold one record more), none while the pool is full. Per-key
+    order holds because the store never hands out a key's next change while an earlier one is open.
     """
 
     def __init__(
@@ -444,7 +443,6 @@ class WorkerPool:
         self.size = size
         self.held_text = held_text
         self._text = 0  # characters of the records in hand
-        self._mean = 0.0  # characters per record, as claimed lately (0: none seen yet)
         self.step = max(1, size // 4)  # claim once this many workers could use an item
         self.hold = size + self.step  # items in hand at most: being worked on, or ready for the next free worker
         self.lease = lease
@@ -457,6 +455,11 @@ class WorkerPool:
         self._freed = asyncio.Event()  # a worker took or finished an item: there may be room to claim more
         self.in_flight = 0
         self.wakeup = asyncio.Event()
+
+    @property
+    def holding(self) -> int:
+        """Characters of record text in hand: claimed, ready or being delivered."""
+        return self._text
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._claim(), name=f"{self.name}-claimer")]
@@ -484,7 +487,9 @@ class WorkerPool:
                 await self._freed.wait()
                 continue
             try:
-                items = await inbox.claim(self.name, self._claim_limit(room), self.lease, self.flows)
+                items = await inbox.claim(
+                    self.name, room, self.lease, self.flows, text_budget=max(0, self.held_text - self._text)
+                )
             except Exception as exc:  # a store busy past its lock timeout, or gone for a while: try again soon
                 self.delivery.log.error("claim_failed", worker=self.name, error=str(exc))
                 await asyncio.sleep(max(self.idle, 1.0))
@@ -492,28 +497,13 @@ class WorkerPool:
             if self._stopping.is_set():
                 await inbox.release([i.id for i in items])
                 return
-            self._took(items)
+            self._text += sum(len(item.text) for item in items)
             for item in items:
                 self._ready.put_nowait(item)
             if not items:
                 self.wakeup.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wakeup.wait(), timeout=self.idle)
-
-    def _claim_limit(self, room: int) -> int:
-        """How many items the next claim asks for: what fits into ``room`` and into the text budget."""
-        if not self._mean:
-            return min(room, PROBE)
-        # at least one: the claimer waits while the pool is full, so this runs with room under the budget
-        return max(1, min(room, int((self.held_text - self._text) // self._mean)))
-
-    def _took(self, items: list[InboxItem]) -> None:
-        if not items:
-            return
-        length = sum(len(item.text) for item in items)
-        self._text += length
-        mean = length / len(items)
-        self._mean = mean if not self._mean else 0.7 * self._mean + 0.3 * mean
 
     async def _run(self) -> None:
         inbox = self.delivery.inbox

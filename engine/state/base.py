@@ -250,8 +250,17 @@ class StateStore(Protocol):
         """Store items durably; returns how many were new (a known key is skipped, not an error)."""
         ...
 
-    def claim(self, worker: str, limit: int, lease: float, flows: Sequence[str] | None = None) -> list[InboxItem]:
-        """Up to ``limit`` items ready to work on, the oldest first, one per business key.
+    def claim(
+        self,
+        worker: str,
+        limit: int,
+        lease: float,
+        flows: Sequence[str] | None = None,
+        *,
+        text_budget: int | None = None,
+    ) -> list[InboxItem]:
+        """Up to ``limit`` items ready to work on, the oldest first, one per business key; with ``text_budget``, only
+        as many of those as fit into that many characters of record text (always the first).
 
         Each item carries the targets the ledger already holds for it (``InboxItem.delivered``).
         """

@@ -43,6 +43,8 @@ class Dialect:
     blob: str = "BLOB"  # a column of raw bytes
 
 
+UNLIMITED_TEXT = 2**62  # a claim's text budget when none is given
+
 # Each step is a list of statements; {id}, {real} are filled from the dialect. Never edit a step
 # that has shipped: add a new one.
 MIGRATIONS: list[list[str]] = [
@@ -669,7 +671,15 @@ class SqlStore:
             )
         self._promote_next(cur, [f.item_id for f in done])
 
-    def claim(self, worker: str, limit: int, lease: float, flows: Sequence[str] | None = None) -> list[InboxItem]:
+    def claim(
+        self,
+        worker: str,
+        limit: int,
+        lease: float,
+        flows: Sequence[str] | None = None,
+        *,
+        text_budget: int | None = None,
+    ) -> list[InboxItem]:
         now = self._clock()
         flow_filter = ready_filter = ""
         flows_params: tuple[str, ...] = ()
@@ -692,16 +702,24 @@ class SqlStore:
             f"SELECT i.id FROM inbox i WHERE i.status = 'inflight' AND i.lease_until < ?{flow_filter} "
             f"ORDER BY i.lease_until, i.id LIMIT ?{self.dialect.skip_locked}"
         )
-        # One statement marks and reads the claimed items: the oldest `limit` of both walks.
+        # One statement marks and reads the claimed items: the oldest `limit` of both walks, and of those, in order,
+        # as many as fit into ``text_budget`` characters of record text (the first one whatever its length): the
+        # claim itself never loads more than that, however long the records waiting are.
+        # (PostgreSQL's octet_length reads a long value's stored size, not the value; SQLite's length counts.)
+        size = "octet_length" if self.dialect.name == "postgres" else "length"
         chosen = (
             f"WITH candidates AS (SELECT id FROM ({expired}) AS e UNION ALL SELECT id FROM ({ready}) AS r), "
-            "chosen AS (SELECT id FROM candidates ORDER BY id LIMIT ?)"
+            "oldest AS (SELECT id FROM candidates ORDER BY id LIMIT ?), "
+            f"sized AS (SELECT o.id, ROW_NUMBER() OVER w AS n, SUM({size}(x.payload)) OVER w AS upto "
+            "FROM oldest o JOIN inbox x ON x.id = o.id WINDOW w AS (ORDER BY o.id)), "
+            "chosen AS (SELECT id FROM sized WHERE n = 1 OR upto <= ?)"
         )
         mark = (
             "UPDATE inbox SET status = 'inflight', lease_until = ?, worker = ? WHERE id IN (SELECT id FROM chosen) "
             f"RETURNING {_ITEM_COLUMNS}"
         )
-        params = (now, *flows_params, limit, now, *flows_params, limit, limit, now + lease, worker)
+        budget = UNLIMITED_TEXT if text_budget is None else text_budget
+        params = (now, *flows_params, limit, now, *flows_params, limit, limit, budget, now + lease, worker)
         if self.dialect.name == "postgres":  # and what the items' keys know, in the same statement
             rows = self._autocommit(self._sql(f"{chosen}, claimed AS ({mark}) {_POSTGRES_CLAIM_KNOWN}"), params)
             return [_claimed(row) for row in rows]

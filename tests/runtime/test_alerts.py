@@ -32,13 +32,13 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from connectors.http.fake import FakeHttpServer
 from engine.errors import Severity
-from engine.runtime.alerts import AlertMonitor, Notice, Sent, monitor_for
+from engine.runtime.alerts import AlertMonitor, Finding, Notice, Sent, _Incident, monitor_for
 from engine.runtime.daemon import Daemon, DaemonOptions
 from engine.runtime.guards import Backoff
 from engine.runtime.logs import JsonLog
 from engine.secrets import Masker
 from engine.spec import validate_spec
-from engine.spec.model import ALERT_CONDITIONS, AlertWhen
+from engine.spec.model import ALERT_CONDITIONS, AlertRule, AlertWhen
 
 # The SMTP server takes a login without TLS: the specs here say tls: none (a relay on loopback).
 pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
@@ -63,6 +63,8 @@ class Hook:
     port: int = field(default_factory=free_port)
     received: list[dict[str, Any]] = field(default_factory=list)
     status: int = 200
+    delay: float = 0.0  # seconds the hook takes before it answers
+    begun: int = 0  # requests that arrived, answered or not yet
 
     @property
     def url(self) -> str:
@@ -72,6 +74,8 @@ class Hook:
 @asynccontextmanager
 async def serving(hook: Hook) -> AsyncIterator[Hook]:
     async def receive(request: web.Request) -> web.Response:
+        hook.begun += 1
+        await asyncio.sleep(hook.delay)
         if hook.status != 200:
             return web.Response(status=hook.status, text=f"no hook at {request.path}")
         hook.received.append(await request.json())
@@ -355,18 +359,49 @@ def test_a_reload_hands_the_notices_still_waiting_and_the_open_incidents_to_the_
     asyncio.run(scenario())
 
 
-def test_a_notice_for_a_notifier_the_reloaded_spec_no_longer_has_is_logged_as_dropped() -> None:
+def test_a_reload_carries_only_unchanged_rules_and_logs_a_notice_whose_notifier_is_gone() -> None:
+    """A rule kept under its name but changed starts afresh (its old samples may be of another measure); a notice
+    for a notifier the new spec lacks is logged as dropped."""
     stream = io.StringIO()
     log = JsonLog("watched", Masker(), stream)
-    notice = Notice("watched", "r", "dead_letters_growing", "firing", "flow", "orders", "3 new", "", 1.0, 2.0)
-    old = AlertMonitor({}, typing.cast(Any, None), {"email": typing.cast(Any, None)}, log)
-    old._outbox["email"].append(notice)
-    new = AlertMonitor({}, typing.cast(Any, None), {"webhook": typing.cast(Any, None)}, log)
+    letters = AlertRule.model_validate({"when": "dead_letters_growing", "flow": "orders", "over": "1h"})
+    slow = AlertRule.model_validate({"when": "request_p99", "flow": "orders", "above": "1s"})
+    nobody: Any = None  # neither signals nor notifiers are used: nothing is checked or sent here
+    old = AlertMonitor({"kept": letters, "changed": letters}, nobody, {"email": nobody}, log)
+    for rule in ("kept", "changed"):
+        old._incidents[(rule, "orders")] = _Incident(1.0, Finding("3 new dead letters"), firing=True)
+    old._outbox["email"].append(
+        Notice("watched", "kept", "dead_letters_growing", "firing", "flow", "orders", "3 new", "", 1.0, 2.0)
+    )
+    new = AlertMonitor({"kept": letters, "changed": slow}, nobody, {"webhook": nobody}, log)
     new.take_over(old)
+    assert new.firing == {("kept", "orders"): "3 new dead letters"}
     assert new.waiting("webhook") == 0 and old.waiting("email") == 0
     (line,) = [json.loads(x) for x in stream.getvalue().splitlines() if "alert_notice_dropped" in x]
-    assert (line["notifier"], line["rule"], line["status"]) == ("email", "r", "firing")
+    assert (line["notifier"], line["rule"], line["status"]) == ("email", "kept", "firing")
     assert line["reason"] == "the reloaded spec has no such notifier"
+
+
+def test_a_notice_being_sent_when_the_reload_comes_is_sent_once(
+    tmp_path: Path, fakes: tuple[FakeHttpServer, FakeHttpServer], mailbox: Mailbox
+) -> None:
+    """Was: the reload cancelled the old monitor mid-send; the chat had the notice, the new monitor sent it again."""
+    _, shop = fakes
+    shop.fail_next("all", status=400)
+    rules = "    orders-dead-letters: { when: dead_letters_growing, flow: orders, over: 1h, notify: [webhook] }\n"
+    hook = Hook(delay=1.0)
+
+    async def scenario() -> None:
+        async with serving(hook), running(tmp_path, spec(ORDERS, rules), fakes, hook, mailbox, alerts=True) as daemon:
+            await post_orders(daemon, "A")
+            await _until(lambda: hook.begun == 1, "the notice on its way to the chat")
+            newer = spec(ORDERS, rules).replace("every: 100ms", "every: 50ms")
+            (tmp_path / "seamline.yaml").write_text(newer, encoding="utf-8")
+            assert (await daemon.reload()).reloaded
+            await asyncio.sleep(1.5)  # the new monitor's checks, past the slow answer
+            assert hook.begun == 1 and len(hook.received) == 1, hook.received
+
+    asyncio.run(scenario())
 
 
 def test_dead_letters_one_notice_per_incident_to_both_notifiers_then_one_resolved(

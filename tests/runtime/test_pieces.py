@@ -300,9 +300,9 @@ def test_a_claim_the_store_refuses_is_logged_and_the_workers_go_on_once_it_answe
     store.close()
 
 
-def _most_in_hand(tmp_path: Path, records: list[dict[str, str]], held_text: int) -> tuple[int, int, list[str]]:
-    """(most items in flight at once, most after the first claim, paths written) while a 64-worker pool
-    delivers ``records`` to a shop that takes 50 ms per write; in flight read from the store itself."""
+def _in_hand(tmp_path: Path, records: list[dict[str, str]], held_text: int) -> tuple[int, int, list[str]]:
+    """(most items in flight at once, as the store saw them; most record text the pool held; paths written) while
+    a 64-worker pool delivers ``records`` to a shop that takes 50 ms per write."""
     from connectors.http.fake import FakeHttpServer
     from engine.runtime.logs import JsonLog
     from engine.runtime.worker import WorkerPool
@@ -313,6 +313,7 @@ def _most_in_hand(tmp_path: Path, records: list[dict[str, str]], held_text: int)
         shop.configure(latency=0.05)
         connection, inbox, delivery = _shop_delivery(tmp_path, store, shop.url, JsonLog("holdtest", Masker()))
         seen: list[int] = []
+        held: list[int] = []
 
         async def scenario() -> None:
             pool = WorkerPool(delivery, size=64, idle=0.01, held_text=held_text)
@@ -320,6 +321,7 @@ def _most_in_hand(tmp_path: Path, records: list[dict[str, str]], held_text: int)
             until = time.monotonic() + 30
             while shop.applied_count("/stock/") < len(records) and time.monotonic() < until:
                 seen.append((await inbox.run(store.depth))["inflight"])
+                held.append(pool.holding)
                 await asyncio.sleep(0.005)
             pool.stop()
             await pool.join()
@@ -329,22 +331,23 @@ def _most_in_hand(tmp_path: Path, records: list[dict[str, str]], held_text: int)
         inbox.close()
         written = sorted(w["path"] for w in shop.writes("/stock/"))
     store.close()
-    first = next((i for i, n in enumerate(seen) if n), 0)
-    later = [n for n in seen[first:] if n] or [0]
-    return max(seen), max(later[len(later) // 2 :]), written
+    return max(seen), max(held), written
 
 
 def test_a_pool_holds_no_more_record_text_than_its_budget_and_many_small_records_at_once(tmp_path: Path) -> None:
-    """Was: a pool held size + size/4 records whatever their length (80 of 15 MB each at 64 workers). Now: as
-    many as fit into its text budget, at least one; small records fill its workers."""
-    big = [{"sku": f"B{n:02d}", "note": "x" * 100_000} for n in range(30)]
-    most, late, written = _most_in_hand(tmp_path / "big", big, held_text=250_000)
-    assert written == [f"/stock/B{n:02d}" for n in range(30)]  # every record once
-    assert most <= 8 and late <= 3, (most, late)  # the first claim's probe, then what 250,000 characters hold
-    small = [{"sku": f"S{n:03d}"} for n in range(120)]
-    most, late, written = _most_in_hand(tmp_path / "small", small, held_text=250_000)
-    assert written == [f"/stock/S{n:03d}" for n in range(120)]
-    assert most > 16, most  # many small records in flight at once: the shop's 50 ms is waited for side by side
+    """Was: a pool held size + size/4 records whatever their length (80 of 15 MB each at 64 workers). Now the
+    store hands out only what fits into the pool's text budget (its oldest record always), however the records'
+    length changes; small records fill the workers."""
+    budget, big = 250_000, 100_000
+    records = [{"sku": f"S{n:03d}"} for n in range(100)] + [{"sku": f"B{n:02d}", "note": "x" * big} for n in range(20)]
+    most, held, written = _in_hand(tmp_path / "mixed", records, held_text=budget)
+    assert written == sorted(f"/stock/{r['sku']}" for r in records)  # every record once
+    assert held <= budget + big + 100, held  # the budget, and at most the one record the store always hands out
+    assert most > 16, most  # the small ones side by side: the shop's 50 ms is waited for together
+    bigs = [{"sku": f"B{n:02d}", "note": "x" * big} for n in range(30)]
+    most, held, written = _in_hand(tmp_path / "big", bigs, held_text=budget)
+    assert written == [f"/stock/B{n:02d}" for n in range(30)]
+    assert most <= 3 and held <= budget + big + 100, (most, held)  # 80 fit the workers; 3 fit the text budget
 
 
 def test_backoff_delays_for_the_same_attempt_are_spread_across_the_jitter_range() -> None:

@@ -42,6 +42,16 @@ def test_a_batch_says_per_item_whether_it_was_new(store: StateStore) -> None:
     assert store.depth()["pending"] == 4
 
 
+def test_a_claim_takes_only_the_records_that_fit_its_text_budget_and_always_the_oldest(store: StateStore) -> None:
+    """The worker pool's memory bound lives here: the store measures the records before it hands them out."""
+    store.enqueue([NewItem("stock", f"k{n}", f"K{n}", {"note": "x" * 1000}) for n in range(6)])
+    one = len(store.claim("w", 10, 60.0, text_budget=0)[0].text)  # nothing fits: the oldest comes anyway
+    assert one > 1000
+    assert [i.key for i in store.claim("w", 10, 60.0, text_budget=2 * one)] == ["k1", "k2"]
+    assert [i.key for i in store.claim("w", 10, 60.0, text_budget=2 * one - 1)] == ["k3"]
+    assert [i.key for i in store.claim("w", 10, 60.0)] == ["k4", "k5"]  # no budget: as many as the limit
+
+
 def test_only_the_first_change_of_a_key_in_a_batch_is_claimed_and_the_rest_follow_in_order(store: StateStore) -> None:
     store.commit_batch([change("a1", "A"), change("b1", "B"), change("a2", "A"), change("a3", "A"), change("b2", "B")])
     order: list[str] = []
