@@ -330,8 +330,8 @@ def map_command(
     default=64,
     show_default=True,
     type=click.IntRange(1, 256),
-    help="Records in delivery at once per process (each system's limits bound its own requests; at most 64 MiB "
-    "of record text is held).",
+    help="Records in delivery at once per process (each system's limits bound its own requests; at most 64 Mi "
+    "characters of record text are held).",
 )
 @click.option(
     "--processes",
