@@ -1,13 +1,16 @@
-"""Shared fixtures: the repository root, and a scratch folder to write specs into."""
+"""Shared fixtures: the repository root, a scratch folder to write specs into, and a state store URL per backend."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 
 # A real Tryton server for the tests that need one (installed from PyPI into a cached venv on first use).
 pytest_plugins = ["tests.tryton_server"]
@@ -36,3 +39,15 @@ def write_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> WriteFiles:
         return tmp_path
 
     return write
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh state store's URL on each backend: a SQLite file, or a PostgreSQL schema of its own (dropped after)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'state.db'}"
+        return
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    yield f"{PG_DSN}?schema={schema}"
+    with psycopg.connect(PG_DSN, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')

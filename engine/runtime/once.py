@@ -146,7 +146,8 @@ async def _one_pass(
         until = time.monotonic() + deadline
         while time.monotonic() < until:
             # Counters, not a COUNT of the inbox: the store is only asked once they say every record is done.
-            done = sum(_finished(daemon, n) for n in chosen)
+            totals = daemon.metrics.totals()  # merged once per look, for every flow
+            done = sum(_finished(totals, n) for n in chosen)
             shown.delivered(min(done, total))
             if done >= total and await _nothing_open(daemon, chosen):
                 break
@@ -156,10 +157,9 @@ async def _one_pass(
     return OnceSummary(rows, time.perf_counter() - started, daemon.client.client, deadline, errors)
 
 
-def _finished(daemon: Daemon, flow: str) -> int:
+def _finished(counts: Mapping[tuple[str, str], float], flow: str) -> int:
     """Records of ``flow`` that reached their outcome, here or in a delivery process (as it last reported, at
-    most a second ago); duplicates never entered the inbox."""
-    counts = daemon.metrics.totals()
+    most a second ago), by the merged ``counts``; duplicates never entered the inbox."""
     outcomes = [f"skips/{reason}" for reason in SKIP_REASONS if reason != "duplicate"]
     outcomes += ["records/delivered", "records/dead_lettered"]
     return int(sum(counts.get((name, flow), 0.0) for name in outcomes))

@@ -13,19 +13,15 @@ import itertools
 import os
 import threading
 import time
-import uuid
 from collections import Counter, defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import psycopg
 import pytest
 
 from connectors.http.fake import FakeHttpServer
 from tests.runtime.harness import DaemonProcess, wait_for
 
-PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 LEASE = 60.0  # the daemon's default: a stall this long would mean a claim waited out its lease
 KILLS = 5
 
@@ -47,15 +43,10 @@ flows:
 """
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def state_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'state.db'}"
-        return
-    schema = f"t_{uuid.uuid4().hex[:10]}"
-    yield f"{PG_DSN}?schema={schema}"
-    with psycopg.connect(PG_DSN, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+@pytest.fixture
+def state_url(store_url: str) -> str:
+    """The shared store_url fixture (tests/conftest.py): a fresh store on each backend."""
+    return store_url
 
 
 def send_until_accepted(client: httpx.Client, url: str, body: dict[str, object], message_id: str) -> None:

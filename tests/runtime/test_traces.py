@@ -12,7 +12,6 @@ import io
 import json
 import os
 import socket
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -440,17 +439,6 @@ def test_an_otlp_endpoint_in_the_environment_exports_the_records_spans_to_the_co
 
 
 # -- the store keeps a record's trace (migration v7) ----------------------------------------------------------
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'state.db'}"
-        return
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    yield f"{PG_DSN}?schema={schema}"
-    with psycopg.connect(PG_DSN, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 def _back_to_v6(store_url: str) -> None:
