@@ -348,7 +348,8 @@ def map_command(
     default=60.0,
     show_default=True,
     type=click.FloatRange(1, 3600),
-    help="Seconds a claimed record stays a worker's; after a crash, a shared store waits this long.",
+    help="Seconds a claimed record stays a worker's unless renewed (a live process renews every third of this); "
+    "after a crash, a shared store waits this long.",
 )
 @click.option(
     "--format",

@@ -426,6 +426,13 @@ class WorkerPool:
     fits into what is left of that budget (the store measures the records before it hands them out; its
     oldest one always comes, so the pool may hold one record more), none while the pool is full. Per-key
     order holds because the store never hands out a key's next change while an earlier one is open.
+
+    Every ``lease / 3`` seconds the pool extends the leases of the items it holds: an item waiting its turn
+    (for a worker, a rate budget, a slow target) stays this pool's however long that takes, and no other
+    process takes it to send it a second time. A pool that stood still past its lease (the process stopped,
+    the machine paused) may find an item it holds handed out again: to itself (the copy in hand goes on,
+    the new claim is dropped) or to another process (logged as ``lease_lost``: one not started yet is left to
+    that process; one on its way may reach its targets twice, under the same idempotency key).
     """
 
     def __init__(
@@ -453,6 +460,10 @@ class WorkerPool:
         self._tasks: list[asyncio.Task[None]] = []
         self._ready: asyncio.Queue[InboxItem | None] = asyncio.Queue()
         self._freed = asyncio.Event()  # a worker took or finished an item: there may be room to claim more
+        # The items in hand (claimed, ready or being delivered) by id: when their lease was last claimed or
+        # renewed (monotonic seconds).
+        self._held: dict[int, float] = {}
+        self._lost: set[int] = set()  # ids in hand that another process took after their lease ran out
         self.in_flight = 0
         self.wakeup = asyncio.Event()
 
@@ -462,7 +473,10 @@ class WorkerPool:
         return self._text
 
     def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._claim(), name=f"{self.name}-claimer")]
+        self._tasks = [
+            asyncio.create_task(self._claim(), name=f"{self.name}-claimer"),
+            asyncio.create_task(self._renew(), name=f"{self.name}-leases"),
+        ]
         self._tasks += [asyncio.create_task(self._run(), name=f"{self.name}-{i}") for i in range(self.size)]
 
     def stop(self) -> None:
@@ -486,6 +500,7 @@ class WorkerPool:
                 self._freed.clear()
                 await self._freed.wait()
                 continue
+            claimed_at = time.monotonic()
             try:
                 items = await inbox.claim(
                     self.name, room, self.lease, self.flows, text_budget=max(0, self.held_text - self._text)
@@ -495,10 +510,17 @@ class WorkerPool:
                 await asyncio.sleep(max(self.idle, 1.0))
                 continue
             if self._stopping.is_set():
-                await inbox.release([i.id for i in items])
+                await inbox.release([i.id for i in items if i.id not in self._held])
                 return
-            self._text += sum(len(item.text) for item in items)
             for item in items:
+                if item.id in self._held:
+                    # Its lease ran out while this pool stood still, and the claim handed it back here: the copy
+                    # in hand goes on (two would send it twice).
+                    self.delivery.log.warning("lease_ran_out", worker=self.name, flow=item.flow, key=item.key)
+                    self._held[item.id] = claimed_at
+                    continue
+                self._held[item.id] = claimed_at
+                self._text += len(item.text)
                 self._ready.put_nowait(item)
             if not items:
                 self.wakeup.clear()
@@ -514,7 +536,13 @@ class WorkerPool:
                 return  # stop() queued one of these per worker
             if self._stopping.is_set():
                 self._text -= len(item.text)
+                self._held.pop(item.id, None)
                 await inbox.release([item.id])  # claimed, never started: back at once, no attempt counted
+                continue
+            if not await self._still_ours(item):  # another process has it now: its outcome is that one's to report
+                self._text -= len(item.text)
+                self._held.pop(item.id, None)
+                self._lost.discard(item.id)
                 continue
             self.in_flight += 1
             try:
@@ -526,7 +554,48 @@ class WorkerPool:
             finally:
                 self.in_flight -= 1
                 self._text -= len(item.text)
+                self._held.pop(item.id, None)
+                self._lost.discard(item.id)
                 self._freed.set()
+
+    async def _still_ours(self, item: InboxItem) -> bool:
+        """Whether the pool still holds ``item``'s lease. One not renewed for half a lease (the process stood
+        still) is renewed now: no worker starts an item whose lease another process may have taken."""
+        if item.id not in self._lost and time.monotonic() - self._held.get(item.id, 0.0) > self.lease / 2:
+            await self._renew_held([item.id])
+        return item.id not in self._lost
+
+    async def _renew(self) -> None:
+        """Extend the leases of the items in hand every ``lease / 3`` seconds, until the pool stops."""
+        every = self.lease / 3
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), every)
+            if self._held and not self._stopping.is_set():
+                await self._renew_held(sorted(self._held))
+
+    async def _renew_held(self, held: list[int]) -> None:
+        """Renew the leases of ``held``; those another process took are marked lost (and logged)."""
+        inbox = self.delivery.inbox
+        renewed_at = time.monotonic()
+        try:
+            taken = await inbox.run(inbox.store.renew, self.name, held, self.lease)
+        except Exception as exc:  # a busy store: the next round tries again, well within the lease
+            self.delivery.log.warning("lease_renewal_failed", worker=self.name, items=len(held), error=str(exc))
+            return
+        lost = [item_id for item_id in taken if item_id in self._held and item_id not in self._lost]
+        for item_id in held:
+            if item_id in self._held:
+                self._held[item_id] = renewed_at
+        self._lost.update(lost)  # one not started yet is left to the other process
+        if lost:
+            self.delivery.log.warning(
+                "lease_lost",
+                worker=self.name,
+                items=lost,
+                reason="this process stood still past its lease and another took these items: those not started "
+                "are left to it; one on its way may reach its targets twice, under the same idempotency key",
+            )
 
     async def drain(self) -> None:
         """Work until the inbox has nothing ready for these flows (run --once)."""

@@ -290,6 +290,12 @@ class StateStore(Protocol):
         """Give claimed items back at once, without counting an attempt (a graceful shutdown)."""
         ...
 
+    def renew(self, worker: str, item_ids: Sequence[int], lease: float) -> list[int]:
+        """Extend ``worker``'s claims among ``item_ids`` to ``lease`` seconds from now, even one whose lease ran out
+        while no one else took it; returns the ids among them that another worker holds now (it took them after
+        their lease ran out)."""
+        ...
+
     def dead_letter(
         self,
         item_id: int,

@@ -849,6 +849,21 @@ class SqlStore:
                 tuple(item_ids),
             )
 
+    def renew(self, worker: str, item_ids: Sequence[int], lease: float) -> list[int]:
+        if not item_ids:
+            return []
+        chosen, params = self._in("id", item_ids)
+        with self._tx() as cur:
+            cur.execute(
+                self._sql(f"UPDATE inbox SET lease_until = ? WHERE status = 'inflight' AND worker = ? AND {chosen}"),
+                (self._clock() + lease, worker, *params),
+            )
+            cur.execute(
+                self._sql(f"SELECT id FROM inbox WHERE status = 'inflight' AND worker <> ? AND {chosen}"),
+                (worker, *params),
+            )
+            return sorted(int(row[0]) for row in cur.fetchall())
+
     def inflight_workers(self) -> list[str]:
         with self._tx() as cur:
             cur.execute("SELECT DISTINCT worker FROM inbox WHERE status = 'inflight' AND worker IS NOT NULL")

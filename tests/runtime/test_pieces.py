@@ -350,6 +350,102 @@ def test_a_pool_holds_no_more_record_text_than_its_budget_and_many_small_records
     assert most <= 3 and held <= budget + big + 100, (most, held)  # 80 fit the workers; 3 fit the text budget
 
 
+def test_a_record_that_waits_past_its_lease_in_a_pool_stays_that_pools_and_is_written_once(tmp_path: Path) -> None:
+    """Two pools on one store, as two processes: writes take 1.5 s, leases last 1 s. Was: a record waiting its
+    turn (in flight, or ready for the next free worker) lost its lease, and the other pool claimed it and wrote it
+    again. Now each pool renews what it holds every third of its lease."""
+    from connectors.http.fake import FakeHttpServer
+    from engine.runtime.logs import JsonLog
+    from engine.runtime.worker import WorkerPool
+
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    stores = [open_store(url), open_store(url)]
+    stores[0].enqueue([NewItem("stock", f"S{n}", f"S{n}", {"sku": f"S{n}"}, "test") for n in range(6)])
+    for n in range(2):
+        (tmp_path / f"p{n}").mkdir()
+    with FakeHttpServer(port=0) as shop:
+        shop.configure(latency=1.5)
+        parts = [
+            _shop_delivery(tmp_path / f"p{n}", store, shop.url, JsonLog("leasetest", Masker()))
+            for n, store in enumerate(stores)
+        ]
+
+        async def scenario() -> None:
+            pools = [
+                WorkerPool(delivery, size=1, lease=1.0, idle=0.01, name=f"w{n}")
+                for n, (_, _, delivery) in enumerate(parts)
+            ]
+            for pool in pools:
+                pool.start()
+            until = time.monotonic() + 30
+            while shop.applied_count("/stock/") < 6 and time.monotonic() < until:
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(1.6)  # a second copy on its way would arrive now
+            for pool in pools:
+                pool.stop()
+            for pool in pools:
+                await pool.join()
+            for connection, _, _ in parts:
+                await connection.close()
+
+        asyncio.run(scenario())
+        for _, inbox, _ in parts:
+            inbox.close()
+        written = sorted(w["path"] for w in shop.writes("/stock/"))
+    for store in stores:
+        store.close()
+    assert written == [f"/stock/S{n}" for n in range(6)]  # each once: no copy went out
+
+
+def test_a_pool_that_stood_still_leaves_what_another_process_took_meanwhile_and_says_so(tmp_path: Path) -> None:
+    """The pool's process stands still past its lease, and another process takes the items it held. On waking,
+    the write that was on its way ends (the other may send it too, under the same idempotency key); the record
+    that waited for a worker is left to the other process, never started here; both are logged as lost."""
+    import io
+    import json
+    import threading
+
+    from connectors.http.fake import FakeHttpServer
+    from engine.runtime.logs import JsonLog
+    from engine.runtime.worker import WorkerPool
+
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    store, other = open_store(url), open_store(url)
+    store.enqueue([NewItem("stock", f"S{n}", f"S{n}", {"sku": f"S{n}"}, "test") for n in range(4)])
+    taken: list[str] = []
+    stream = io.StringIO()
+    with FakeHttpServer(port=0) as shop:
+        shop.configure(latency=0.3)
+        connection, inbox, delivery = _shop_delivery(tmp_path, store, shop.url, JsonLog("losttest", Masker(), stream))
+
+        async def scenario() -> None:
+            pool = WorkerPool(delivery, size=1, lease=1.0, idle=0.01)  # holds 2: one on its way, one ready
+            pool.start()
+            until = time.monotonic() + 10
+            while not (pool.in_flight and pool.holding > len('{"sku": "S0"}')) and time.monotonic() < until:
+                await asyncio.sleep(0.001)
+            # the other process claims once this pool's leases have run out, while its loop stands still
+            grab = threading.Timer(1.5, lambda: taken.extend(i.key for i in other.claim("other", 10, lease=60)))
+            grab.start()
+            time.sleep(2.5)  # the whole process stands still (a blocking call on the loop)
+            grab.join()
+            await asyncio.sleep(1.0)
+            pool.stop()
+            await pool.join()
+            await connection.close()
+
+        asyncio.run(scenario())
+        inbox.close()
+        written = [w["path"] for w in shop.writes("/stock/")]
+    store.close()
+    other.close()
+    assert taken == ["S0", "S1", "S2", "S3"]  # the two in hand here, and the two waiting in the store
+    assert written == ["/stock/S0"]  # on its way when the process stopped; S1 was never started here
+    lost = [json.loads(line) for line in stream.getvalue().splitlines() if '"lease_lost"' in line]
+    # S1 for certain; S0 too when a renewal ran before its finish committed
+    assert {2} <= {i for e in lost for i in e["items"]} <= {1, 2}, lost
+
+
 def test_backoff_delays_for_the_same_attempt_are_spread_across_the_jitter_range() -> None:
     # Full jitter exists so that many workers failing together do not all retry at the same instant:
     # one attempt's delays must differ, and cover the range rather than cluster at one end.

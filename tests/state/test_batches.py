@@ -109,6 +109,27 @@ def test_a_claim_carries_what_its_key_knows_ledger_versions_targets_and_intents(
     assert (fresh.delivered, fresh.known, fresh.latest, fresh.intents) == (frozenset(), frozenset(), None, frozenset())
 
 
+def test_a_renewed_lease_keeps_its_items_and_renewal_says_which_ones_another_worker_took(store_url: str) -> None:
+    """The worker pool renews what it holds: a renewed item is no one else's to claim, one whose lease ran out
+    while no one took it is renewed all the same, and one another worker took is named, not taken back."""
+    now = [time.time()]
+    mine, theirs = open_store(store_url, clock=lambda: now[0]), open_store(store_url, clock=lambda: now[0])
+    try:
+        mine.enqueue([change(f"k{n}", f"K{n}") for n in range(3)])
+        held = [item.id for item in mine.claim("a", 3, lease=10)]
+        now[0] += 8
+        assert mine.renew("a", held[:2], 10) == []  # k0 and k1 are a's until +18; k2 until +10
+        now[0] += 4
+        assert [item.key for item in theirs.claim("b", 3, lease=100)] == ["k2"]
+        now[0] += 20  # every lease of a's ran out, and no one took k0 or k1
+        assert mine.renew("a", held, 10) == [held[2]]
+        assert theirs.claim("b", 3, lease=10) == []
+        assert mine.renew("a", [], 10) == []
+    finally:
+        mine.close()
+        theirs.close()
+
+
 def test_stores_claiming_at_once_never_share_an_item_and_keep_each_keys_order(store_url: str) -> None:
     """Two delivery stores and a webhook's store on one inbox: every item is claimed once, finished once, and each
     business key's changes are claimed in the order they came, whatever batch they came or finished in."""
