@@ -438,6 +438,15 @@ class DemoUnavailable(SeamlineError):
     """A system the demo needs cannot be had on this machine (Tryton not installable); the message says what to do."""
 
 
+def choose_bus(amqp_url: str | None, say: Callable[[str], None]) -> tuple[bool, str]:
+    """(whether the event flows go through RabbitMQ, the bus's name for the summary): RabbitMQ when a URL is set
+    and the broker answers; else the embedded queue, and a broker that does not answer is said so (no password)."""
+    use_amqp = bool(amqp_url) and amqp_reachable(str(amqp_url))
+    if amqp_url and not use_amqp:
+        say(f"RabbitMQ does not answer at {_without_password(str(amqp_url))}; using the embedded queue instead")
+    return use_amqp, f"RabbitMQ ({_without_password(str(amqp_url))})" if use_amqp else "embedded durable queue (SQLite)"
+
+
 def run_demo(specs: Path, workdir: Path, *, amqp_url: str | None, say: Callable[[str], None]) -> DemoReport:
     """Start Tryton, the Magento and Salesforce fakes and the daemon; run the scenario; stop everything.
 
@@ -457,10 +466,7 @@ def _run_demo(specs: Path, workdir: Path, *, amqp_url: str | None, say: Callable
     from connectors.tryton import devserver
 
     began = time.monotonic()
-    use_amqp = bool(amqp_url) and amqp_reachable(str(amqp_url))
-    if amqp_url and not use_amqp:
-        say(f"RabbitMQ does not answer at {_without_password(str(amqp_url))}; using the embedded queue instead")
-    bus = f"RabbitMQ ({_without_password(str(amqp_url))})" if use_amqp else "embedded durable queue (SQLite)"
+    use_amqp, bus = choose_bus(amqp_url, say)
     spec = specs / ("demo-rabbitmq" if use_amqp else "demo")
     say("starting Tryton 8.0 (the first run on a machine installs it from PyPI, about a minute)")
     with (

@@ -165,17 +165,18 @@ def test_kill_9_in_the_middle_of_a_batch_loses_and_duplicates_nothing(
 
 
 def test_a_daemon_that_stands_still_past_its_lease_sends_nothing_twice_without_a_word(
-    tmp_path: Path, fakes: tuple[FakeHttpServer, FakeHttpServer], state_url: str | None
+    tmp_path: Path, fakes: tuple[FakeHttpServer, FakeHttpServer]
 ) -> None:
     """The process stops for longer than its lease (SIGSTOP: a paused VM, a stalled host), then goes on. Was: an
     item it held, ready for the next free worker, had lost its lease, the pool's own claim handed it out again,
     and it went out twice with nothing logged. Now the copy in hand goes on and the claim's is dropped. The
     writes that were in flight time out on waking (their answers came while the process stood still): those
-    are given back and sent again on purpose, each logged as a retry."""
+    are given back and sent again on purpose, each logged as a retry. (SQLite only: the pool's side is the same
+    on both stores, and tests/state/test_batches.py renews leases on both.)"""
     erp, shop = fakes
     erp.seed("/products", products(300))
     shop.configure(latency=0.01)
-    daemon = daemon_for(write_spec(tmp_path), erp, shop, state_url=state_url, lease=2.0)
+    daemon = daemon_for(write_spec(tmp_path), erp, shop, lease=2.0)
     try:
         daemon.start()
         wait_for(lambda: shop.applied_count("/products/") >= 60, 30, "the first writes")

@@ -351,7 +351,7 @@ def test_a_pool_holds_no_more_record_text_than_its_budget_and_many_small_records
 
 
 def test_a_record_that_waits_past_its_lease_in_a_pool_stays_that_pools_and_is_written_once(tmp_path: Path) -> None:
-    """Two pools on one store, as two processes: writes take 1.5 s, leases last 1 s. Was: a record waiting its
+    """Two pools on one store, as two processes: writes take 0.9 s, leases last 0.6 s. Was: a record waiting its
     turn (in flight, or ready for the next free worker) lost its lease, and the other pool claimed it and wrote it
     again. Now each pool renews what it holds every third of its lease."""
     from connectors.http.fake import FakeHttpServer
@@ -360,11 +360,11 @@ def test_a_record_that_waits_past_its_lease_in_a_pool_stays_that_pools_and_is_wr
 
     url = f"sqlite:///{tmp_path / 'state.db'}"
     stores = [open_store(url), open_store(url)]
-    stores[0].enqueue([NewItem("stock", f"S{n}", f"S{n}", {"sku": f"S{n}"}, "test") for n in range(6)])
+    stores[0].enqueue([NewItem("stock", f"S{n}", f"S{n}", {"sku": f"S{n}"}, "test") for n in range(4)])
     for n in range(2):
         (tmp_path / f"p{n}").mkdir()
     with FakeHttpServer(port=0) as shop:
-        shop.configure(latency=1.5)
+        shop.configure(latency=0.9)
         parts = [
             _shop_delivery(tmp_path / f"p{n}", store, shop.url, JsonLog("leasetest", Masker()))
             for n, store in enumerate(stores)
@@ -372,15 +372,15 @@ def test_a_record_that_waits_past_its_lease_in_a_pool_stays_that_pools_and_is_wr
 
         async def scenario() -> None:
             pools = [
-                WorkerPool(delivery, size=1, lease=1.0, idle=0.01, name=f"w{n}")
+                WorkerPool(delivery, size=1, lease=0.6, idle=0.01, name=f"w{n}")
                 for n, (_, _, delivery) in enumerate(parts)
             ]
             for pool in pools:
                 pool.start()
             until = time.monotonic() + 30
-            while shop.applied_count("/stock/") < 6 and time.monotonic() < until:
+            while shop.applied_count("/stock/") < 4 and time.monotonic() < until:
                 await asyncio.sleep(0.05)
-            await asyncio.sleep(1.6)  # a second copy on its way would arrive now
+            await asyncio.sleep(1.0)  # a second copy on its way would arrive now
             for pool in pools:
                 pool.stop()
             for pool in pools:
@@ -394,7 +394,7 @@ def test_a_record_that_waits_past_its_lease_in_a_pool_stays_that_pools_and_is_wr
         written = sorted(w["path"] for w in shop.writes("/stock/"))
     for store in stores:
         store.close()
-    assert written == [f"/stock/S{n}" for n in range(6)]  # each once: no copy went out
+    assert written == [f"/stock/S{n}" for n in range(4)]  # each once: no copy went out
 
 
 def test_a_pool_that_stood_still_leaves_what_another_process_took_meanwhile_and_says_so(tmp_path: Path) -> None:
