@@ -49,6 +49,7 @@ from engine.errors import UsageError
 from engine.runtime.inbox import Inbox
 from engine.runtime.logs import JsonLog, iso_time
 from engine.runtime.metrics import BUCKETS
+from engine.runtime.waiting import first_of
 from engine.secrets import render_values
 from engine.spec.model import AlertNotify, AlertRule, Alerts, EmailNotify, WebhookNotify
 from engine.state import RunRecord
@@ -571,7 +572,7 @@ class AlertMonitor:
                 await self.check_once()
             except Exception as exc:  # a bug in a rule must not end the alerts: the next check tries again
                 self.log.error("alert_check_failed", error=f"{type(exc).__name__}: {exc}")
-            await _first_set(stop, self._halted, interval)
+            await first_of(stop, self._halted, timeout=interval)
 
     @property
     def firing(self) -> dict[tuple[str, str], str]:
@@ -779,16 +780,6 @@ class AlertMonitor:
             sent.append(Sent(notice, name))
             self.log.info("alert_notified", notifier=name, rule=notice.rule, status=notice.status)
         return sent
-
-
-async def _first_set(one: asyncio.Event, other: asyncio.Event, timeout: float) -> None:
-    """Wait until either event is set, or ``timeout`` seconds."""
-    waits = [asyncio.ensure_future(one.wait()), asyncio.ensure_future(other.wait())]
-    try:
-        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for wait in waits:
-            wait.cancel()
 
 
 def _only(values: dict[str, Any], name: str | None) -> dict[str, Any]:

@@ -40,6 +40,7 @@ from engine.runtime.inbox import Inbox
 from engine.runtime.logs import JsonLog
 from engine.runtime.metrics import Metrics
 from engine.runtime.system import BreakerOpen, OverBudget, System
+from engine.runtime.waiting import first_of
 from engine.runtime.worker import count_outcome
 from engine.spec.model import Schedule
 from engine.state import NewItem
@@ -433,17 +434,7 @@ class ScheduleTrigger:
             finally:
                 self.running = False
             wait = max(0.0, self.next_fire(time.time()) - time.time())
-            await _first_of(stopping, self.wake, timeout=wait)
-
-
-async def _first_of(*events: asyncio.Event, timeout: float) -> None:
-    """Wait until one of ``events`` is set, or ``timeout`` seconds."""
-    waiters = [asyncio.ensure_future(event.wait()) for event in events]
-    try:
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
+            await first_of(stopping, self.wake, timeout=wait)
 
 
 def _warn_same_version(log: JsonLog, flow: str, items: list[NewItem]) -> None:

@@ -535,14 +535,11 @@ class WorkerPool:
             if item is None:
                 return  # stop() queued one of these per worker
             if self._stopping.is_set():
-                self._text -= len(item.text)
-                self._held.pop(item.id, None)
+                self._let_go(item)
                 await inbox.release([item.id])  # claimed, never started: back at once, no attempt counted
                 continue
             if not await self._still_ours(item):  # another process has it now: its outcome is that one's to report
-                self._text -= len(item.text)
-                self._held.pop(item.id, None)
-                self._lost.discard(item.id)
+                self._let_go(item)
                 continue
             self.in_flight += 1
             try:
@@ -553,10 +550,14 @@ class WorkerPool:
                     await inbox.retry(item.id, 5.0, f"internal error: {exc!r}")
             finally:
                 self.in_flight -= 1
-                self._text -= len(item.text)
-                self._held.pop(item.id, None)
-                self._lost.discard(item.id)
+                self._let_go(item)
                 self._freed.set()
+
+    def _let_go(self, item: InboxItem) -> None:
+        """``item`` is no longer in hand: its text leaves the budget, its lease is no longer renewed."""
+        self._text -= len(item.text)
+        self._held.pop(item.id, None)
+        self._lost.discard(item.id)
 
     async def _still_ours(self, item: InboxItem) -> bool:
         """Whether the pool still holds ``item``'s lease. One not renewed for half a lease (the process stood

@@ -123,20 +123,29 @@ def resent(shop: FakeHttpServer, prefix: str) -> dict[str, int]:
 GIVEN_BACK = {"retry", "worker_error"}
 
 
+def given_back(daemon: DaemonProcess) -> list[dict[str, object]]:
+    """The daemon's log events that gave an item back after it may have reached its target."""
+    return [e for e in daemon.log_events() if e.get("event") in GIVEN_BACK]
+
+
+def item_key(write: dict[str, object]) -> str:
+    """The inbox item a write was for: the engine's Idempotency-Key is the item's key, '#', the target's label."""
+    return str(write["idempotency_key"]).rpartition("#")[0]
+
+
 def assert_kill_resent_at_most_one_per_worker(shop: FakeHttpServer, prefix: str, daemon: DaemonProcess) -> None:
     """Only a write the target accepted just before the kill, whose ledger entry died with the process, is sent
     again because of the kill: at most one per worker. Everything delivered before that is in the ledger and
     never resent. A resend the daemon logged a reason for (a timeout, then a retry) is the retry path's and is
     told apart by the item's key; the message shows those events, so a failure says which it was."""
-    given_back = [e for e in daemon.log_events() if e.get("event") in GIVEN_BACK]
-    retried = {str(e["key"]) for e in given_back}
+    events = given_back(daemon)
+    retried = {str(e["key"]) for e in events}
     accepted = [w for w in shop.writes(prefix) if 200 <= int(w["status"]) < 300]
-    # The engine's Idempotency-Key is the item's key, '#', the target's label.
-    by_kill = Counter(w["path"] for w in accepted if str(w["idempotency_key"]).rpartition("#")[0] not in retried)
+    by_kill = Counter(w["path"] for w in accepted if item_key(w) not in retried)
     by_kill = Counter({path: n - 1 for path, n in by_kill.items() if n > 1})
     assert sum(by_kill.values()) <= daemon.workers, (
         f"{sum(by_kill.values())} resends after the kill, {daemon.workers} workers: {by_kill}; "
-        f"every resend: {resent(shop, prefix)}; given back with a reason: {given_back}"
+        f"every resend: {resent(shop, prefix)}; given back with a reason: {events}"
     )
 
 
@@ -190,12 +199,8 @@ def test_a_daemon_that_stands_still_past_its_lease_sends_nothing_twice_without_a
         daemon.stop()
     counts = applied_once(shop, "/products/")
     assert len(counts) == 300 and set(counts.values()) == {1}
-    retried = {str(e["key"]) for e in daemon.log_events() if e.get("event") in GIVEN_BACK}
-    silent = [
-        w["path"]
-        for w in shop.writes("/products/")
-        if w["duplicate"] and str(w["idempotency_key"]).rpartition("#")[0] not in retried
-    ]
+    retried = {str(e["key"]) for e in given_back(daemon)}
+    silent = [w["path"] for w in shop.writes("/products/") if w["duplicate"] and item_key(w) not in retried]
     assert silent == [], (silent, resent(shop, "/products/"))
 
 
