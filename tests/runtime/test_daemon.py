@@ -195,8 +195,11 @@ def test_a_daemon_that_stands_still_past_its_lease_sends_nothing_twice_without_a
         daemon.proc.send_signal(signal.SIGCONT)
         wait_for(lambda: shop.applied_count("/products/") >= 300, 60, "every product written")
         time.sleep(0.5)  # anything extra would arrive now
+        # one outcome per record: the claim dropped as a copy of one in hand is no second delivery
+        delivered = daemon.metric("seamline_records_total", flow="catalog", outcome="delivered")
     finally:
         daemon.stop()
+    assert delivered == 300
     counts = applied_once(shop, "/products/")
     assert len(counts) == 300 and set(counts.values()) == {1}
     retried = {str(e["key"]) for e in given_back(daemon)}
